@@ -1,0 +1,69 @@
+"""``circuits tasks list`` and ``circuits evaluate``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from circuits.cli import app
+
+tasks_app = typer.Typer(help="List the tasks that are installed.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+MODEL_HELP = "Model: a hub name (gpt2), a local HF checkpoint folder, a .gguf file, or planted[-deep]."
+
+
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List installed tasks (built-ins and plugins from the circuits.tasks entry point)."""
+    from circuits.registry import TASKS, discover
+
+    for name, task in discover(TASKS).items():
+        typer.echo(f"{name}\t{getattr(task, 'description', '')}")
+
+
+def resolve_task(task: Optional[str], task_file: Optional[Path]):
+    """The task object named on the command line (a registered name or --task-file)."""
+    from circuits.errors import CircuitsError
+    from circuits.registry import get_task, load_task_file
+
+    if task_file is not None:
+        return load_task_file(task_file)
+    if not task:
+        raise CircuitsError("name a task (see `circuits tasks list`) or pass --task-file FILE")
+    return get_task(task)
+
+
+def _stats(values) -> dict:
+    values = values.double()
+    std = float(values.std()) if values.numel() > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std}
+
+
+@app.command()
+def evaluate(
+    task: Optional[str] = typer.Argument(None, help="Task name (see `circuits tasks list`)."),
+    model: str = typer.Option("gpt2", "--model", "-m", help=MODEL_HELP),
+    n: int = typer.Option(100, "--n", help="Number of prompts."),
+    seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Read prompts from a CSV or JSONL file instead of sampling."),
+    task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
+    device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Evaluate a model on a task: each metric's mean and std over the prompts."""
+    from circuits.evaluation import evaluate_model
+    from circuits.models import load_model
+
+    task_obj = resolve_task(task, task_file)
+    loaded = load_model(model, device=device)
+    dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed, **({"data": data} if data else {}))
+    metrics = {k: _stats(v) for k, v in evaluate_model(task_obj, loaded, dataset).items()}
+    if as_json:
+        typer.echo(json.dumps({"task": task_obj.name, "model": model, "n": len(dataset), "seed": seed, "metrics": metrics}))
+        return
+    typer.echo(f"{task_obj.name} on {model}: {len(dataset)} prompts, seed {seed}")
+    for name, s in metrics.items():
+        typer.echo(f"  {name:<24} {s['mean']:+.4f} ± {s['std']:.4f}")

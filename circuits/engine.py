@@ -1,0 +1,309 @@
+"""The graph engine: the model's forward pass written over its weights, with edge-level control.
+
+It does three things TransformerLens's per-head flags are usually used for, at the cost of
+an ordinary forward pass:
+
+- **collect** every sender's output: the embedding, each head's ``z_h @ W_O[h]``, each MLP;
+- **patch edges**: each receiver input (a head's q, k or v input, an MLP's input, the
+  logits' input) is the residual stream plus, for every patched edge ``s -> r``,
+  ``reference[s] - current[s]``; heads whose q/k/v inputs differ are computed per head;
+- **trace gradients** of the metric with respect to every receiver input, from the
+  gradients of q, k, v, the MLP's normalized input and the final normalized residual,
+  mapped back through the normalization's Jacobian (``norm_vjp``), so no per-head copies
+  of the residual stream are made in the forward or backward pass.
+
+Bias terms (``b_O``) are not nodes: they are constants, the same in every run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from circuits.graph import ComputationalGraph
+from circuits.models.weights import ModelWeights
+
+ResidEdit = Callable[[int, Tensor], Tensor]  # (layer, resid_pre [b,p,d]) -> resid_pre
+PostEdit = Callable[[int, Tensor], Tensor]  # (layer, mlp hidden [b,p,m]) -> hidden
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Edge patching: ``keep`` [S, R] is 1 where an edge carries the current run's value and 0 where
+    it carries ``reference`` [S, b, p, d] (corrupted or mean outputs).  Fractions interpolate."""
+
+    keep: Tensor
+    reference: Tensor
+
+
+@dataclass
+class Trace:
+    """Tensors kept from a traced forward pass, to turn their gradients into receiver gradients."""
+
+    q: List[Tensor] = field(default_factory=list)  # per layer [b, p, H, e], pre-rotary, grad retained
+    k: List[Tensor] = field(default_factory=list)  # per layer [b, p, H, e], expanded to query heads
+    v: List[Tensor] = field(default_factory=list)
+    mlp_in: List[Tensor] = field(default_factory=list)  # per layer normalized MLP input [b, p, d]
+    ln1: List[tuple] = field(default_factory=list)  # per layer (xhat, scale) of the attention norm
+    ln2: List[tuple] = field(default_factory=list)
+    final_in: Optional[Tensor] = None  # normalized final residual at the answer positions [b, d]
+    lnf: Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    logits: Tensor  # [b, V] at the answer positions
+    outputs: Optional[Tensor] = None  # [S, b, p, d] when collected
+    trace: Optional[Trace] = None
+    resid_pre: Optional[List[Tensor]] = None  # per layer [b, p, d] when asked (for restarts)
+
+
+class GraphEngine:
+    """Runs a model given as ``ModelWeights`` over the ``ComputationalGraph`` of its components."""
+
+    def __init__(self, weights: ModelWeights):
+        self.w = weights
+        self.graph = ComputationalGraph(weights.n_layers, weights.n_heads)
+        group = weights.n_heads // weights.n_kv_heads
+        self.kv_of_head = torch.arange(weights.n_heads, device=weights.W_Q.device) // group
+
+    @classmethod
+    def from_model(cls, loaded) -> "GraphEngine":
+        from circuits.models.weights import extract_weights
+
+        return cls(extract_weights(loaded.bridge))
+
+    @property
+    def device(self) -> torch.device:
+        return self.w.W_Q.device
+
+    # ------------------------------------------------------------------ pieces
+    def embed(self, tokens: Tensor) -> Tensor:
+        """The ``input`` node's output [b, p, d]: token (+ learned position) embeddings."""
+        x = self.w.W_E[tokens]
+        if self.w.W_pos is not None:
+            x = x + self.w.W_pos[: tokens.shape[1]][None]
+        return x
+
+    def _norm(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]):
+        if self.w.norm == "LN":
+            x = x - x.mean(-1, keepdim=True)
+        scale = (x.pow(2).mean(-1, keepdim=True) + self.w.eps).sqrt()
+        xhat = x / scale
+        y = xhat * weight
+        return (y + bias if bias is not None else y), xhat, scale
+
+    def norm_vjp(self, grad_y: Tensor, xhat: Tensor, scale: Tensor, weight: Tensor) -> Tensor:
+        """Gradient w.r.t. a norm's input from the gradient w.r.t. its output (the norm's Jacobian, transposed)."""
+        g = grad_y * weight
+        proj = (g * xhat).mean(-1, keepdim=True) * xhat
+        if self.w.norm == "LN":
+            return (g - g.mean(-1, keepdim=True) - proj) / scale
+        return (g - proj) / scale
+
+    def _rotate(self, x: Tensor) -> Tensor:
+        """Rotary position embedding (HF's rotate-half layout) on [b, p, h, e]."""
+        if self.w.rotary_base is None:
+            return x
+        dim = self.w.rotary_dim
+        p = x.shape[1]
+        inv = 1.0 / (self.w.rotary_base ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
+        freqs = torch.arange(p, device=x.device, dtype=torch.float32)[:, None] * inv[None]
+        emb = torch.cat([freqs, freqs], -1)
+        cos, sin = emb.cos()[None, :, None].to(x.dtype), emb.sin()[None, :, None].to(x.dtype)
+        rot, rest = x[..., :dim], x[..., dim:]
+        half = torch.cat([-rot[..., dim // 2:], rot[..., : dim // 2]], -1)
+        return torch.cat([rot * cos + half * sin, rest], -1)
+
+    def _act(self, x: Tensor) -> Tensor:
+        name = self.w.act_fn
+        if name == "gelu_new":
+            return F.gelu(x, approximate="tanh")
+        if name == "gelu":
+            return F.gelu(x)
+        if name == "relu":
+            return F.relu(x)
+        return F.silu(x)
+
+    def mlp_hidden(self, layer: int, x: Tensor) -> Tensor:
+        """The MLP's hidden activations (neurons) [b, p, m] from its normalized input."""
+        w = self.w
+        pre = x @ w.W_in[layer] + w.b_in[layer]
+        if w.W_gate is not None:
+            return self._act(x @ w.W_gate[layer]) * pre
+        return self._act(pre)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal attention; q, k, v [b, p, H, e] (k, v already per query head) -> z [b, p, H, e]."""
+        q, k = self._rotate(q), self._rotate(k)
+        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return z.transpose(1, 2)
+
+    def attention_pattern(self, layer: int, resid_pre: Tensor) -> Tensor:
+        """Attention probabilities [b, H, p_query, p_key] of one layer, from its residual input."""
+        w = self.w
+        x, _, _ = self._norm(resid_pre, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
+        q = self._rotate(torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer])
+        kv = self.kv_of_head
+        k = self._rotate(torch.einsum("bpd,hde->bphe", x, w.W_K[layer][kv]) + w.b_K[layer][kv])
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(w.d_head)
+        p = scores.shape[-1]
+        mask = torch.ones(p, p, dtype=torch.bool, device=scores.device).tril()
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
+    def unembed(self, resid: Tensor, answer_pos: Tensor, trace: Optional[Trace] = None) -> Tensor:
+        """Logits [b, V] at the answer positions from the final residual stream [b, p, d]."""
+        w = self.w
+        last = resid[torch.arange(resid.shape[0], device=resid.device), answer_pos.to(resid.device)]
+        y, xhat, scale = self._norm(last, w.lnf_w, w.lnf_b)
+        if trace is not None:
+            y.retain_grad()
+            trace.final_in, trace.lnf = y, (xhat.detach(), scale.detach())
+        return y @ w.W_U + w.b_U
+
+    # ------------------------------------------------------------------ patching helpers
+    @staticmethod
+    def _patched_inputs(base: Tensor, patch: Optional[Patch], outs: Optional[Tensor], n_s: int, cols: slice):
+        """Inputs of the receivers in ``cols``: ``base`` [b,p,d] shared, or [r, b, p, d] when they differ."""
+        if patch is None:
+            return base, False
+        drop = 1.0 - patch.keep[:n_s, cols]  # [n_s, r]
+        rows = drop.abs().sum(1) > 0
+        if not bool(rows.any()):
+            return base, False
+        delta = patch.reference[:n_s][rows] - outs[:n_s][rows]  # [k, b, p, d]
+        drop = drop[rows].to(delta.dtype)
+        if bool((drop == drop[:, :1]).all()):
+            return base + torch.einsum("kbpd,k->bpd", delta, drop[:, 0]), False
+        return base[None] + torch.einsum("kbpd,kr->rbpd", delta, drop), True
+
+    # ------------------------------------------------------------------ forward
+    def run(
+        self,
+        tokens: Tensor,
+        answer_pos: Tensor,
+        *,
+        patch: Optional[Patch] = None,
+        collect: bool = False,
+        trace: bool = False,
+        resid0: Optional[Tensor] = None,
+        start_layer: int = 0,
+        start_resid: Optional[Tensor] = None,
+        start_outputs: Optional[Tensor] = None,
+        keep_resid: bool = False,
+        edit_resid: Optional[ResidEdit] = None,
+        edit_hidden: Optional[PostEdit] = None,
+    ) -> RunResult:
+        """One forward pass.
+
+        Args:
+            tokens: [b, p] token ids.  answer_pos: [b] positions whose logits are returned.
+            patch: edge patching (needs sender outputs, so it implies ``collect``).
+            collect: return every sender's output [S, b, p, d].
+            trace: keep q/k/v and normalized inputs with gradients retained (see ``receiver_grads``).
+            resid0: replaces the input embedding (e.g. interpolated inputs for integrated gradients).
+            start_layer, start_resid, start_outputs: resume from layer ``start_layer``'s residual input,
+                with the outputs of the senders before it (from an earlier collected run).
+            keep_resid: return each layer's residual input (for later restarts).
+            edit_resid, edit_hidden: interventions on a layer's residual input or MLP hidden activations.
+        """
+        w, g = self.w, self.graph
+        b, p = tokens.shape
+        collect = collect or patch is not None
+        tr = Trace() if trace else None
+        outs = None
+        if collect:
+            outs = torch.zeros(g.n_senders, b, p, w.d_model, dtype=w.W_E.dtype, device=self.device)
+        if start_layer == 0:
+            resid = self.embed(tokens) if resid0 is None else resid0
+            if outs is not None:
+                outs[0] = resid.detach()
+        else:
+            resid = start_resid
+            if outs is not None:
+                n = g.senders_before_heads(start_layer)
+                outs[:n] = start_outputs[:n]
+        resid_pre = [] if keep_resid else None
+        kv = self.kv_of_head
+        for layer in range(start_layer, w.n_layers):
+            if edit_resid is not None:
+                resid = edit_resid(layer, resid)
+            if keep_resid:
+                resid_pre.append(resid.detach())
+            ln1_w, ln1_b = w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer]
+            block = g.receiver_block(layer)
+            heads = slice(block.start, block.start + 3 * w.n_heads)
+            x_in, split = self._patched_inputs(resid, patch, outs, g.senders_before_heads(layer), heads)
+            if split:  # every head's q, k and v input on its own
+                x, _, _ = self._norm(x_in, ln1_w, ln1_b)  # [3H, b, p, d]
+                H = w.n_heads
+                q = torch.einsum("hbpd,hde->bphe", x[:H], w.W_Q[layer]) + w.b_Q[layer]
+                k = torch.einsum("hbpd,hde->bphe", x[H:2 * H], w.W_K[layer][kv]) + w.b_K[layer][kv]
+                v = torch.einsum("hbpd,hde->bphe", x[2 * H:], w.W_V[layer][kv]) + w.b_V[layer][kv]
+            else:
+                x, xhat, scale = self._norm(x_in, ln1_w, ln1_b)
+                q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
+                k = (torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer])[:, :, kv]
+                v = (torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer])[:, :, kv]
+                if tr is not None:
+                    for t in (q, k, v):
+                        t.retain_grad()
+                    tr.q.append(q), tr.k.append(k), tr.v.append(v)
+                    tr.ln1.append((xhat.detach(), scale.detach()))
+            z = self._attend(q, k, v)
+            if outs is not None:
+                head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
+                start = g.head_sender(layer, 0)
+                outs[start:start + w.n_heads] = head_out.detach()
+                attn = head_out.sum(0)
+            else:
+                attn = torch.einsum("bphe,hed->bpd", z, w.W_O[layer])
+            resid = resid + attn + w.b_O[layer]
+
+            mlp_r = g.mlp_receiver(layer)
+            x_in, _ = self._patched_inputs(resid, patch, outs, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
+            x, xhat, scale = self._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
+            if tr is not None:
+                x.retain_grad()
+                tr.mlp_in.append(x)
+                tr.ln2.append((xhat.detach(), scale.detach()))
+            hidden = self.mlp_hidden(layer, x)
+            if edit_hidden is not None:
+                hidden = edit_hidden(layer, hidden)
+            mlp_out = hidden @ w.W_out[layer] + w.b_out[layer]
+            if outs is not None:
+                outs[g.mlp_sender(layer)] = mlp_out.detach()
+            resid = resid + mlp_out
+        final, _ = self._patched_inputs(resid, patch, outs, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
+        logits = self.unembed(final, answer_pos, tr)
+        return RunResult(logits=logits, outputs=outs, trace=tr, resid_pre=resid_pre)
+
+    # ------------------------------------------------------------------ gradients
+    def receiver_grads(self, trace: Trace, layer: int) -> Tensor:
+        """After ``backward``: d metric / d input for the receivers of ``layer`` -> [3H + 1, b, p, d]."""
+        w = self.w
+        kv = self.kv_of_head
+        xhat, scale = trace.ln1[layer - self._first_traced(trace)]
+        i = layer - self._first_traced(trace)
+        gq = torch.einsum("bphe,hde->hbpd", trace.q[i].grad, w.W_Q[layer])
+        gk = torch.einsum("bphe,hde->hbpd", trace.k[i].grad, w.W_K[layer][kv])
+        gv = torch.einsum("bphe,hde->hbpd", trace.v[i].grad, w.W_V[layer][kv])
+        heads = self.norm_vjp(torch.cat([gq, gk, gv]), xhat, scale, w.ln1_w[layer])
+        xhat2, scale2 = trace.ln2[i]
+        mlp = self.norm_vjp(trace.mlp_in[i].grad, xhat2, scale2, w.ln2_w[layer])
+        return torch.cat([heads, mlp[None]])
+
+    def _first_traced(self, trace: Trace) -> int:
+        return self.w.n_layers - len(trace.q)
+
+    def logits_grad(self, trace: Trace, answer_pos: Tensor, shape) -> Tensor:
+        """d metric / d (final residual stream) [b, p, d]: non-zero at the answer positions only."""
+        xhat, scale = trace.lnf
+        g = self.norm_vjp(trace.final_in.grad, xhat, scale, self.w.lnf_w)
+        full = torch.zeros(shape, dtype=g.dtype, device=g.device)
+        full[torch.arange(shape[0], device=g.device), answer_pos.to(g.device)] = g
+        return full

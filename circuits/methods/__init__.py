@@ -1,0 +1,1 @@
+"""Scoring methods, one module each, found through the ``circuits.methods`` entry point."""

@@ -1,0 +1,1 @@
+"""Circuits as networkx graphs and files (installed as ``circuits.graphs``). Pure Python: no torch."""

@@ -1,0 +1,140 @@
+"""Compare a found circuit with a reference circuit, and read/write a run's edge scores.
+
+``scores.tsv`` holds every scored edge of a run: a header line ``edge<TAB>score``, then one
+``name<TAB>score`` line per edge, sorted by descending ``|score|``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import networkx as nx
+
+from circuits import names
+from circuits.atomic import write_atomic
+from circuits.errors import CircuitsError
+from circuits.graphs.build import edge_names
+
+SCORES_FILE = "scores.tsv"
+HEADER = "edge\tscore"
+
+__all__ = ["SCORES_FILE", "compare", "overlap", "auroc", "load_scores", "write_scores"]
+
+
+def compare(a: nx.DiGraph, b: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None) -> dict:
+    """How well circuit ``a`` matches reference circuit ``b``.
+
+    Returns ``{"nodes": {precision, recall, jaccard}, "edges": {precision, recall, jaccard,
+    auroc}}``. Nodes are compared by component name, edges by full edge name (a head's
+    q, k and v inputs count apart). ``auroc`` is None unless ``scores`` (every scored edge
+    of ``a``'s run, name -> score) is given; then it is the AUROC of ``|score|`` as a
+    classifier of membership in ``b``'s edges over all scored edges (see :func:`auroc`).
+    """
+    edges = overlap(edge_names(a), edge_names(b))
+    edges["auroc"] = None
+    if scores is not None:
+        edges["auroc"] = auroc(scores, edge_names(b))
+    return {"nodes": overlap(set(a.nodes), set(b.nodes)), "edges": edges}
+
+
+def overlap(found: set, reference: set) -> dict[str, float]:
+    """Precision ``|A∩B|/|A|``, recall ``|A∩B|/|B|`` and Jaccard ``|A∩B|/|A∪B|`` of A against B.
+
+    A ratio with a zero denominator is 1.0 when both sets are empty (a perfect match of
+    nothing) and 0.0 otherwise.
+    """
+    both_empty = not found and not reference
+    inter = len(found & reference)
+
+    def ratio(den: int) -> float:
+        return inter / den if den else (1.0 if both_empty else 0.0)
+
+    return {"precision": ratio(len(found)), "recall": ratio(len(reference)), "jaccard": ratio(len(found | reference))}
+
+
+def auroc(scores: Mapping[str, float], positives: set[str]) -> Optional[float]:
+    """AUROC of ``|score|`` for telling ``positives`` apart from the other scored edges.
+
+    Computed over all edges in ``scores`` plus any positive missing from ``scores``; a
+    missing positive (and a NaN score) counts as scoring below every scored edge. Ties get
+    average ranks (the Mann-Whitney U statistic). None when there are no positives or no
+    negatives.
+    """
+    values = {_canonical(k): _magnitude(v) for k, v in scores.items()}
+    for name in positives:
+        values.setdefault(name, -math.inf)
+    labels = [(v, name in positives) for name, v in values.items()]
+    n_pos = sum(1 for _, p in labels if p)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = _average_ranks([v for v, _ in labels])
+    rank_sum = sum(r for r, (_, p) in zip(ranks, labels) if p)
+    u = rank_sum - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def load_scores(path: Union[str, Path]) -> dict[str, float]:
+    """Read ``scores.tsv`` (the file, or a run folder that holds it) into edge name -> score."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / SCORES_FILE
+    if not file.is_file():
+        raise CircuitsError(f"{file} does not exist; pass a run folder written by `circuits discover` or its {SCORES_FILE}")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].strip() != HEADER:
+        raise CircuitsError(f"{file}: the first line must be the header 'edge<TAB>score'; rewrite it with write_scores")
+    out: dict[str, float] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            name, value = _canonical(parts[0]), float(parts[1])
+        except (ValueError, CircuitsError):
+            raise CircuitsError(f"{file} line {number}: expected 'EDGE<TAB>SCORE' with an edge like a0.h1->a9.h1<q>, got {line!r}") from None
+        if name in out:
+            raise CircuitsError(f"{file} line {number}: edge {name} appears twice; keep one line per edge")
+        out[name] = value
+    return out
+
+
+def write_scores(scores: Mapping[str, float], path: Union[str, Path]) -> Path:
+    """Write edge scores to ``path`` (a file, or a folder to hold ``scores.tsv``) atomically, largest ``|score|`` first."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / SCORES_FILE
+    rows = sorted(((_canonical(k), float(v)) for k, v in scores.items()), key=lambda r: (-_magnitude(r[1]), r[0]))
+    text = "\n".join([HEADER] + [f"{name}\t{value!r}" for name, value in rows]) + "\n"
+    return write_atomic(file, text)
+
+
+def _average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks of ``values`` in ascending order, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        mean = (start + end) / 2 + 1
+        for i in order[start : end + 1]:
+            ranks[i] = mean
+        start = end + 1
+    return ranks
+
+
+def _magnitude(score: float) -> float:
+    value = abs(float(score))
+    return -math.inf if math.isnan(value) else value
+
+
+def _canonical(name: str) -> str:
+    try:
+        return names.format_edge(names.parse_edge(name))
+    except names.NameError_ as exc:
+        raise CircuitsError(str(exc)) from None

@@ -1,0 +1,261 @@
+"""Greater-than (Hanna, Liu & Variengien, NeurIPS 2023).
+
+Clean prompt:      ``<|endoftext|>The {noun} lasted from the year {XX}{YY} to the year {XX}``
+Corrupted twin:    the same with the start year ``{XX}01``.
+
+Centuries XX = 11..17 and YY = 02..98.  A year counts only if `` XXYY`` tokenizes as
+exactly `` XX`` followed by ``YY``; the first and last such year of each century are
+dropped.  Positions and answer tokens are derived from the tokenizer, never hard-coded.
+
+Two forms of the metrics:
+
+- **Reported** (``evaluate``, ``year_probabilities``): probabilities of the 100 two-digit
+  continuations ``00``..``99``.  With a tokenizer that has two-digit tokens (GPT-2) they are
+  read at the answer position.  With a digit-splitting tokenizer (SmolLM2) they are
+  ``P(tens) x P(units | tens)``, teacher-forced with one extra forward per tens digit.
+  ``PD = sum p(y > YY) - sum p(y <= YY)``, ``CS = p(YY+1) - p(YY-1)``.
+- **Single-position** (``metric``), differentiable and used by every scoring method and by
+  faithfulness: PD read at the answer position only.  With two-digit tokens it is the
+  reported PD exactly.  With digit tokens it is the tens-digit PD,
+  ``sum_{d > t} p(d) - sum_{d < t} p(d)`` with ``t`` the tens digit of YY.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from circuits.dataset import PromptDataset
+from circuits.errors import CircuitsError
+
+CENTURIES = tuple(range(11, 18))
+YEARS = tuple(range(2, 99))
+TEMPLATE = "The {noun} lasted from the year {xx}{yy:02d} to the year {xx}"
+_PROMPT_RE = re.compile(r"The (?P<noun>.+?) lasted from the year (?P<xx>\d\d)(?P<yy>\d\d) to the year (?P=xx)\s*$")
+
+
+def load_nouns() -> List[str]:
+    text = (resources.files("circuits.tasks") / "greater_than_nouns.txt").read_text(encoding="utf-8")
+    words = [w for line in text.splitlines() if not line.startswith("#") for w in line.split()]
+    return list(dict.fromkeys(words))
+
+
+def _ids(tokenizer, text: str) -> List[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def bos_id(tokenizer) -> int:
+    """The id standing in for GPT-2's ``<|endoftext|>`` at the start of each prompt."""
+    for tok_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tok_id is not None:
+            return int(tok_id)
+    raise CircuitsError("the tokenizer has neither a BOS nor an EOS token to start greater-than prompts with")
+
+
+class Vocabulary:
+    """How a tokenizer writes two-digit years: one token per ``YY``, or one per digit."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        two_digit = [_ids(tokenizer, f"{y:02d}") for y in range(100)]
+        if all(len(ids) == 1 for ids in two_digit):
+            self.mode = "token"
+            self.year_ids = [ids[0] for ids in two_digit]
+            self.digit_ids: List[int] = []
+        else:
+            digits = [_ids(tokenizer, str(d)) for d in range(10)]
+            if not all(len(ids) == 1 for ids in digits) or any(two_digit[y] != digits[y // 10] + digits[y % 10] for y in range(100)):
+                raise CircuitsError("this tokenizer writes two-digit years neither as one token nor as two digit tokens; greater-than needs one of the two")
+            self.mode = "digits"
+            self.digit_ids = [ids[0] for ids in digits]
+            self.year_ids = []
+
+    def valid(self, xx: int, yy: int) -> bool:
+        """`` XXYY`` must tokenize as exactly `` XX`` then ``YY``."""
+        return _ids(self.tokenizer, f" {xx}{yy:02d}") == _ids(self.tokenizer, f" {xx}") + _ids(self.tokenizer, f"{yy:02d}")
+
+    def valid_years(self) -> Dict[int, List[int]]:
+        """Century -> valid YY values, with the first and last valid year of each century dropped."""
+        result = {}
+        for xx in CENTURIES:
+            ok = [yy for yy in YEARS if self.valid(xx, yy)]
+            if len(ok) > 2:
+                result[xx] = ok[1:-1]
+        if not result:
+            raise CircuitsError("no year in 11xx..17xx splits into ' XX' + 'YY' with this tokenizer")
+        return result
+
+
+def _read_records(path: Path) -> List[Dict[str, Any]]:
+    if not path.is_file():
+        raise CircuitsError(f"prompt file not found: {path}; pass a .csv or .jsonl file")
+    if path.suffix.lower() == ".jsonl":
+        try:
+            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise CircuitsError(f"{path} is not valid JSONL (line {exc.lineno}): one JSON object per line") from exc
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    raise CircuitsError(f"unsupported prompt file {path.name}: use .csv or .jsonl")
+
+
+def _parse_record(rec: Dict[str, Any], where: str) -> tuple[str, int, int]:
+    """A record gives either ``clean`` (the prompt text) or ``noun``, ``century``/``XX`` and ``year``/``YY``."""
+    text = rec.get("clean") or rec.get("prompt") or rec.get("text")
+    if text:
+        m = _PROMPT_RE.search(str(text).replace("<|endoftext|>", ""))
+        if not m:
+            raise CircuitsError(f"{where}: prompt does not follow the template '{TEMPLATE}': {text!r}")
+        return m["noun"], int(m["xx"]), int(m["yy"])
+    try:
+        noun = str(rec["noun"]).strip()
+        if "year" in rec and len(str(rec["year"]).strip()) == 4:
+            year = str(rec["year"]).strip()
+            return noun, int(year[:2]), int(year[2:])
+        return noun, int(rec.get("century", rec.get("XX"))), int(rec.get("yy", rec.get("YY")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CircuitsError(f"{where}: needs a 'clean' prompt or 'noun', 'century' and 'yy' fields") from exc
+
+
+class GreaterThan:
+    """The greater-than task of Hanna et al. (2023)."""
+
+    name = "greater-than"
+    description = "Years after the start year: 'The war lasted from the year 1732 to the year 17' -> 33..99"
+
+    # ------------------------------------------------------------------ prompts
+    def build(self, tokenizer, *, n: int = 100, seed: int = 0, data: Optional[Path] = None) -> PromptDataset:
+        import torch
+
+        if n < 1:
+            raise CircuitsError(f"--n must be at least 1 (got {n})")
+        vocab = Vocabulary(tokenizer)
+        if data is not None:
+            triples = [_parse_record(r, f"{data}:{i + 1}") for i, r in enumerate(_read_records(Path(data)))][:n]
+            if not triples:
+                raise CircuitsError(f"{data} holds no prompts")
+        else:
+            triples = self._sample(tokenizer, vocab, n=n, seed=seed)
+        bos = bos_id(tokenizer)
+        clean, corrupted, meta = [], [], []
+        for noun, xx, yy in triples:
+            if not vocab.valid(xx, yy) or not vocab.valid(xx, 1):
+                raise CircuitsError(f"year {xx}{yy:02d} does not split into ' {xx}' + '{yy:02d}' with this tokenizer; pick another year")
+            c = [bos] + _ids(tokenizer, TEMPLATE.format(noun=noun, xx=xx, yy=yy))
+            k = [bos] + _ids(tokenizer, TEMPLATE.format(noun=noun, xx=xx, yy=1))
+            clean.append(c)
+            corrupted.append(k)
+            meta.append({"noun": noun, "century": xx, "yy": yy, "year": xx * 100 + yy})
+        lengths = {len(c) for c in clean} | {len(k) for k in corrupted}
+        if len(lengths) != 1:
+            raise CircuitsError(f"greater-than prompts tokenize to different lengths {sorted(lengths)}; use nouns that are one token each")
+        clean_t = torch.tensor(clean, dtype=torch.long)
+        seq = clean_t.shape[1]
+        info = {"mode": vocab.mode, "year_ids": vocab.year_ids, "digit_ids": vocab.digit_ids,
+                "yy_pos": self._yy_pos(tokenizer, triples[0], bos)}
+        return PromptDataset(
+            clean=clean_t, corrupted=torch.tensor(corrupted, dtype=torch.long),
+            answer_pos=torch.full((len(clean),), seq - 1, dtype=torch.long),
+            metadata=meta, task=self.name, info=info,
+        )
+
+    @staticmethod
+    def _yy_pos(tokenizer, triple, bos: int) -> int:
+        """Position of the (first) YY token, found by tokenizing the prompt up to the start year."""
+        noun, xx, yy = triple
+        prefix = TEMPLATE.format(noun=noun, xx=xx, yy=yy).split(f"{xx}{yy:02d}")[0] + f"{xx}"
+        return 1 + len(_ids(tokenizer, prefix))
+
+    @staticmethod
+    def _sample(tokenizer, vocab: Vocabulary, *, n: int, seed: int) -> List[tuple[str, int, int]]:
+        nouns = [w for w in load_nouns() if len(_ids(tokenizer, " " + w)) == 1]
+        if not nouns:  # the tokenizer splits every noun: keep the nouns whose length is the most common one
+            by_len: Dict[int, List[str]] = {}
+            for w in load_nouns():
+                by_len.setdefault(len(_ids(tokenizer, " " + w)), []).append(w)
+            nouns = max(by_len.values(), key=len)
+        years = vocab.valid_years()
+        by_yy: Dict[int, List[int]] = {}
+        for xx, yys in years.items():
+            for yy in yys:
+                by_yy.setdefault(yy, []).append(xx)
+        rng = random.Random(seed)
+        yy_values = sorted(by_yy)
+        triples = []
+        order: List[int] = []
+        while len(triples) < n:  # balanced over YY: every YY once per round, in a seeded order
+            if not order:
+                order = yy_values[:]
+                rng.shuffle(order)
+            yy = order.pop()
+            triples.append((rng.choice(nouns), rng.choice(by_yy[yy]), yy))
+        return triples
+
+    # ------------------------------------------------------------------ metrics
+    def metric(self, logits, dataset: PromptDataset):
+        """Single-position PD from answer-position logits [n, vocab] (differentiable)."""
+        import torch
+
+        probs = torch.softmax(logits.float(), dim=-1)
+        yy = torch.tensor([m["yy"] for m in dataset.metadata], device=logits.device)
+        if dataset.info["mode"] == "token":
+            return probability_difference(probs[:, dataset.info["year_ids"]], yy)
+        tens = yy // 10
+        p = probs[:, dataset.info["digit_ids"]]  # [n, 10]
+        d = torch.arange(10, device=logits.device)
+        sign = (d[None, :] > tens[:, None]).float() - (d[None, :] < tens[:, None]).float()
+        return (p * sign).sum(-1)
+
+    def year_probabilities(self, forward, dataset: PromptDataset, *, batch_size: int = 64):
+        """p(YY') for the 100 two-digit continuations: [n, 100], no gradient."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                part = dataset.subset(slice(start, start + batch_size))
+                logits = forward(part.clean)
+                idx = torch.arange(len(part))
+                probs = torch.softmax(logits[idx, part.answer_pos].float(), -1)
+                if dataset.info["mode"] == "token":
+                    out.append(probs[:, dataset.info["year_ids"]])
+                    continue
+                digits = torch.tensor(dataset.info["digit_ids"])
+                p_tens = probs[:, digits]  # [b, 10]
+                # teacher forcing: append each tens digit, read the units digit's distribution
+                b, seq = part.clean.shape
+                forced = torch.cat([part.clean.repeat_interleave(10, 0), digits.repeat(b)[:, None]], dim=1)
+                units = torch.softmax(forward(forced)[:, -1].float(), -1)[:, digits].view(b, 10, 10)
+                out.append((p_tens[:, :, None] * units).reshape(b, 100))
+        return torch.cat(out)
+
+    def evaluate(self, forward, dataset: PromptDataset) -> Dict[str, Any]:
+        """Per-prompt ``probability_difference`` and ``cutoff_sharpness`` (reported form)."""
+        import torch
+
+        p = self.year_probabilities(forward, dataset)
+        yy = torch.tensor([m["yy"] for m in dataset.metadata])
+        return {"probability_difference": probability_difference(p, yy), "cutoff_sharpness": cutoff_sharpness(p, yy)}
+
+
+def probability_difference(p_years, yy):
+    """``sum p(y > YY) - sum p(y <= YY)``; p_years [n, 100], yy [n]."""
+    import torch
+
+    y = torch.arange(100, device=p_years.device)
+    sign = (y[None, :] > yy[:, None]).to(p_years.dtype) * 2 - 1
+    return (p_years * sign).sum(-1)
+
+
+def cutoff_sharpness(p_years, yy):
+    """``p(YY+1) - p(YY-1)``; p_years [n, 100], yy [n] with 1 <= YY <= 98."""
+    import torch
+
+    idx = torch.arange(p_years.shape[0])
+    return p_years[idx, yy + 1] - p_years[idx, yy - 1]
+
