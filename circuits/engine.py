@@ -59,7 +59,8 @@ class RunResult:
     logits: Tensor  # [b, V] at the answer positions
     outputs: Optional[Tensor] = None  # [S, b, p, d] when collected
     trace: Optional[Trace] = None
-    resid_pre: Optional[List[Tensor]] = None  # per layer [b, p, d] when asked (for restarts)
+    resid_pre: Optional[List[Tensor]] = None  # per layer [b, p, d], then the final residual (when asked)
+    hidden: Optional[dict] = None  # layer -> MLP hidden activations [b, p, m] for ``capture_hidden`` layers
 
 
 class GraphEngine:
@@ -197,6 +198,7 @@ class GraphEngine:
         keep_resid: bool = False,
         edit_resid: Optional[ResidEdit] = None,
         edit_hidden: Optional[PostEdit] = None,
+        capture_hidden: tuple = (),
     ) -> RunResult:
         """One forward pass.
 
@@ -208,7 +210,8 @@ class GraphEngine:
             resid0: replaces the input embedding (e.g. interpolated inputs for integrated gradients).
             start_layer, start_resid, start_outputs: resume from layer ``start_layer``'s residual input,
                 with the outputs of the senders before it (from an earlier collected run).
-            keep_resid: return each layer's residual input (for later restarts).
+            keep_resid: return each layer's residual input and the final residual (for later restarts).
+            capture_hidden: layers whose MLP hidden activations are returned (grad retained when tracing).
             edit_resid, edit_hidden: interventions on a layer's residual input or MLP hidden activations.
         """
         w, g = self.w, self.graph
@@ -218,7 +221,7 @@ class GraphEngine:
         outs = None
         if collect:
             outs = torch.zeros(g.n_senders, b, p, w.d_model, dtype=w.W_E.dtype, device=self.device)
-        if start_layer == 0:
+        if start_resid is None:
             resid = self.embed(tokens) if resid0 is None else resid0
             if outs is not None:
                 outs[0] = resid.detach()
@@ -228,6 +231,7 @@ class GraphEngine:
                 n = g.senders_before_heads(start_layer)
                 outs[:n] = start_outputs[:n]
         resid_pre = [] if keep_resid else None
+        hiddens: dict = {}
         kv = self.kv_of_head
         for layer in range(start_layer, w.n_layers):
             if edit_resid is not None:
@@ -274,13 +278,19 @@ class GraphEngine:
             hidden = self.mlp_hidden(layer, x)
             if edit_hidden is not None:
                 hidden = edit_hidden(layer, hidden)
+            if layer in capture_hidden:
+                if tr is not None and hidden.requires_grad:
+                    hidden.retain_grad()
+                hiddens[layer] = hidden
             mlp_out = hidden @ w.W_out[layer] + w.b_out[layer]
             if outs is not None:
                 outs[g.mlp_sender(layer)] = mlp_out.detach()
             resid = resid + mlp_out
+        if keep_resid:
+            resid_pre.append(resid.detach())
         final, _ = self._patched_inputs(resid, patch, outs, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
         logits = self.unembed(final, answer_pos, tr)
-        return RunResult(logits=logits, outputs=outs, trace=tr, resid_pre=resid_pre)
+        return RunResult(logits=logits, outputs=outs, trace=tr, resid_pre=resid_pre, hidden=hiddens or None)
 
     # ------------------------------------------------------------------ gradients
     def receiver_grads(self, trace: Trace, layer: int) -> Tensor:

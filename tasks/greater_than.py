@@ -201,7 +201,9 @@ class GreaterThan:
         """Single-position PD from answer-position logits [n, vocab] (differentiable)."""
         import torch
 
-        probs = torch.softmax(logits.float(), dim=-1)
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        probs = torch.softmax(logits, dim=-1)
         yy = torch.tensor([m["yy"] for m in dataset.metadata], device=logits.device)
         if dataset.info["mode"] == "token":
             return probability_difference(probs[:, dataset.info["year_ids"]], yy)

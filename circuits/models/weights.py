@@ -147,3 +147,15 @@ def extract_weights(bridge) -> ModelWeights:
             act_fn="gelu_new" if act in ("gelu_pytorch_tanh", "gelu_fast") else act,
             rotary_base=base, rotary_dim=rot_dim,
         )
+
+
+def cast_weights(weights: ModelWeights, *, dtype: Optional[torch.dtype] = None, device=None) -> ModelWeights:
+    """A copy with every tensor moved to ``device`` and/or cast to ``dtype`` (float64 for exact checks)."""
+    import dataclasses
+
+    changes = {}
+    for f in dataclasses.fields(weights):
+        value = getattr(weights, f.name)
+        if isinstance(value, Tensor):
+            changes[f.name] = value.to(device=device, dtype=dtype)
+    return dataclasses.replace(weights, **changes)

@@ -1,0 +1,232 @@
+"""``circuits discover`` and ``circuits evaluate-circuit``."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+import typer
+
+from circuits.cli import app
+from circuits.cli.commands_core import MODEL_HELP, resolve_task
+from circuits.errors import CircuitsError
+
+ABLATIONS = ("corrupted", "mean")
+
+
+class ProgressBars:
+    """A ``Progress`` callback drawing tqdm bars on stderr (only on a terminal): a new bar whenever
+    the total changes or the count goes back."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.total: Optional[int] = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or total != self.total or done < self.done:
+            self.close()
+            self.bar = tqdm(total=total, desc=message, file=sys.stderr, leave=False, disable=None, dynamic_ncols=True)
+            self.total, self.done = total, 0
+        self.bar.set_description_str(message, refresh=False)
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+
+
+def _check_ablation(ablation: str) -> str:
+    if ablation not in ABLATIONS:
+        raise CircuitsError(f"--ablation must be one of {', '.join(ABLATIONS)} (got {ablation!r})")
+    return ablation
+
+
+def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Optional[float]):
+    from circuits.discover import SelectionSpec
+
+    given = [(flag, v) for flag, v in (("--top-k", top_k), ("--threshold", threshold), ("--target-faithfulness", target))
+             if v is not None]
+    if len(given) > 1:
+        raise CircuitsError(f"choose one selection mode: {' and '.join(f for f, _ in given)} were both given")
+    if top_k is not None:
+        return SelectionSpec("top-k", top_k)
+    if threshold is not None:
+        return SelectionSpec("threshold", threshold)
+    return SelectionSpec("target-faithfulness", 0.9 if target is None else target)
+
+
+def _neurons(text: Optional[str]) -> Tuple[str, ...]:
+    from circuits import names
+
+    if not text:
+        return ()
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            node = names.parse_node(part)
+        except names.NameError_ as exc:
+            raise CircuitsError(f"--neurons: {exc}") from None
+        if node.kind != "mlp":
+            raise CircuitsError(f"--neurons takes MLP names like m8,m9 (got {part!r})")
+        out.append(names.format_node(node))
+    return tuple(dict.fromkeys(out))
+
+
+def _load(model: str, device: str):
+    from circuits.engine import GraphEngine
+    from circuits.models import load_model
+
+    loaded = load_model(model, device=device)
+    return loaded, GraphEngine.from_model(loaded)
+
+
+@app.command()
+def discover(
+    task: Optional[str] = typer.Argument(None, help="Task name (see `circuits tasks list`)."),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    method: str = typer.Option(..., "--method", help="Scoring method: eap, eap-ig, activation-patching, path-patching."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (must be empty unless --force)."),
+    n: int = typer.Option(100, "--n", help="Number of prompts."),
+    seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge with |score| >= T (then prune)."),
+    target: Optional[float] = typer.Option(None, "--target-faithfulness",
+                                           help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode is given]."),
+    ablation: str = typer.Option("corrupted", "--ablation", help="Patched edges carry the corrupted run (corrupted) or the clean mean (mean)."),
+    ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
+    neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
+    task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
+    device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
+) -> None:
+    """Score every edge, keep a faithful circuit, and write it (JSON, DOT, SVG, scores, manifest, report) to --out."""
+    from circuits.run_folder import check_out_dir
+
+    spec = _selection_spec(top_k, threshold, target)
+    _check_ablation(ablation)
+    neuron_layers = _neurons(neurons)
+    if n < 1:
+        raise CircuitsError(f"--n must be at least 1 (got {n})")
+    if batch_size < 0:
+        raise CircuitsError(f"--batch-size must be 0 (all prompts) or more (got {batch_size})")
+    if ig_steps < 1:
+        raise CircuitsError(f"--ig-steps must be at least 1 (got {ig_steps})")
+    check_out_dir(out, force)
+    task_obj = resolve_task(task, task_file)
+    from circuits.registry import get_method
+
+    method_obj = get_method(method)
+
+    from circuits.discover import discover as run_discovery
+    from circuits.run_folder import write_run
+    from circuits.scores import MethodOptions
+
+    timings = {}
+    t = time.perf_counter()
+    loaded, engine = _load(model, device)
+    timings["load"] = time.perf_counter() - t
+    g = engine.graph
+    for name in neuron_layers:
+        if int(name[1:]) >= g.n_layers:
+            raise CircuitsError(f"--neurons {name}: the model has MLPs m0..m{g.n_layers - 1}")
+    t = time.perf_counter()
+    dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
+    timings["dataset"] = time.perf_counter() - t
+
+    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=neuron_layers, batch_size=batch_size)
+    bars = ProgressBars()
+    try:
+        result = run_discovery(engine, dataset, task_obj.metric, method_obj, options, spec, progress=bars)
+    finally:
+        bars.close()
+    run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
+           "method": method, "n": len(dataset), "seed": seed, "device": device}
+    written = write_run(out, result, run, timings=timings, force=force)
+
+    sel = result.selection
+    typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
+               f"({sel.mode} {sel.value:g}, k = {sel.k}), faithfulness {result.faithfulness.f:.3f}")
+    if result.curve is not None:
+        typer.echo(f"CPR {result.curve.cpr:.3f}, CMD {result.curve.cmd:.3f}")
+    if not sel.reached:
+        typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
+    if not written.svg:
+        typer.echo("hint: install graphviz (apt-get install graphviz / brew install graphviz) to get circuit.svg", err=True)
+    typer.echo(str(out))
+
+
+def _keep_mask(G, graph, model: str):
+    import torch
+
+    from circuits.graphs.build import edge_names
+
+    keep = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.bool)
+    for name in sorted(edge_names(G)):
+        try:
+            s, r = graph.edge_index(name)
+        except (KeyError, ValueError):
+            raise CircuitsError(
+                f"edge {name} is not in the graph of {model} ({graph.n_layers} layers x {graph.n_heads} heads, "
+                f"{graph.n_edges} edges); was the circuit found on another model?"
+            ) from None
+        keep[s, r] = True
+    return keep
+
+
+@app.command("evaluate-circuit")
+def evaluate_circuit(
+    circuit: Path = typer.Argument(..., metavar="CIRCUIT_JSON_OR_RUN", help="A circuit.json file, or a run folder that holds one."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " [default: the circuit's model]"),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of prompts [default: the circuit's n, else 100]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Prompt seed [default: the circuit's seed, else 0]."),
+    task: Optional[str] = typer.Option(None, "--task", help="Task [default: the circuit's task]."),
+    task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
+    ablation: Optional[str] = typer.Option(None, "--ablation", help="corrupted or mean [default: the circuit's, else corrupted]."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
+    device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Recompute a saved circuit's faithfulness on fresh prompts, independently of discovery."""
+    from circuits.faithfulness import faithfulness
+    from circuits.graphs.build import load_circuit
+
+    G = load_circuit(circuit)
+    meta = G.graph
+    model = model or meta.get("model")
+    if not model:
+        raise CircuitsError(f"{circuit} does not name its model; pass --model")
+    task_name = task or meta.get("task")
+    if task_file is None and not task_name:
+        raise CircuitsError(f"{circuit} does not name its task; pass --task or --task-file")
+    task_obj = resolve_task(task_name, task_file)
+    n = n if n is not None else int(meta.get("n") or 100)
+    seed = seed if seed is not None else int(meta.get("seed") or 0)
+    ablation = _check_ablation(ablation or meta.get("ablation") or "corrupted")
+    if n < 1:
+        raise CircuitsError(f"--n must be at least 1 (got {n})")
+
+    loaded, engine = _load(model, device)
+    keep = _keep_mask(G, engine.graph, model)
+    dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
+    faith = faithfulness(engine, dataset, task_obj.metric, keep, ablation=ablation, batch_size=batch_size)
+    result = {"faithfulness": faith.f, "edges": int(keep.sum()), "metric_full": faith.m_full,
+              "metric_empty": faith.m_empty, "metric_circuit": faith.m_circuit, "n": len(dataset), "seed": seed,
+              "model": model, "task": getattr(task_obj, "name", task_name), "ablation": ablation}
+    if as_json:
+        from circuits.graphs.build import jsonable
+
+        typer.echo(json.dumps(jsonable(result)))
+        return
+    typer.echo(f"{result['task']} on {model}: {result['edges']} edges, {len(dataset)} prompts (seed {seed}, {ablation} ablation)")
+    typer.echo(f"  faithfulness     {faith.f:.4f}")
+    typer.echo(f"  metric: model {faith.m_full:+.4f}, circuit {faith.m_circuit:+.4f}, all edges patched {faith.m_empty:+.4f}")

@@ -1,0 +1,184 @@
+"""Discovery as a library call: score the edges, measure the faithfulness curve, choose a circuit.
+
+``discover(engine, dataset, metric, method, ...)`` runs the whole pipeline after loading and
+returns a :class:`DiscoveryResult`.  It neither prints nor writes files (see
+``circuits.run_folder`` for the run folder and ``circuits.cli.commands_discover`` for the CLI).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from circuits.errors import CircuitsError
+from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve, reference_outputs
+from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.select import MODES, Selection, target_faithfulness, threshold, top_k
+
+__all__ = ["SelectionSpec", "DiscoveryResult", "discover", "select", "kept_edge_scores", "top_components"]
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    """How to choose the circuit: ``mode`` in ``top-k``, ``threshold``, ``target-faithfulness`` and its ``value``."""
+
+    mode: str = "target-faithfulness"
+    value: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise CircuitsError(f"unknown selection mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.mode == "top-k" and (self.value < 0 or self.value != int(self.value)):
+            raise CircuitsError(f"--top-k must be a whole number >= 0 (got {self.value})")
+        if self.mode == "threshold" and not self.value >= 0:
+            raise CircuitsError(f"--threshold must be >= 0 (got {self.value})")
+        if self.mode == "target-faithfulness" and not 0 < self.value <= 1:
+            raise CircuitsError(f"--target-faithfulness must be in (0, 1] (got {self.value})")
+
+
+@dataclass(frozen=True)
+class DiscoveryResult:
+    """Everything a discovery run found.
+
+    scores: the method's :class:`Scores`.  selection: the chosen circuit (its ``faithfulness`` filled in).
+    faithfulness: m(N), m(empty), m(circuit) and f.  curve: f over edge fractions, CPR and CMD.
+    timings: seconds per step (``scoring``, ``reference``, ``curve``, ``selection``, ``faithfulness``).
+    forward_passes: what the method reported (``Scores.info['forward_passes']``) or None.
+    circuit_evaluations: patched metric evaluations made for the curve and the selection.
+    """
+
+    scores: Scores
+    selection: Selection
+    faithfulness: Faithfulness
+    curve: Optional[Curve]
+    options: MethodOptions
+    timings: Mapping[str, float] = field(default_factory=dict)
+    forward_passes: Optional[int] = None
+    circuit_evaluations: int = 0
+
+    @property
+    def edges_total(self) -> int:
+        return self.scores.graph.n_edges
+
+    @property
+    def edges_kept(self) -> int:
+        return self.selection.edges_kept
+
+    def kept_edges(self) -> Dict[str, float]:
+        return kept_edge_scores(self.scores, self.selection.keep_mask)
+
+    def top_components(self, n: int = 15) -> List[Tuple[str, float]]:
+        return top_components(self.scores, self.selection.keep_mask, n=n)
+
+
+def kept_edge_scores(scores: Scores, keep_mask) -> Dict[str, float]:
+    """Edge name -> score of the kept edges (NaN scores written as 0), in compute order."""
+    import math
+
+    import torch
+
+    keep = torch.as_tensor(keep_mask).detach().cpu().bool()
+    values = torch.as_tensor(scores.edge_scores).detach().cpu().double()
+    graph = scores.graph
+    out = {}
+    for s, r in graph.edges():
+        if keep[s, r]:
+            v = float(values[s, r])
+            out[graph.edge_name(s, r)] = v if math.isfinite(v) else 0.0
+    return out
+
+
+def top_components(scores: Scores, keep_mask, n: int = 15) -> List[Tuple[str, float]]:
+    """The circuit's most important heads and MLPs, largest ``|importance|`` first.
+
+    The method's ``node_scores`` when it gave any (restricted to the circuit's nodes when any
+    of them is scored); otherwise the sum of ``|score|`` of each node's kept incoming and
+    outgoing edges.  ``input`` and ``logits`` are left out.
+    """
+    from circuits import names
+
+    kept = kept_edge_scores(scores, keep_mask)
+    agg: Dict[str, float] = {}
+    for edge_name, v in kept.items():
+        edge = names.parse_edge(edge_name)
+        for node in (edge.src, edge.dst):
+            key = names.format_node(node)
+            agg[key] = agg.get(key, 0.0) + abs(v)
+    if scores.node_scores:
+        given = {names.format_node(names.parse_node(k)): float(v) for k, v in scores.node_scores.items()}
+        inside = {k: v for k, v in given.items() if k in agg}
+        agg = inside or given
+    rows = [(k, v) for k, v in agg.items() if k not in (names.INPUT, names.LOGITS)]
+    rows.sort(key=lambda kv: (-abs(kv[1]), names.node_layer_order(names.parse_node(kv[0]))))
+    return rows[:n]
+
+
+def select(spec: SelectionSpec, scores: Scores, evaluator: CircuitEvaluator, *, curve: Optional[Curve] = None,
+           progress: Optional[Progress] = None) -> Selection:
+    """Apply ``spec`` to ``scores``; the target search reuses the curve's points and the evaluator's cache."""
+    if spec.mode == "top-k":
+        return top_k(scores, int(spec.value))
+    if spec.mode == "threshold":
+        return threshold(scores, float(spec.value))
+    known = {p.k: p.faithfulness for p in curve.points} if curve is not None else None
+    return target_faithfulness(evaluator.engine, evaluator.dataset, evaluator.metric_fn, scores, evaluator.reference,
+                               float(spec.value), progress=progress, evaluator=evaluator, known=known)
+
+
+def _stage(progress: Progress, name: str) -> Progress:
+    def report(done: int, total: int, message: str) -> None:
+        progress(done, total, name if not message or message == name else f"{name}: {message}")
+
+    return report
+
+
+def discover(engine, dataset, metric: Callable, method, options: MethodOptions = MethodOptions(),
+             selection: SelectionSpec = SelectionSpec(), *, fractions=FRACTIONS, curve: bool = True,
+             progress: Optional[Progress] = None) -> DiscoveryResult:
+    """Score ``dataset`` with ``method``, measure the faithfulness curve and choose a circuit.
+
+    Args:
+        engine: a :class:`circuits.engine.GraphEngine`.  dataset: the task's :class:`PromptDataset`.
+        metric: the task's single-position metric ``metric(logits [b, V], dataset) -> [b]``.
+        method: a scoring method (``method.score(engine, dataset, metric, options, progress=...)``).
+        options: the method's options; ``ablation`` and ``batch_size`` also drive faithfulness.
+        selection: how to choose the circuit.  fractions: the curve's edge fractions.
+        curve: measure the curve (CPR, CMD); the target search then starts from its points.
+        progress: ``progress(done, total, message)`` for each long step.
+    """
+    progress = progress or no_progress
+    timings: Dict[str, float] = {}
+
+    t = time.perf_counter()
+    scores = method.score(engine, dataset, metric, options, progress=_stage(progress, "scoring"))
+    timings["scoring"] = time.perf_counter() - t
+    graph = engine.graph
+    if scores.graph != graph:
+        raise CircuitsError(f"method {getattr(method, 'name', method)!r} scored a {scores.graph.n_layers}x{scores.graph.n_heads} "
+                            f"graph but the model is {graph.n_layers}x{graph.n_heads}")
+
+    t = time.perf_counter()
+    reference = reference_outputs(engine, dataset, ablation=options.ablation, batch_size=options.batch_size)
+    evaluator = CircuitEvaluator(engine, dataset, metric, reference, batch_size=options.batch_size)
+    timings["reference"] = time.perf_counter() - t
+
+    found_curve = None
+    if curve:
+        t = time.perf_counter()
+        found_curve = faithfulness_curve(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curve"))
+        timings["curve"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    chosen = select(selection, scores, evaluator, curve=found_curve, progress=_stage(progress, "selection"))
+    timings["selection"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    faith = evaluator.faithfulness(chosen.keep_mask)
+    timings["faithfulness"] = time.perf_counter() - t
+    chosen = replace(chosen, faithfulness=faith.f)
+
+    passes = scores.info.get("forward_passes") if isinstance(scores.info, Mapping) else None
+    return DiscoveryResult(
+        scores=scores, selection=chosen, faithfulness=faith, curve=found_curve, options=options, timings=timings,
+        forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs,
+    )

@@ -1,0 +1,212 @@
+"""How much of the model's behaviour a circuit keeps.
+
+A circuit is a keep mask over the graph's edges ([senders, receivers], 1 = in the circuit).
+Every edge outside it carries the *reference* value (the corrupted run's sender output, or
+the clean outputs' mean over prompts), every edge inside it the current run's value, and
+the task's single-position metric is averaged over the prompts:
+
+    f(C) = (m(C) - m(empty)) / (m(N) - m(empty))
+
+``m(N)`` keeps every edge (the clean model), ``m(empty)`` patches every edge (the reference
+model).  Both are computed through the same patched forward pass as ``m(C)``, so the full
+circuit gives exactly 1 and the empty circuit exactly 0.
+
+The faithfulness curve keeps, for each edge fraction in :data:`FRACTIONS`, the top
+``ceil(fraction * E)`` edges by ``|score|`` and then prunes them to the edges on an
+input -> logits path (:func:`circuits.select.prune`).  CPR is the area under ``f`` and CMD
+the area under ``|1 - f|`` over that range (MIB's definitions), by the trapezoid rule on a
+*linear* x axis (the fractions as given), divided by the x range (1 - 0.001), so a circuit
+as faithful as the model at every size has CPR = 1 and CMD = 0.
+
+Nothing here prints or writes files.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from circuits.dataset import PromptDataset
+from circuits.engine import GraphEngine, Patch
+from circuits.errors import CircuitsError
+from circuits.scores import Progress, Scores, no_progress
+
+FRACTIONS: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+ABLATIONS = ("corrupted", "mean")
+
+Metric = Callable[[Tensor, PromptDataset], Tensor]
+
+__all__ = [
+    "FRACTIONS", "ABLATIONS", "reference_outputs", "circuit_metric", "Faithfulness", "faithfulness",
+    "CircuitEvaluator", "CurvePoint", "Curve", "faithfulness_curve", "normalized_area", "edges_for_fraction",
+]
+
+
+def _batches(n: int, batch_size: int):
+    step = n if batch_size <= 0 else batch_size
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
+
+
+def reference_outputs(engine: GraphEngine, dataset: PromptDataset, *, ablation: str = "corrupted",
+                      batch_size: int = 0) -> Tensor:
+    """The values patched edges carry: sender outputs [S, n, p, d] on the engine's device.
+
+    ``corrupted``: the corrupted prompts' outputs.  ``mean``: the clean outputs' mean over the
+    prompts, per position, broadcast (a view, no copy) to every prompt.
+    """
+    if ablation not in ABLATIONS:
+        raise CircuitsError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)}")
+    tokens = dataset.corrupted if ablation == "corrupted" else dataset.clean
+    parts = []
+    with torch.no_grad():
+        for sl in _batches(len(dataset), batch_size):
+            out = engine.run(tokens[sl].to(engine.device), dataset.answer_pos[sl], collect=True).outputs
+            parts.append(out.sum(1, keepdim=True) if ablation == "mean" else out)
+    if ablation == "corrupted":
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+    mean = torch.stack(parts).sum(0) / len(dataset)  # [S, 1, p, d]
+    return mean.expand(-1, len(dataset), -1, -1)
+
+
+def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, keep_mask, reference: Tensor,
+                   *, batch_size: int = 0) -> float:
+    """The metric's mean over the prompts with every edge outside ``keep_mask`` [S, R] patched to ``reference``."""
+    keep = torch.as_tensor(keep_mask).to(device=engine.device, dtype=reference.dtype)
+    g = engine.graph
+    if tuple(keep.shape) != (g.n_senders, g.n_receivers):
+        raise ValueError(f"keep mask has shape {tuple(keep.shape)}; this graph needs ({g.n_senders}, {g.n_receivers})")
+    total = 0.0
+    with torch.no_grad():
+        for sl in _batches(len(dataset), batch_size):
+            part = dataset if (sl.start == 0 and sl.stop == len(dataset)) else dataset.subset(sl)
+            result = engine.run(part.clean.to(engine.device), part.answer_pos,
+                                patch=Patch(keep=keep, reference=reference[:, sl]))
+            total += float(metric(result.logits, part).double().sum())
+    return total / len(dataset)
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """The metric of the model (``m_full``), of the reference (``m_empty``) and of the circuit, and
+    ``f = (m_circuit - m_empty) / (m_full - m_empty)`` (NaN when ``m_full == m_empty``)."""
+
+    m_full: float
+    m_empty: float
+    m_circuit: float
+    f: float
+
+
+def _ratio(m_circuit: float, m_full: float, m_empty: float) -> float:
+    den = m_full - m_empty
+    return (m_circuit - m_empty) / den if den != 0 else math.nan
+
+
+class CircuitEvaluator:
+    """Faithfulness of many circuits on one dataset: ``m(N)`` and ``m(empty)`` are computed once and
+    every circuit's metric is cached by its (pruned) mask, so repeated masks cost nothing.
+
+    ``runs`` counts the metric evaluations actually made (each is ``ceil(n / batch_size)`` forwards).
+    """
+
+    def __init__(self, engine: GraphEngine, dataset: PromptDataset, metric: Metric, reference: Tensor,
+                 *, batch_size: int = 0):
+        self.engine, self.dataset, self.metric_fn = engine, dataset, metric
+        self.reference, self.batch_size = reference, batch_size
+        self.valid = engine.graph.valid_mask()
+        self._cache: Dict[bytes, float] = {}
+        self.runs = 0
+
+    def metric(self, keep_mask) -> float:
+        keep = torch.as_tensor(keep_mask).detach().cpu()
+        keep = keep.bool() if keep.dtype == torch.bool or bool(((keep == 0) | (keep == 1)).all()) else keep.float()
+        if keep.dtype == torch.bool:
+            keep = keep & self.valid  # entries outside the graph are never read; normalize them for the cache key
+        key = bytes([keep.dtype == torch.bool]) + keep.numpy().tobytes()
+        if key not in self._cache:
+            self._cache[key] = circuit_metric(self.engine, self.dataset, self.metric_fn, keep, self.reference,
+                                              batch_size=self.batch_size)
+            self.runs += 1
+        return self._cache[key]
+
+    @property
+    def m_full(self) -> float:
+        return self.metric(self.valid)
+
+    @property
+    def m_empty(self) -> float:
+        return self.metric(torch.zeros_like(self.valid))
+
+    def faithfulness(self, keep_mask) -> Faithfulness:
+        m_full, m_empty = self.m_full, self.m_empty
+        m_c = self.metric(keep_mask)
+        return Faithfulness(m_full=m_full, m_empty=m_empty, m_circuit=m_c, f=_ratio(m_c, m_full, m_empty))
+
+
+def faithfulness(engine: GraphEngine, dataset: PromptDataset, metric: Metric, keep_mask,
+                 reference: Optional[Tensor] = None, *, ablation: str = "corrupted",
+                 batch_size: int = 0) -> Faithfulness:
+    """Faithfulness of one circuit (three patched evaluations; ``reference`` is built from ``ablation`` if not given)."""
+    if reference is None:
+        reference = reference_outputs(engine, dataset, ablation=ablation, batch_size=batch_size)
+    return CircuitEvaluator(engine, dataset, metric, reference, batch_size=batch_size).faithfulness(keep_mask)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    fraction: float
+    k: int  # edges taken by |score| before pruning
+    edges: int  # edges left after pruning
+    faithfulness: float
+
+
+@dataclass(frozen=True)
+class Curve:
+    points: Tuple[CurvePoint, ...]
+    cpr: float  # normalized area under f
+    cmd: float  # normalized area under |1 - f|
+
+    def pairs(self) -> list:
+        """[(fraction, f), ...] for plotting."""
+        return [(p.fraction, p.faithfulness) for p in self.points]
+
+
+def edges_for_fraction(fraction: float, n_edges: int) -> int:
+    """``ceil(fraction * E)``, at least 1 and at most E (the float product is rounded first, so 0.1 * 110 is 11)."""
+    return max(1, min(n_edges, math.ceil(round(fraction * n_edges, 9))))
+
+
+def normalized_area(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Trapezoid area under ``ys`` over a linear ``xs`` axis, divided by ``xs[-1] - xs[0]`` (NaN if any y is NaN)."""
+    if len(xs) < 2:
+        return float(ys[0]) if ys else math.nan
+    area = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1))
+    return area / (xs[-1] - xs[0])
+
+
+def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: Sequence[float] = FRACTIONS,
+                       *, progress: Optional[Progress] = None) -> Curve:
+    """f of the top-``ceil(fraction * E)`` edges by ``|score|`` (each pruned) for each fraction, with CPR and CMD."""
+    from circuits.select import prune, top_k_mask
+
+    progress = progress or no_progress
+    graph = scores.graph
+    n_edges = graph.n_edges
+    xs = sorted(float(x) for x in fractions)
+    total = len(xs) + 2
+    progress(0, total, "faithfulness curve")
+    evaluator.m_full
+    progress(1, total, "faithfulness curve")
+    evaluator.m_empty
+    progress(2, total, "faithfulness curve")
+    points = []
+    for i, x in enumerate(xs):
+        k = edges_for_fraction(x, n_edges)
+        mask = prune(top_k_mask(scores, k), graph)
+        points.append(CurvePoint(fraction=x, k=k, edges=int(mask.sum()), faithfulness=evaluator.faithfulness(mask).f))
+        progress(3 + i, total, "faithfulness curve")
+    ys = [p.faithfulness for p in points]
+    return Curve(points=tuple(points), cpr=normalized_area(xs, ys), cmd=normalized_area(xs, [abs(1 - y) for y in ys]))

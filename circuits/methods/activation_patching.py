@@ -1,0 +1,122 @@
+"""Activation patching: the exact effect of replacing one component's output with its reference value.
+
+Scored, each with a forward pass that restarts at the component's layer from the clean run:
+
+- every head and MLP (node scores; all of a node's outgoing edges patched at once);
+- the residual stream at each layer's input, per position (``extra["resid"]``, [L + 1, p]);
+- the neurons of the MLPs named in ``options.neurons`` (several neurons per batched pass).
+
+A score is ``mean M(patched) - mean M(clean)``.  Activation patching scores nodes, not
+edges: ``edge_scores`` gives each edge its sender's node score, so edge rankings still work.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+
+from circuits import names
+from circuits.ablation import chunks, prepare, reference
+from circuits.engine import Patch
+from circuits.methods.attribution import parse_neuron_layers, top_neurons
+from circuits.scores import MethodOptions, Progress, Scores, no_progress
+
+NEURON_BATCH = 16
+
+
+class ActivationPatching:
+    name = "activation-patching"
+    description = "Exact node scores: patch each head, MLP, residual position and chosen neuron one at a time."
+
+    def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
+              progress: Optional[Progress] = None) -> Scores:
+        progress = progress or no_progress
+        g, w = engine.graph, engine.w
+        layers = parse_neuron_layers(options.neurons, w.n_layers)
+        means = prepare(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
+        n = len(dataset)
+        parts = list(chunks(dataset, options.batch_size))
+        node_total = torch.zeros(g.n_senders)
+        resid_total = None
+        neuron_total: Dict[int, torch.Tensor] = {layer: torch.zeros(w.d_mlp) for layer in layers}
+        passes = 0
+        for i, part in enumerate(parts):
+            tokens = part.clean.to(engine.device)
+            ref = reference(engine, part, options.ablation, means=means, hidden_layers=layers)
+            with torch.no_grad():
+                clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True, capture_hidden=layers)
+                ref_resid = self._reference_resid(engine, part, options.ablation, clean)
+                base = metric(clean.logits, part).sum()
+                weight = 1.0 / n
+
+                def effect(run) -> float:
+                    return float((metric(run.logits, part).sum() - base) * weight)
+
+                # heads and MLPs
+                for s in range(1, g.n_senders):
+                    layer = (s - 1) // (w.n_heads + 1)
+                    keep = torch.ones(g.n_senders, g.n_receivers, device=engine.device)
+                    keep[s] = 0.0
+                    run = engine.run(tokens, part.answer_pos, patch=Patch(keep, ref.outputs), start_layer=layer,
+                                     start_resid=clean.resid_pre[layer], start_outputs=clean.outputs)
+                    node_total[s] += effect(run)
+                    passes += 1
+                    progress(i * g.n_senders + s, len(parts) * g.n_senders, "activation patching: nodes")
+                # residual stream per layer input and position
+                p = tokens.shape[1]
+                table = torch.zeros(w.n_layers + 1, p)
+                for layer in range(w.n_layers + 1):
+                    for pos in range(p):
+                        table[layer, pos] = effect(self._patch_resid(engine, tokens, part, clean, ref_resid, layer, pos))
+                        passes += 1
+                resid_total = table if resid_total is None else resid_total + table
+                # neurons, several per pass (each copy of the batch patches one neuron)
+                for layer in layers:
+                    for start in range(0, w.d_mlp, NEURON_BATCH):
+                        idx = torch.arange(start, min(start + NEURON_BATCH, w.d_mlp))
+                        neuron_total[layer][idx] += self._neuron_effects(
+                            engine, part, metric, clean, ref.hidden[layer], layer, idx, base / len(part)) * (len(part) / n)
+                        passes += 1
+                    progress(i + 1, len(parts), f"activation patching: neurons of m{layer}")
+        node_scores = {g.sender_names[s]: float(node_total[s]) for s in range(1, g.n_senders)}
+        edge = node_total[:, None].expand(-1, g.n_receivers).clone() * g.valid_mask()
+        return Scores(
+            graph=g, method=self.name, edge_scores=edge, node_scores=node_scores,
+            neuron_scores=top_neurons(neuron_total, options.top_neurons),
+            extra={"resid": resid_total.tolist(), "resid_rows": [f"resid_pre {l}" for l in range(w.n_layers)] + ["resid_final"]},
+            info={"forward_passes": passes, "ablation": options.ablation},
+        )
+
+    @staticmethod
+    def _reference_resid(engine, part, ablation: str, clean) -> List[torch.Tensor]:
+        """Residual streams the residual-position patches take their values from."""
+        if ablation == "mean":
+            return [r.mean(0, keepdim=True).expand_as(r) for r in clean.resid_pre]
+        return engine.run(part.corrupted.to(engine.device), part.answer_pos, keep_resid=True).resid_pre
+
+    @staticmethod
+    def _patch_resid(engine, tokens, part, clean, ref_resid, layer: int, pos: int):
+        resid = clean.resid_pre[layer].clone()
+        resid[:, pos] = ref_resid[layer][:, pos]
+        return engine.run(tokens, part.answer_pos, start_layer=layer, start_resid=resid)
+
+    @staticmethod
+    def _neuron_effects(engine, part, metric, clean, ref_hidden, layer: int, idx: torch.Tensor, base_mean):
+        """Mean metric change when each neuron in ``idx`` alone takes its reference value: [len(idx)]."""
+        k, b = len(idx), len(part)
+        tokens = part.clean.to(engine.device).repeat(k, 1)
+        answer = part.answer_pos.repeat(k)
+        cols = idx.repeat_interleave(b)
+        ref_vals = ref_hidden[:, :, idx].permute(2, 0, 1).reshape(k * b, -1)  # [k*b, p]
+
+        def edit(l: int, hidden: torch.Tensor) -> torch.Tensor:
+            if l != layer:
+                return hidden
+            hidden = hidden.clone()
+            hidden[torch.arange(k * b), :, cols] = ref_vals
+            return hidden
+
+        run = engine.run(tokens, answer, start_layer=layer, start_resid=clean.resid_pre[layer].repeat(k, 1, 1), edit_hidden=edit)
+        expanded = part.subset(list(range(b)) * k) if k > 1 else part
+        values = metric(run.logits, expanded).view(k, b)
+        return values.mean(1) - base_mean

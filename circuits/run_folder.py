@@ -1,0 +1,143 @@
+"""A discovery run's folder: every file written atomically, ``manifest.json`` last.
+
+Files: ``circuit.json`` (node-link graph of the kept edges), ``circuit.dot``, ``circuit.svg``
+(when GraphViz's ``dot`` is installed), ``scores.tsv`` (every edge's score), ``report.md``
+(with ``faithfulness_curve.png``) and ``manifest.json`` (the run's settings, versions,
+timings and results).  Nothing here prints.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+from circuits.atomic import write_atomic
+from circuits.errors import CircuitsError
+
+MANIFEST_FILE = "manifest.json"
+RUN_FILES = ("circuit.json", "circuit.dot", "circuit.svg", "scores.tsv", "report.md", "faithfulness_curve.png", MANIFEST_FILE)
+PACKAGES = ("circuits", "torch", "transformer_lens", "transformers", "networkx")
+
+__all__ = ["MANIFEST_FILE", "RUN_FILES", "WrittenRun", "check_out_dir", "package_versions", "build_manifest",
+           "circuit_graph", "write_run"]
+
+
+@dataclass(frozen=True)
+class WrittenRun:
+    folder: Path
+    files: Tuple[Path, ...]
+    svg: bool  # False when GraphViz is missing
+    manifest: Mapping[str, Any]
+
+
+def check_out_dir(path: Union[str, Path], force: bool) -> Path:
+    """Refuse a folder that exists and is not empty unless ``force``; refuse a path that is a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CircuitsError(f"--out {path} is a file; pass a folder for the run's files")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise CircuitsError(f"--out {path} is not empty; pass --force to write into it or choose a new folder")
+    return path
+
+
+def package_versions() -> Dict[str, Optional[str]]:
+    out: Dict[str, Optional[str]] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name.replace("_", "-")) if name != "circuits" else _own_version()
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _own_version() -> str:
+    from circuits import __version__
+
+    return __version__
+
+
+def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
+    """The manifest of a :class:`circuits.discover.DiscoveryResult`; ``run`` adds command, task, model, method, n, seed..."""
+    sel, faith, curve = result.selection, result.faithfulness, result.curve
+    opts = result.options
+    manifest: Dict[str, Any] = {
+        "faithfulness": faith.f,
+        "edges_kept": sel.edges_kept,
+        "edges_total": result.edges_total,
+        "cpr": None if curve is None else curve.cpr,
+        "cmd": None if curve is None else curve.cmd,
+        **dict(run),
+        "ablation": opts.ablation,
+        "options": {"ig_steps": opts.ig_steps, "neurons": list(opts.neurons), "top_neurons": opts.top_neurons,
+                    "threshold": opts.threshold, "batch_size": opts.batch_size},
+        "metric_full": faith.m_full,
+        "metric_empty": faith.m_empty,
+        "metric_circuit": faith.m_circuit,
+        "selection": {"mode": sel.mode, "value": sel.value, "k": sel.k, "edges_kept": sel.edges_kept,
+                      "evaluations": sel.evaluations, "reached": sel.reached},
+        "forward_passes": result.forward_passes,
+        "circuit_evaluations": result.circuit_evaluations,
+        "method_info": dict(result.scores.info),
+        "curve": [] if curve is None else [
+            {"fraction": p.fraction, "k": p.k, "edges": p.edges, "faithfulness": p.faithfulness} for p in curve.points
+        ],
+        "timings": {**dict(timings or {}), **dict(result.timings)},
+        "versions": package_versions(),
+    }
+    return manifest
+
+
+def circuit_graph(result, metadata: Mapping[str, Any]):
+    """The circuit's networkx graph: kept edges with scores, node scores and top neurons, and ``metadata``."""
+    from circuits.graphs.build import build_graph
+
+    scores = result.scores
+    kept = result.kept_edges()
+    top = {k: list(v) for k, v in scores.neuron_scores.items()} or None
+    return build_graph(kept, node_scores=dict(scores.node_scores) or None, top_neurons=top, metadata=metadata)
+
+
+def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
+              timings: Optional[Mapping[str, float]] = None, force: bool = False) -> WrittenRun:
+    """Write the run folder for ``result`` (a :class:`DiscoveryResult`); ``run`` describes the run
+    (command, task, model, method, n, seed, device...) and ``timings`` adds the caller's steps
+    (loading, dataset).  Refuses a non-empty folder unless ``force``; with ``force``, stale run
+    files this run does not write (an old SVG or curve) are removed."""
+    from circuits.graphs.build import CIRCUIT_FILE, jsonable, write_json
+    from circuits.graphs.compare import SCORES_FILE, write_scores
+    from circuits.graphs.dot import to_dot
+    from circuits.graphs.export import render_svg
+    from circuits.graphs.report import CURVE_FILE, write_report
+
+    folder = check_out_dir(folder, force)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    manifest = build_manifest(result, run, timings)
+    sel = result.selection
+    metadata = {k: manifest.get(k) for k in ("task", "model", "method", "n", "seed", "ablation", "faithfulness",
+                                             "edges_kept", "edges_total", "cpr", "cmd")}
+    metadata.update(selection=sel.mode, k=sel.k)
+    G = circuit_graph(result, metadata)
+
+    written = [write_scores(result.scores.edge_dict(), folder / SCORES_FILE)]
+    written.append(write_json(G, folder / CIRCUIT_FILE))
+    dot_text = to_dot(G)
+    written.append(write_atomic(folder / "circuit.dot", dot_text))
+    svg = render_svg(dot_text)
+    if svg is not None:
+        written.append(write_atomic(folder / "circuit.svg", svg))
+    curve = result.curve.pairs() if result.curve is not None else None
+    written.append(write_report(folder, G=G, manifest=manifest, curve=curve, top_components=result.top_components()))
+    if curve and (folder / CURVE_FILE).is_file():
+        written.append(folder / CURVE_FILE)
+    manifest["timings"]["write"] = time.perf_counter() - t
+    text = json.dumps(jsonable(manifest), indent=2, allow_nan=False) + "\n"
+    written.append(write_atomic(folder / MANIFEST_FILE, text))
+    for name in RUN_FILES:  # leftovers of an earlier run in a --force'd folder
+        stale = folder / name
+        if stale not in written and stale.is_file():
+            stale.unlink()
+    return WrittenRun(folder=folder, files=tuple(written), svg=svg is not None, manifest=manifest)

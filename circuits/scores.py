@@ -1,0 +1,82 @@
+"""What scoring methods return, and the options they take."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+
+from circuits.graph import ComputationalGraph
+
+# progress(step_done, steps_total, message): long methods call it; the CLI draws a bar.
+Progress = Callable[[int, int, str], None]
+
+
+def no_progress(done: int, total: int, message: str) -> None:
+    """The default progress callback: ignore."""
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Options shared by the scoring methods (each uses the ones that apply to it).
+
+    ablation: ``corrupted`` (counterfactual: the corrupted prompts' activations) or ``mean``
+        (the clean activations' mean over the dataset, per position).
+    ig_steps: integration steps of EAP-IG.
+    neurons: MLP layers whose neurons are scored, e.g. ``("m10", "m11")``.
+    top_neurons: how many neurons per MLP to report.
+    threshold: path patching's recursion threshold, as a fraction of the full effect
+        ``|m(clean) - m(corrupted)|``: senders whose edge effect is smaller are not explored.
+    batch_size: prompts per forward pass (0: all at once).
+    """
+
+    ablation: str = "corrupted"
+    ig_steps: int = 5
+    neurons: Tuple[str, ...] = ()
+    top_neurons: int = 10
+    threshold: float = 0.02
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A method's result.
+
+    edge_scores: [senders, receivers] float tensor: the estimated change of the mean metric when
+        the edge is patched (negative: the edge helps the behaviour).  Invalid or unscored entries are 0.
+    node_scores: node name -> score (activation patching; others may leave it empty).
+    neuron_scores: MLP name -> [(neuron index, score), ...], strongest first.
+    extra: method-specific tables (e.g. residual-stream scores per layer and position).
+    info: counts and settings (e.g. ``forward_passes``).
+    """
+
+    graph: ComputationalGraph
+    method: str
+    edge_scores: Any
+    node_scores: Mapping[str, float] = field(default_factory=dict)
+    neuron_scores: Mapping[str, List[Tuple[int, float]]] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def edge_dict(self, *, only_nonzero: bool = False) -> Dict[str, float]:
+        """Every valid edge's name -> score."""
+        values = self.edge_scores
+        out = {}
+        for s, r in self.graph.edges():
+            v = float(values[s, r])
+            if only_nonzero and v == 0.0:
+                continue
+            out[self.graph.edge_name(s, r)] = v
+        return out
+
+
+# metric(logits at the answer positions [b, V], dataset) -> per-prompt metric [b]
+Metric = Callable[[Any, Any], Any]
+
+
+class Method(Protocol):
+    """The signature every scoring method plugin shares."""
+
+    name: str
+
+    def score(self, engine, dataset, metric: Metric, options: MethodOptions = MethodOptions(), *,
+              progress: Optional[Progress] = None) -> Scores:
+        ...

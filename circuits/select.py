@@ -1,0 +1,234 @@
+"""Choosing a circuit from edge scores: top-k, a score threshold, or the smallest faithful top-k.
+
+Every mode ranks the graph's edges by ``|score|`` (ties: compute order of the receiver,
+then of the sender; NaN scores last), keeps a prefix of that ranking and then **prunes**
+it: an edge stays only if it lies on a path from ``input`` to ``logits`` through kept
+edges.  ``k`` is the number of edges taken before pruning, ``edges_kept`` the number left.
+
+Nothing here prints or writes files.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from circuits.errors import CircuitsError
+from circuits.graph import ComputationalGraph
+from circuits.scores import Progress, Scores, no_progress
+
+MODES = ("top-k", "threshold", "target-faithfulness")
+
+__all__ = [
+    "MODES", "Selection", "prune", "ranked_edges", "top_k_mask", "top_k", "threshold",
+    "target_faithfulness", "search_smallest_k", "SearchResult",
+]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A chosen circuit.
+
+    keep_mask: bool [S, R], pruned.  k: edges taken by ``|score|`` before pruning.
+    edges_kept: edges left after pruning.  faithfulness: f of the circuit when it was computed
+    (``target-faithfulness`` computes it; the other modes leave None).  mode: one of :data:`MODES`;
+    value: the mode's parameter (k, the threshold or the target).  evaluations: new faithfulness
+    evaluations the search made (0 for the other modes).  reached: False when no k reached the target.
+    """
+
+    keep_mask: Tensor
+    k: int
+    edges_kept: int
+    faithfulness: Optional[float]
+    mode: str
+    value: float
+    evaluations: int = 0
+    reached: bool = True
+
+
+# ---------------------------------------------------------------- pruning
+def _receiver_node(graph: ComputationalGraph) -> Tensor:
+    """For each receiver input, the sender index of the node it belongs to (``logits``: S)."""
+    out = torch.empty(graph.n_receivers, dtype=torch.long)
+    for layer in range(graph.n_layers):
+        for h in range(graph.n_heads):
+            for qkv in "qkv":
+                out[graph.head_receiver(layer, h, qkv)] = graph.head_sender(layer, h)
+        out[graph.mlp_receiver(layer)] = graph.mlp_sender(layer)
+    out[graph.logits_receiver] = graph.n_senders
+    return out
+
+
+def prune(keep_mask, graph: ComputationalGraph) -> Tensor:
+    """Keep only the edges on some ``input -> logits`` path through kept edges.
+
+    A node is reached from ``input`` if a kept edge from a reached node enters any of its
+    inputs (one of a head's q, k, v is enough); it reaches ``logits`` if one of its kept
+    outgoing edges enters a node that reaches ``logits``.  An edge survives when its sender is
+    reached from ``input`` and its receiver's node reaches ``logits``.  Returns a bool
+    [S, R] mask on the CPU (entries outside the graph are False).
+    """
+    keep = torch.as_tensor(keep_mask).detach().cpu()
+    keep = (keep != 0) & graph.valid_mask()
+    S = graph.n_senders
+    node_of = _receiver_node(graph)
+    inputs_of: List[List[int]] = [[] for _ in range(S + 1)]
+    for r, s in enumerate(node_of.tolist()):
+        inputs_of[s].append(r)
+    # forward: senders in compute order; only earlier senders feed a node's inputs
+    fwd = torch.zeros(S, dtype=torch.bool)
+    fwd[0] = True
+    for s in range(1, S):
+        fwd[s] = bool(keep[:s, inputs_of[s]].any(1)[fwd[:s]].any())
+    # backward: a receiver input is live when its node reaches logits
+    live = torch.zeros(graph.n_receivers, dtype=torch.bool)
+    live[inputs_of[S]] = True
+    for s in range(S - 1, -1, -1):
+        if bool((keep[s] & live).any()):
+            live[inputs_of[s]] = True
+    return keep & fwd[:, None] & live[None, :]
+
+
+# ---------------------------------------------------------------- ranking
+def ranked_edges(scores: Scores) -> Tuple[Tensor, Tensor]:
+    """(sender, receiver) index tensors of every edge, largest ``|score|`` first (NaN last, ties in compute order)."""
+    graph = scores.graph
+    edges = torch.tensor(graph.edges(), dtype=torch.long)  # [E, 2], receivers in compute order
+    values = torch.as_tensor(scores.edge_scores).detach().cpu().double()[edges[:, 0], edges[:, 1]].abs()
+    values = torch.nan_to_num(values, nan=-1.0)
+    order = torch.argsort(-values, stable=True)
+    return edges[order, 0], edges[order, 1]
+
+
+def top_k_mask(scores: Scores, k: int) -> Tensor:
+    """Bool [S, R] mask of the ``k`` edges with the largest ``|score|`` (not pruned)."""
+    s, r = ranked_edges(scores)
+    mask = torch.zeros(scores.graph.n_senders, scores.graph.n_receivers, dtype=torch.bool)
+    k = max(0, min(int(k), len(s)))
+    mask[s[:k], r[:k]] = True
+    return mask
+
+
+def top_k(scores: Scores, k: int) -> Selection:
+    """The ``k`` edges with the largest ``|score|``, pruned."""
+    n_edges = scores.graph.n_edges
+    if k < 0:
+        raise CircuitsError(f"--top-k must be 0 or more (got {k})")
+    k = min(int(k), n_edges)
+    mask = prune(top_k_mask(scores, k), scores.graph)
+    return Selection(keep_mask=mask, k=k, edges_kept=int(mask.sum()), faithfulness=None, mode="top-k", value=k)
+
+
+def threshold(scores: Scores, t: float) -> Selection:
+    """Every edge with ``|score| >= t``, pruned."""
+    if not math.isfinite(t) or t < 0:
+        raise CircuitsError(f"--threshold must be a finite number >= 0 (got {t})")
+    graph = scores.graph
+    values = torch.as_tensor(scores.edge_scores).detach().cpu().double().abs()
+    values = torch.nan_to_num(values, nan=-1.0)
+    k = int(((values >= t) & graph.valid_mask()).sum())
+    mask = prune(top_k_mask(scores, k), graph)
+    return Selection(keep_mask=mask, k=k, edges_kept=int(mask.sum()), faithfulness=None, mode="threshold", value=float(t))
+
+
+# ---------------------------------------------------------------- target faithfulness
+@dataclass(frozen=True)
+class SearchResult:
+    k: int
+    f: float  # f(k)
+    evaluations: int  # calls of f (known values excluded)
+    reached: bool
+
+
+def search_smallest_k(f: Callable[[int], float], n_edges: int, target: float,
+                      known: Optional[Mapping[int, float]] = None,
+                      progress: Optional[Progress] = None) -> SearchResult:
+    """The smallest ``k`` in 1..n_edges with ``f(k) >= target``, assuming ``f`` grows with ``k``.
+
+    ``f(0)`` (the empty circuit) is taken as 0.  ``known`` values (e.g. from the faithfulness curve)
+    bracket the search for free.  Without a passing known k, k doubles from the largest failing
+    known k (or 1) until ``f(k) >= target`` (``n_edges`` at most); then a binary search between
+    the last failing and the first passing k.  That costs about ``2 log2(E)`` evaluations.
+
+    ``f`` need not be monotone: the answer is then a ``k`` with ``f(k) >= target`` and
+    ``f(k - 1) < target`` (or ``k - 1`` never needed), and no evaluated smaller ``k`` passed,
+    but a smaller unevaluated ``k`` may pass too.  If even ``f(n_edges)`` misses the target,
+    the result has ``reached=False`` and is the k with the best evaluated ``f``.
+    """
+    progress = progress or no_progress
+    if target <= 0:
+        return SearchResult(k=0, f=0.0, evaluations=0, reached=True)
+    cache: Dict[int, float] = {int(k): float(v) for k, v in (known or {}).items() if 1 <= int(k) <= n_edges}
+    calls = 0
+    budget = 2 * max(1, math.ceil(math.log2(max(n_edges, 2)))) + 2
+
+    def F(k: int) -> float:
+        nonlocal calls
+        if k not in cache:
+            cache[k] = float(f(k))
+            calls += 1
+            progress(min(calls, budget), budget, "target search")
+        return cache[k]
+
+    def passes(k: int) -> bool:
+        return F(k) >= target  # NaN never passes
+
+    passing = [k for k, v in cache.items() if v >= target]
+    if passing:
+        hi = min(passing)
+    else:
+        k = max(cache, default=1)
+        hi = None
+        while True:
+            if passes(k):
+                hi = k
+                break
+            if k >= n_edges:
+                break
+            k = min(2 * k, n_edges)
+        if hi is None:
+            best = max(cache, key=lambda kk: (cache[kk] if not math.isnan(cache[kk]) else -math.inf, -kk))
+            return SearchResult(k=best, f=cache[best], evaluations=calls, reached=False)
+    lo = max((k for k, v in cache.items() if k < hi and not v >= target), default=0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if passes(mid):
+            hi = mid
+        else:
+            lo = mid
+    return SearchResult(k=hi, f=cache[hi], evaluations=calls, reached=True)
+
+
+def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Tensor, target: float = 0.9, *,
+                        batch_size: int = 0, progress: Optional[Progress] = None, evaluator=None,
+                        known: Optional[Mapping[int, float]] = None) -> Selection:
+    """The smallest top-``k`` circuit (pruned) whose faithfulness is at least ``target`` (see :func:`search_smallest_k`).
+
+    ``evaluator``: a :class:`circuits.faithfulness.CircuitEvaluator` to share its cache (built
+    from ``engine``, ``dataset``, ``metric`` and ``reference`` if not given).  ``known``: k -> f
+    already computed for these scores (e.g. the curve's points).
+    """
+    from circuits.faithfulness import CircuitEvaluator
+
+    if not math.isfinite(target):
+        raise CircuitsError(f"--target-faithfulness must be a number (got {target})")
+    if evaluator is None:
+        evaluator = CircuitEvaluator(engine, dataset, metric, reference, batch_size=batch_size)
+    graph = scores.graph
+    if target > 0 and evaluator.m_full == evaluator.m_empty:
+        raise CircuitsError(
+            f"the model and the fully patched model give the same metric ({evaluator.m_full:.6g}), so faithfulness "
+            "is undefined; use more prompts, another ablation or select with --top-k/--threshold"
+        )
+
+    def f(k: int) -> float:
+        return evaluator.faithfulness(prune(top_k_mask(scores, k), graph)).f
+
+    result = search_smallest_k(f, graph.n_edges, target, known=known, progress=progress)
+    mask = prune(top_k_mask(scores, result.k), graph)
+    return Selection(keep_mask=mask, k=result.k, edges_kept=int(mask.sum()), faithfulness=result.f,
+                     mode="target-faithfulness", value=float(target), evaluations=result.evaluations,
+                     reached=result.reached)
