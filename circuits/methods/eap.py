@@ -21,7 +21,7 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
     g = engine.graph
     layers = parse_neuron_layers(options.neurons, engine.w.n_layers)
     means = prepare(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
-    total = torch.zeros(g.n_senders, g.n_receivers, device=engine.device)
+    total = torch.zeros(g.n_senders, g.n_receivers, device=engine.device, dtype=engine.w.W_E.dtype)
     neuron_totals = {}
     parts = list(chunks(dataset, options.batch_size))
     work, done = len(parts) * (steps + 2), 0
