@@ -294,18 +294,37 @@ class GraphEngine:
 
     # ------------------------------------------------------------------ gradients
     def receiver_grads(self, trace: Trace, layer: int) -> Tensor:
-        """After ``backward``: d metric / d input for the receivers of ``layer`` -> [3H + 1, b, p, d]."""
+        """After ``backward``: d metric / d input for the receivers of ``layer`` -> [3H + 1, b, p, d].
+
+        Each head's q/k/v gradient is projected back through its weights with the norm's
+        weight and 1/scale folded in, then the norm's Jacobian is finished in place
+        (``_finish_vjp``): no per-head copies of the residual stream are made before this point.
+        """
         w = self.w
-        kv = self.kv_of_head
-        xhat, scale = trace.ln1[layer - self._first_traced(trace)]
         i = layer - self._first_traced(trace)
-        gq = torch.einsum("bphe,hde->hbpd", trace.q[i].grad, w.W_Q[layer])
-        gk = torch.einsum("bphe,hde->hbpd", trace.k[i].grad, w.W_K[layer][kv])
-        gv = torch.einsum("bphe,hde->hbpd", trace.v[i].grad, w.W_V[layer][kv])
-        heads = self.norm_vjp(torch.cat([gq, gk, gv]), xhat, scale, w.ln1_w[layer])
+        xhat, scale = trace.ln1[i]
+        b, p, d = xhat.shape
+        H, n = w.n_heads, b * p
+        kv = self.kv_of_head
+        out = torch.empty(3 * H + 1, b, p, d, dtype=xhat.dtype, device=xhat.device)
+        inv = (1.0 / scale)[..., None]  # [b, p, 1, 1]
+        norm_w = w.ln1_w[layer][None, :, None]
+        for j, (t, W) in enumerate(((trace.q[i], w.W_Q[layer]), (trace.k[i], w.W_K[layer][kv]), (trace.v[i], w.W_V[layer][kv]))):
+            g = (t.grad * inv).permute(2, 0, 1, 3).reshape(H, n, -1)  # [H, n, e]
+            torch.bmm(g, (W * norm_w).transpose(1, 2), out=out[j * H:(j + 1) * H].view(H, n, d))
+        self._finish_vjp(out[:3 * H], xhat)
         xhat2, scale2 = trace.ln2[i]
-        mlp = self.norm_vjp(trace.mlp_in[i].grad, xhat2, scale2, w.ln2_w[layer])
-        return torch.cat([heads, mlp[None]])
+        torch.mul(trace.mlp_in[i].grad, w.ln2_w[layer] / scale2, out=out[3 * H])
+        self._finish_vjp(out[3 * H:], xhat2)
+        return out
+
+    def _finish_vjp(self, g: Tensor, xhat: Tensor) -> None:
+        """In place: ``g <- g - mean(g) - xhat * mean(g * xhat)`` (RMS: no mean term), for g [r, b, p, d]
+        already multiplied by the norm's weight and 1/scale; completes ``norm_vjp`` for r receivers at once."""
+        proj = torch.einsum("rbpd,bpd->rbp", g, xhat).div_(g.shape[-1])
+        if self.w.norm == "LN":
+            g.sub_(g.mean(-1, keepdim=True))
+        g.addcmul_(xhat.unsqueeze(0), proj.unsqueeze(-1), value=-1.0)
 
     def _first_traced(self, trace: Trace) -> int:
         return self.w.n_layers - len(trace.q)

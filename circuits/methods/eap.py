@@ -24,35 +24,34 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
     total = torch.zeros(g.n_senders, g.n_receivers, device=engine.device, dtype=engine.w.W_E.dtype)
     neuron_totals = {}
     parts = list(chunks(dataset, options.batch_size))
-    work, done = len(parts) * (steps + 2), 0
+    work, done = len(parts) * steps, 0
     n = len(dataset)
     for part in parts:
         tokens = part.clean.to(engine.device)
         ref = reference(engine, part, options.ablation, means=means, hidden_layers=layers)
-        with torch.no_grad():
-            clean = engine.run(tokens, part.answer_pos, collect=True, capture_hidden=layers)
-        done += 2
-        progress(done, work, f"{method}: forward passes")
-        emb_clean, emb_ref = clean.outputs[0].clone(), ref.outputs[0].clone()
-        delta = ref.outputs.sub_(clean.outputs)  # reference - clean, in place
+        emb_clean, emb_ref = engine.embed(tokens), ref.outputs[0].clone()
         grads = GradientSum(engine)
-        for step in range(1, steps + 1):
+        delta, clean_hidden = None, {}
+        for step in range(steps, 0, -1):  # alpha = 1 first: that pass is the clean run, so it also collects
             alpha = step / steps
-            resid0 = (emb_ref + alpha * (emb_clean - emb_ref)).requires_grad_(True)
-            run = engine.run(tokens, part.answer_pos, trace=True, resid0=resid0, capture_hidden=layers)
+            resid0 = emb_clean if step == steps else emb_ref + alpha * (emb_clean - emb_ref)
+            run = engine.run(tokens, part.answer_pos, trace=True, collect=step == steps,
+                             resid0=resid0.detach().requires_grad_(True), capture_hidden=layers)
             (metric(run.logits, part).sum() / n).backward()
             grads.add(run.trace, part.answer_pos, tuple(tokens.shape) + (engine.w.d_model,), run.hidden)
+            if step == steps:
+                delta = ref.outputs.sub_(run.outputs)  # reference - clean, in place
+                clean_hidden = {k: v.detach() for k, v in (run.hidden or {}).items()}
             del run
             done += 1
-            progress(done, work, f"{method}: backward passes")
+            progress(done, work, f"{method}: forward and backward passes")
         total += edge_scores(engine, delta, grads, scale=1.0 / steps)
         for layer in layers:
-            dh = ref.hidden[layer] - clean.hidden[layer]
-            s = (dh * grads.hidden[layer]).sum((0, 1)) / steps
+            s = ((ref.hidden[layer] - clean_hidden[layer]) * grads.hidden[layer]).sum((0, 1)) / steps
             neuron_totals[layer] = s if layer not in neuron_totals else neuron_totals[layer] + s
-        del delta, grads, ref, clean
+        del delta, grads, ref
     total *= g.valid_mask(total.device)
-    info = {"forward_passes": len(parts) * (2 + steps), "backward_passes": len(parts) * steps, "ablation": options.ablation}
+    info = {"forward_passes": len(parts) * (1 + steps), "backward_passes": len(parts) * steps, "ablation": options.ablation}
     if steps > 1:
         info["ig_steps"] = steps
     return Scores(graph=g, method=method, edge_scores=total.detach().cpu(),
