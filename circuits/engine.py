@@ -168,19 +168,38 @@ class GraphEngine:
 
     # ------------------------------------------------------------------ patching helpers
     @staticmethod
-    def _patched_inputs(base: Tensor, patch: Optional[Patch], outs: Optional[Tensor], n_s: int, cols: slice):
-        """Inputs of the receivers in ``cols``: ``base`` [b,p,d] shared, or [r, b, p, d] when they differ."""
+    def _patched_inputs(base: Tensor, ref_base: Optional[Tensor], patch: Optional[Patch], diff: Optional[Tensor],
+                        n_s: int, cols: slice):
+        """Inputs of the receivers in ``cols``: ``base`` [b,p,d] shared, or [r, b, p, d] when they differ.
+
+        A receiver's input is ``sum_s keep*current_s + (1-keep)*reference_s`` plus the biases.  It is
+        built from whichever side touches fewer senders: the current residual ``base`` minus the
+        patched senders' ``diff = current - reference``, or the reference residual ``ref_base`` plus
+        the kept senders' ``diff`` (small circuits patch almost everything).
+        """
         if patch is None:
             return base, False
-        drop = 1.0 - patch.keep[:n_s, cols]  # [n_s, r]
-        rows = drop.abs().sum(1) > 0
-        if not bool(rows.any()):
+        keep = patch.keep[:n_s, cols]  # [n_s, r]
+        drop = 1.0 - keep
+        n_drop = int((drop.abs().sum(1) > 0).sum())
+        if n_drop == 0:
             return base, False
-        delta = patch.reference[:n_s][rows] - outs[:n_s][rows]  # [k, b, p, d]
-        drop = drop[rows].to(delta.dtype)
-        if bool((drop == drop[:, :1]).all()):
-            return base + torch.einsum("kbpd,k->bpd", delta, drop[:, 0]), False
-        return base[None] + torch.einsum("kbpd,kr->rbpd", delta, drop), True
+        keep_rows = keep.abs().sum(1) > 0
+        n_keep = int(keep_rows.sum())
+        if n_keep < n_drop:
+            start, weights, rows = ref_base, keep, keep_rows
+        else:
+            start, weights, rows = base, -drop, drop.abs().sum(1) > 0
+        k = int(rows.sum())
+        if k == 0:
+            return start, False
+        flat = diff[:n_s].reshape(n_s, -1)
+        if 2 * k < n_s:  # gather the few senders that matter
+            flat, weights = flat[rows], weights[rows]
+        weights = weights.to(flat.dtype)
+        if bool((weights == weights[:, :1]).all()):
+            return start + (weights[:, 0] @ flat).view_as(start), False
+        return start[None] + (weights.T @ flat).view(weights.shape[1], *start.shape), True
 
     # ------------------------------------------------------------------ forward
     def run(
@@ -204,7 +223,7 @@ class GraphEngine:
 
         Args:
             tokens: [b, p] token ids.  answer_pos: [b] positions whose logits are returned.
-            patch: edge patching (needs sender outputs, so it implies ``collect``).
+            patch: edge patching.
             collect: return every sender's output [S, b, p, d].
             trace: keep q/k/v and normalized inputs with gradients retained (see ``receiver_grads``).
             resid0: replaces the input embedding (e.g. interpolated inputs for integrated gradients).
@@ -216,22 +235,32 @@ class GraphEngine:
         """
         w, g = self.w, self.graph
         b, p = tokens.shape
-        collect = collect or patch is not None
         tr = Trace() if trace else None
-        outs = None
-        if collect:
-            outs = torch.zeros(g.n_senders, b, p, w.d_model, dtype=w.W_E.dtype, device=self.device)
+        shape = (g.n_senders, b, p, w.d_model)
+        outs = torch.zeros(shape, dtype=w.W_E.dtype, device=self.device) if collect else None
+        diff = torch.zeros(shape, dtype=w.W_E.dtype, device=self.device) if patch is not None else None
+
+        def store(first: int, values: Tensor) -> None:
+            """Record senders' outputs (and, when patching, their difference from the reference)."""
+            last = first + values.shape[0]
+            if outs is not None:
+                outs[first:last] = values
+            if diff is not None:
+                torch.sub(values, patch.reference[first:last], out=diff[first:last])
+
         if start_resid is None:
             resid = self.embed(tokens) if resid0 is None else resid0
-            if outs is not None:
-                outs[0] = resid.detach()
+            store(0, resid.detach()[None])
         else:
             resid = start_resid
-            if outs is not None:
-                n = g.senders_before_heads(start_layer)
-                outs[:n] = start_outputs[:n]
+            if outs is not None or diff is not None:
+                store(0, start_outputs[: g.senders_before_heads(start_layer)])
         resid_pre = [] if keep_resid else None
         hiddens: dict = {}
+        ref_resid = None  # the residual stream made of reference outputs (plus biases), when patching
+        if patch is not None:
+            n = g.senders_before_heads(start_layer)
+            ref_resid = patch.reference[:n].sum(0) + w.b_O[:start_layer].sum(0)
         kv = self.kv_of_head
         for layer in range(start_layer, w.n_layers):
             if edit_resid is not None:
@@ -241,7 +270,7 @@ class GraphEngine:
             ln1_w, ln1_b = w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer]
             block = g.receiver_block(layer)
             heads = slice(block.start, block.start + 3 * w.n_heads)
-            x_in, split = self._patched_inputs(resid, patch, outs, g.senders_before_heads(layer), heads)
+            x_in, split = self._patched_inputs(resid, ref_resid, patch, diff, g.senders_before_heads(layer), heads)
             if split:  # every head's q, k and v input on its own
                 x, _, _ = self._norm(x_in, ln1_w, ln1_b)  # [3H, b, p, d]
                 H = w.n_heads
@@ -259,17 +288,19 @@ class GraphEngine:
                     tr.q.append(q), tr.k.append(k), tr.v.append(v)
                     tr.ln1.append((xhat.detach(), scale.detach()))
             z = self._attend(q, k, v)
-            if outs is not None:
+            if outs is not None or diff is not None:
                 head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
-                start = g.head_sender(layer, 0)
-                outs[start:start + w.n_heads] = head_out.detach()
+                store(g.head_sender(layer, 0), head_out.detach())
                 attn = head_out.sum(0)
             else:
                 attn = torch.einsum("bphe,hed->bpd", z, w.W_O[layer])
             resid = resid + attn + w.b_O[layer]
+            if ref_resid is not None:
+                first = g.head_sender(layer, 0)
+                ref_resid = ref_resid + patch.reference[first:first + w.n_heads].sum(0) + w.b_O[layer]
 
             mlp_r = g.mlp_receiver(layer)
-            x_in, _ = self._patched_inputs(resid, patch, outs, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
+            x_in, _ = self._patched_inputs(resid, ref_resid, patch, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
             x, xhat, scale = self._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
             if tr is not None:
                 x.retain_grad()
@@ -283,12 +314,13 @@ class GraphEngine:
                     hidden.retain_grad()
                 hiddens[layer] = hidden
             mlp_out = hidden @ w.W_out[layer] + w.b_out[layer]
-            if outs is not None:
-                outs[g.mlp_sender(layer)] = mlp_out.detach()
+            store(g.mlp_sender(layer), mlp_out.detach()[None])
             resid = resid + mlp_out
+            if ref_resid is not None:
+                ref_resid = ref_resid + patch.reference[g.mlp_sender(layer)]
         if keep_resid:
             resid_pre.append(resid.detach())
-        final, _ = self._patched_inputs(resid, patch, outs, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
+        final, _ = self._patched_inputs(resid, ref_resid, patch, diff, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
         logits = self.unembed(final, answer_pos, tr)
         return RunResult(logits=logits, outputs=outs, trace=tr, resid_pre=resid_pre, hidden=hiddens or None)
 
