@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: install test test-all bench clean
+.PHONY: install test test-slow test-all bench clean
 
 install: $(BIN)/circuits
 
@@ -17,6 +17,9 @@ $(BIN)/circuits: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 test-all: install
 	$(BIN)/python -m pytest -q

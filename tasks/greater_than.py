@@ -22,6 +22,7 @@ Two forms of the metrics:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import re
@@ -93,15 +94,30 @@ class Vocabulary:
 def _read_records(path: Path) -> List[Dict[str, Any]]:
     if not path.is_file():
         raise CircuitsError(f"prompt file not found: {path}; pass a .csv or .jsonl file")
-    if path.suffix.lower() == ".jsonl":
-        try:
-            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise CircuitsError(f"{path} is not valid JSONL (line {exc.lineno}): one JSON object per line") from exc
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
-    raise CircuitsError(f"unsupported prompt file {path.name}: use .csv or .jsonl")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        raise CircuitsError(f"unsupported prompt file {path.name}: use .csv or .jsonl")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not part of the header
+    except UnicodeDecodeError as exc:
+        raise CircuitsError(f"{path} is not UTF-8 text") from exc
+    if suffix == ".jsonl":
+        records = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CircuitsError(f"{path} is not valid JSONL (line {i}): one JSON object per line") from exc
+            if not isinstance(rec, dict):
+                raise CircuitsError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
+            records.append(rec)
+        return records
+    try:
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise CircuitsError(f"{path} is not a valid CSV file: {exc}") from exc
 
 
 def _parse_record(rec: Dict[str, Any], where: str) -> tuple[str, int, int]:
@@ -111,15 +127,20 @@ def _parse_record(rec: Dict[str, Any], where: str) -> tuple[str, int, int]:
         m = _PROMPT_RE.search(str(text).replace("<|endoftext|>", ""))
         if not m:
             raise CircuitsError(f"{where}: prompt does not follow the template '{TEMPLATE}': {text!r}")
-        return m["noun"], int(m["xx"]), int(m["yy"])
-    try:
-        noun = str(rec["noun"]).strip()
-        if "year" in rec and len(str(rec["year"]).strip()) == 4:
-            year = str(rec["year"]).strip()
-            return noun, int(year[:2]), int(year[2:])
-        return noun, int(rec.get("century", rec.get("XX"))), int(rec.get("yy", rec.get("YY")))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CircuitsError(f"{where}: needs a 'clean' prompt or 'noun', 'century' and 'yy' fields") from exc
+        noun, xx, yy = m["noun"], int(m["xx"]), int(m["yy"])
+    else:
+        try:
+            noun = str(rec["noun"]).strip()
+            if "year" in rec and len(str(rec["year"]).strip()) == 4:
+                year = str(rec["year"]).strip()
+                xx, yy = int(year[:2]), int(year[2:])
+            else:
+                xx, yy = int(rec.get("century", rec.get("XX"))), int(rec.get("yy", rec.get("YY")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CircuitsError(f"{where}: needs a 'clean' prompt or 'noun', 'century' and 'yy' fields") from exc
+    if not noun or not 10 <= xx <= 99 or yy not in YEARS:
+        raise CircuitsError(f"{where}: year {xx}{yy:02d} is out of range: the century must have two digits and YY be in {YEARS[0]:02d}..{YEARS[-1]}")
+    return noun, xx, yy
 
 
 class GreaterThan:

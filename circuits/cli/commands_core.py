@@ -2,12 +2,27 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from circuits.cli import app
+from circuits.registry import PluginWarning
+
+_show_warning = warnings.showwarning
+
+
+def _show_plugin_warning(message, category, filename, lineno, file=None, line=None):
+    """A plugin that fails to load is one line on stderr (``warning: plugin 'x' ...``), not a source excerpt."""
+    if issubclass(category, PluginWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _show_plugin_warning
 
 tasks_app = typer.Typer(help="List the tasks that are installed.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")

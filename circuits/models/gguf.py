@@ -8,6 +8,8 @@ the file's metadata.
 """
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,100 @@ SUPPORTED = ("llama", "gpt2")
 
 
 def _field(reader, key: str, default: Any = None) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    return field.contents()
+    return reader.fields.get(key, default)
+
+
+# GGUF value types (gguf.GGUFValueType): scalars by struct code, 8 = string, 9 = array
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    name: str
+    shape: tuple[int, ...]  # GGUF order (innermost first), as gguf.GGUFReader reports it
+    tensor_type: Any  # gguf.GGMLQuantizationType
+    data: np.ndarray  # the raw bytes, uint8, memory-mapped
+
+
+class GGUFFile:
+    """A GGUF file's metadata (``fields``: key -> plain value) and tensors, memory-mapped.
+
+    ``gguf.GGUFReader`` turns every string of the vocabulary into numpy views, which takes
+    5-7 s for a 50k-token vocabulary; this reads the same little-endian format (v2, v3)
+    directly in a fraction of a second and leaves dequantization to ``gguf.quants``.
+    """
+
+    def __init__(self, path: Path):
+        import gguf
+
+        self.path = Path(path)
+        try:
+            self._data = np.memmap(self.path, mode="r")
+            self._parse(memoryview(self._data), gguf)
+        except CircuitsError:
+            raise
+        except (struct.error, ValueError, IndexError, UnicodeDecodeError, OverflowError) as exc:
+            raise CircuitsError(f"{self.path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
+
+    def _parse(self, buf: memoryview, gguf) -> None:
+        if len(buf) < 24 or struct.unpack_from("<I", buf, 0)[0] != gguf.GGUF_MAGIC:
+            raise CircuitsError(f"{self.path} is not a GGUF file (bad magic number)")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+        if version not in (2, 3):
+            raise CircuitsError(f"{self.path}: GGUF version {version} is not supported (2 or 3; big-endian files neither)")
+        self._off = 24
+        fields: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = self._str(buf)
+            (vtype,) = self._unpack(buf, "<I")
+            fields[key] = self._value(buf, vtype)
+        infos = []
+        for _ in range(n_tensors):
+            name = self._str(buf)
+            (n_dims,) = self._unpack(buf, "<I")
+            dims = self._unpack(buf, f"<{n_dims}Q")
+            qtype, offset = self._unpack(buf, "<IQ")
+            infos.append((name, tuple(int(d) for d in dims), qtype, offset))
+        align = int(fields.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT))
+        start = -(-self._off // align) * align
+        tensors = []
+        for name, dims, qtype, offset in infos:
+            qtype = gguf.GGMLQuantizationType(qtype)
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            n_bytes = int(np.prod(dims, dtype=np.int64)) * type_size // block
+            begin = start + int(offset)
+            if begin + n_bytes > len(buf):
+                raise CircuitsError(f"{self.path} is truncated: tensor {name} runs past the end of the file")
+            tensors.append(GGUFTensor(name, dims, qtype, self._data[begin:begin + n_bytes]))
+        self.fields = fields
+        self.tensors = tensors
+
+    def _unpack(self, buf, fmt: str) -> tuple:
+        values = struct.unpack_from(fmt, buf, self._off)
+        self._off += struct.calcsize(fmt)
+        return values
+
+    def _str(self, buf) -> str:
+        (n,) = struct.unpack_from("<Q", buf, self._off)
+        start = self._off + 8
+        self._off = start + n
+        if self._off > len(buf):
+            raise ValueError("string runs past the end of the file")
+        return buf[start:self._off].tobytes().decode("utf-8")
+
+    def _value(self, buf, vtype: int) -> Any:
+        if vtype == _STRING:
+            return self._str(buf)
+        if vtype in _SCALARS:
+            return self._unpack(buf, "<" + _SCALARS[vtype])[0]
+        if vtype == _ARRAY:
+            item, count = self._unpack(buf, "<IQ")
+            if item in _SCALARS:  # one struct call for the whole array
+                fmt = f"<{count}{_SCALARS[item]}"
+                return list(self._unpack(buf, fmt))
+            return [self._value(buf, item) for _ in range(count)]
+        raise ValueError(f"unknown GGUF value type {vtype}")
 
 
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -35,14 +127,28 @@ def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, out // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _tensors(reader) -> dict[str, np.ndarray]:
-    from gguf.quants import dequantize
+def _tensors(reader: GGUFFile) -> dict[str, np.ndarray]:
+    from gguf.quants import dequantize, quant_shape_to_byte_shape
 
     result = {}
     for t in reader.tensors:
-        arr = dequantize(t.data, t.tensor_type).astype(np.float32)
-        result[t.name] = arr.reshape([int(d) for d in reversed(t.shape)])
+        shape = tuple(reversed(t.shape))  # HF's [out, in]
+        try:
+            arr = dequantize(t.data.reshape(quant_shape_to_byte_shape(shape, t.tensor_type)), t.tensor_type)
+        except NotImplementedError as exc:
+            raise CircuitsError(f"GGUF tensor {t.name} has type {t.tensor_type.name}, which cannot be dequantized") from exc
+        result[t.name] = np.array(arr, dtype=np.float32).reshape(shape)  # a writable copy, off the memory map
     return result
+
+
+def _new_model(cls, cfg):
+    """``cls(cfg)`` without the random initialisation (every weight is loaded next): ~3 s less for SmolLM2."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        return cls(cfg)
+    with no_init_weights():
+        return cls(cfg)
 
 
 def _llama(reader, arch: str, raw: dict[str, np.ndarray]):
@@ -81,12 +187,14 @@ def _llama(reader, arch: str, raw: dict[str, np.ndarray]):
         if parts[0] != "blk":
             continue
         layer, key, kind = parts[1], parts[2], parts[3]
+        if key not in names:
+            raise CircuitsError(f"GGUF tensor {name} has no place in a llama model")
         if key == "attn_q":
             arr = _unpermute(arr, n_heads)
         elif key == "attn_k":
             arr = _unpermute(arr, n_kv)
         state[f"model.layers.{layer}.{names[key]}.{kind}"] = arr
-    model = LlamaForCausalLM(cfg)
+    model = _new_model(LlamaForCausalLM, cfg)
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False)
     missing = [m for m in missing if not (tied and m == "lm_head.weight")]
     if missing or unexpected:
@@ -100,8 +208,11 @@ def _gpt2(reader, arch: str, raw: dict[str, np.ndarray]):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    # llama.cpp's converter writes output.weight as a copy of token_embd; a different one is an untied head
+    own_head = "output.weight" in raw and not np.array_equal(raw["output.weight"], raw["token_embd.weight"])
     cfg = GPT2Config(
         vocab_size=raw["token_embd.weight"].shape[0],
+        tie_word_embeddings=not own_head,
         n_positions=int(_field(reader, f"{arch}.context_length", 1024)),
         n_embd=int(_field(reader, f"{arch}.embedding_length")),
         n_layer=int(_field(reader, f"{arch}.block_count")),
@@ -120,21 +231,26 @@ def _gpt2(reader, arch: str, raw: dict[str, np.ndarray]):
         "transformer.wte.weight": raw["token_embd.weight"], "transformer.wpe.weight": raw["position_embd.weight"],
         "transformer.ln_f.weight": raw["output_norm.weight"], "transformer.ln_f.bias": raw["output_norm.bias"],
     }
+    if own_head:
+        state["lm_head.weight"] = raw["output.weight"]
     for name, arr in raw.items():
         parts = name.split(".")
         if parts[0] != "blk":
             continue
         layer, key, kind = parts[1], parts[2], parts[3]
+        if key not in names:
+            raise CircuitsError(f"GGUF tensor {name} has no place in a gpt2 model")
         hf, conv = names[key]
         if conv and kind == "weight":
             arr = arr.T
         state[f"transformer.h.{layer}.{hf}.{kind}"] = arr
-    model = GPT2LMHeadModel(cfg)
+    model = _new_model(GPT2LMHeadModel, cfg)
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False)
-    missing = [m for m in missing if m != "lm_head.weight" and not m.endswith(".attn.bias") and not m.endswith("masked_bias")]
+    missing = [m for m in missing if not (m == "lm_head.weight" and not own_head) and not m.endswith(".attn.bias") and not m.endswith("masked_bias")]
     if missing or unexpected:
         raise CircuitsError(f"GGUF tensors do not match a gpt2 model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.tie_weights()
+    if not own_head:
+        model.tie_weights()
     return model
 
 
@@ -169,14 +285,15 @@ def _tokenizer(reader, arch: str):
 
 def convert_gguf(path: Path, out_dir: Path) -> None:
     """Dequantize ``path`` to float32 and save model + tokenizer into ``out_dir``."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
+    reader = GGUFFile(path)
     arch = str(_field(reader, "general.architecture", "?"))
     if arch not in SUPPORTED:
         raise CircuitsError(f"GGUF architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED)}")
     raw = _tensors(reader)
-    model = _llama(reader, arch, raw) if arch == "llama" else _gpt2(reader, arch, raw)
+    try:
+        model = _llama(reader, arch, raw) if arch == "llama" else _gpt2(reader, arch, raw)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # a missing tensor or field, wrong shapes
+        raise CircuitsError(f"{path}: cannot build a {arch} model from this GGUF file ({type(exc).__name__}: {exc})") from exc
     tokenizer = _tokenizer(reader, arch)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

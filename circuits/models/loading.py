@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import threading
 from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
 
 from circuits.errors import CircuitsError
 
@@ -14,8 +18,68 @@ def _gguf_key(path: Path) -> str:
     return f"gguf/{path.stem}-{digest}"
 
 
+HUB_TIMEOUT_S = 2.5
+
+
+def hub_endpoint() -> tuple[str, int]:
+    """(host, port) of the model hub: ``$HF_ENDPOINT`` or https://huggingface.co."""
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _offline_mode() -> bool:
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub opens within ``timeout`` seconds (name lookup included).
+
+    huggingface_hub retries an unreachable hub five times with back-off (~30 s); this check
+    lets an offline user hear at once that they must pass a local folder or file.
+    """
+    if _offline_mode():
+        return False
+    host, port = hub_endpoint()
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo ignores socket timeouts, so the whole probe runs in a thread we stop waiting for
+    thread = threading.Thread(target=probe, name="circuits-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def cached_hub_snapshot(repo_id: str) -> Optional[str]:
+    """The local HF cache's snapshot folder of ``repo_id`` if it holds a config and weights, else None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, incomplete, or not a valid repo id
+        return None
+    weights = any(any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json"))
+    return str(folder) if (folder / "config.json").is_file() and weights else None
+
+
+def _is_repo_id(spec: str) -> bool:
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(spec)
+    except Exception:
+        return False
+    return spec.count("/") <= 1
+
+
 def resolve_checkpoint(spec: str) -> str:
-    """Turn a spec into something ``boot_transformers`` accepts: a local folder or a hub name."""
+    """Turn a spec into something ``boot_transformers`` accepts: a local folder or a reachable hub name."""
     from circuits.models.cache import cached_folder
 
     if spec.startswith("planted"):
@@ -33,8 +97,18 @@ def resolve_checkpoint(spec: str) -> str:
         if not (path / "config.json").exists():
             raise CircuitsError(f"{spec} is a folder without config.json; pass a Hugging Face checkpoint folder")
         return str(path)
-    if os.sep in spec and not spec.count("/") == 1:
+    if spec.startswith((".", "/", "~")) or not _is_repo_id(spec):
         raise CircuitsError(f"model path not found: {spec}; pass a hub name, a checkpoint folder or a .gguf file")
+    snapshot = cached_hub_snapshot(spec)
+    if snapshot is not None:
+        return snapshot
+    if not hub_reachable():
+        host, _ = hub_endpoint()
+        why = "offline mode is on (HF_HUB_OFFLINE)" if _offline_mode() else f"the model hub ({host}) cannot be reached"
+        raise CircuitsError(
+            f"cannot load {spec!r}: it is not in the local Hugging Face cache and {why}; "
+            f"pass a local checkpoint folder (--model ./{spec.split('/')[-1]}) or a .gguf file (--model model.gguf) instead"
+        )
     return spec
 
 
