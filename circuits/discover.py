@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from circuits.errors import CircuitsError
 from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve, reference_outputs

@@ -22,6 +22,7 @@ Nothing here prints or writes files.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -29,13 +30,13 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from circuits.ablation import ABLATIONS, check_ablation, chunks, dataset_means
+from circuits.ablation import reference as ablation_reference
 from circuits.dataset import PromptDataset
 from circuits.engine import GraphEngine, Patch
-from circuits.errors import CircuitsError
 from circuits.scores import Progress, Scores, no_progress
 
 FRACTIONS: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-ABLATIONS = ("corrupted", "mean")
 
 Metric = Callable[[Tensor, PromptDataset], Tensor]
 
@@ -45,31 +46,18 @@ __all__ = [
 ]
 
 
-def _batches(n: int, batch_size: int):
-    step = n if batch_size <= 0 else batch_size
-    for start in range(0, n, step):
-        yield slice(start, min(start + step, n))
-
-
 def reference_outputs(engine: GraphEngine, dataset: PromptDataset, *, ablation: str = "corrupted",
                       batch_size: int = 0) -> Tensor:
     """The values patched edges carry: sender outputs [S, n, p, d] on the engine's device.
 
     ``corrupted``: the corrupted prompts' outputs.  ``mean``: the clean outputs' mean over the
-    prompts, per position, broadcast (a view, no copy) to every prompt.
+    prompts, per position (``circuits.ablation.dataset_means``), broadcast (a view, no copy) to every prompt.
     """
-    if ablation not in ABLATIONS:
-        raise CircuitsError(f"unknown ablation {ablation!r}; use one of {', '.join(ABLATIONS)}")
-    tokens = dataset.corrupted if ablation == "corrupted" else dataset.clean
-    parts = []
-    with torch.no_grad():
-        for sl in _batches(len(dataset), batch_size):
-            out = engine.run(tokens[sl].to(engine.device), dataset.answer_pos[sl], collect=True).outputs
-            parts.append(out.sum(1, keepdim=True) if ablation == "mean" else out)
-    if ablation == "corrupted":
-        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-    mean = torch.stack(parts).sum(0) / len(dataset)  # [S, 1, p, d]
-    return mean.expand(-1, len(dataset), -1, -1)
+    check_ablation(ablation)
+    if ablation == "mean":
+        return dataset_means(engine, dataset, batch_size=batch_size).outputs.expand(-1, len(dataset), -1, -1)
+    parts = [ablation_reference(engine, part, "corrupted").outputs for part in chunks(dataset, batch_size)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
 def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, keep_mask, reference: Tensor,
@@ -79,12 +67,12 @@ def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, 
     g = engine.graph
     if tuple(keep.shape) != (g.n_senders, g.n_receivers):
         raise ValueError(f"keep mask has shape {tuple(keep.shape)}; this graph needs ({g.n_senders}, {g.n_receivers})")
-    total = 0.0
+    total, start = 0.0, 0
     with torch.no_grad():
-        for sl in _batches(len(dataset), batch_size):
-            part = dataset if (sl.start == 0 and sl.stop == len(dataset)) else dataset.subset(sl)
-            result = engine.run(part.clean.to(engine.device), part.answer_pos,
-                                patch=Patch(keep=keep, reference=reference[:, sl]))
+        for part in chunks(dataset, batch_size):
+            ref = reference[:, start:start + len(part)]
+            start += len(part)
+            result = engine.run(part.clean.to(engine.device), part.answer_pos, patch=Patch(keep=keep, reference=ref))
             total += float(metric(result.logits, part).double().sum())
     return total / len(dataset)
 
@@ -110,6 +98,7 @@ class CircuitEvaluator:
     every circuit's metric is cached by its (pruned) mask, so repeated masks cost nothing.
 
     ``runs`` counts the metric evaluations actually made (each is ``ceil(n / batch_size)`` forwards).
+    Masks are cached by a hash of their contents, so the cache stays small on large graphs.
     """
 
     def __init__(self, engine: GraphEngine, dataset: PromptDataset, metric: Metric, reference: Tensor,
@@ -125,7 +114,7 @@ class CircuitEvaluator:
         keep = keep.bool() if keep.dtype == torch.bool or bool(((keep == 0) | (keep == 1)).all()) else keep.float()
         if keep.dtype == torch.bool:
             keep = keep & self.valid  # entries outside the graph are never read; normalize them for the cache key
-        key = bytes([keep.dtype == torch.bool]) + keep.numpy().tobytes()
+        key = hashlib.blake2b(bytes([keep.dtype == torch.bool]) + keep.numpy().tobytes(), digest_size=20).digest()
         if key not in self._cache:
             self._cache[key] = circuit_metric(self.engine, self.dataset, self.metric_fn, keep, self.reference,
                                               batch_size=self.batch_size)

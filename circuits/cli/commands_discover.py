@@ -13,8 +13,6 @@ from circuits.cli import app
 from circuits.cli.commands_core import MODEL_HELP, resolve_task
 from circuits.errors import CircuitsError
 
-ABLATIONS = ("corrupted", "mean")
-
 
 class ProgressBars:
     """A ``Progress`` callback drawing tqdm bars on stderr (only on a terminal): a new bar whenever
@@ -43,6 +41,8 @@ class ProgressBars:
 
 
 def _check_ablation(ablation: str) -> str:
+    from circuits.ablation import ABLATIONS
+
     if ablation not in ABLATIONS:
         raise CircuitsError(f"--ablation must be one of {', '.join(ABLATIONS)} (got {ablation!r})")
     return ablation
@@ -196,7 +196,11 @@ def evaluate_circuit(
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Recompute a saved circuit's faithfulness on fresh prompts, independently of discovery."""
+    """Recompute a saved circuit's faithfulness, independently of discovery.
+
+    The circuit's edges are used as given (not pruned).  Task, n, seed and ablation default to
+    the ones recorded in the circuit, so a run folder's faithfulness is reproduced exactly.
+    """
     from circuits.faithfulness import faithfulness
     from circuits.graphs.build import load_circuit
 

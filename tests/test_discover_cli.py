@@ -1,0 +1,257 @@
+"""``circuits discover`` and ``circuits evaluate-circuit`` end to end on a tiny random GPT-2."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from circuits.graphs.build import edge_names, load_circuit
+from circuits.graphs.compare import load_scores
+from circuits.graphs.export import dot_available
+
+MANIFEST_KEYS = {
+    "faithfulness", "edges_kept", "edges_total", "cpr", "cmd", "command", "task", "model", "method", "n", "seed",
+    "ablation", "versions", "timings", "forward_passes", "selection", "curve", "metric_full", "metric_empty",
+    "metric_circuit",
+}
+EDGES_2x4 = 110  # edges of a 2-layer, 4-head model
+
+
+def _eap_available() -> str:
+    try:
+        from circuits.registry import get_method
+
+        get_method("eap")
+        return ""
+    except Exception as exc:  # not written yet, or broken
+        return f"the eap method is not available yet ({exc})"
+
+
+def invoke(*args: str, cwd: Path | None = None):
+    """The console script's function (``circuits.cli.main``) in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    import torch
+
+    from circuits.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: the thread pool only adds waiting on a busy machine
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setattr(sys, "argv", ["circuits", *args])
+        if cwd is not None:
+            mp.chdir(cwd)
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            torch.set_num_threads(threads)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_user_error(code: int, err: str, fragment: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+
+
+class FakeMethod:
+    """Deterministic scores with node and neuron scores, for the parts eap leaves empty."""
+
+    name = "fake"
+
+    def score(self, engine, dataset, metric, options, *, progress=None):
+        import torch
+
+        from circuits.scores import Scores
+
+        g = engine.graph
+        progress(0, 2, "fake")
+        values = torch.arange(g.n_senders * g.n_receivers, dtype=torch.float32).reshape(g.n_senders, g.n_receivers)
+        values = (values.sin() * g.valid_mask()).float()
+        progress(2, 2, "fake")
+        return Scores(graph=g, method="fake", edge_scores=values, node_scores={"a0.h1": 0.5, "m1": -2.0},
+                      neuron_scores={"m1": [(3, 0.2), (7, -0.1)]}, info={"forward_passes": 7})
+
+
+@pytest.fixture
+def fake_method(monkeypatch):
+    import circuits.registry
+
+    real = circuits.registry.get_method
+    monkeypatch.setattr(circuits.registry, "get_method", lambda name: FakeMethod() if name == "fake" else real(name))
+
+
+@pytest.fixture(scope="module")
+def eap_run(tiny_gpt2_dir, tmp_path_factory):
+    """One real discovery run with eap (the default selection: target faithfulness 0.9)."""
+    reason = _eap_available()
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("discover")
+    code, out, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "eap", "--out", "run",
+                            "--n", "12", "--seed", "1", cwd=work)
+    assert code == 0, err
+    return work / "run", (out, err)
+
+
+# ---------------------------------------------------------------- a real run
+def test_discover_writes_the_run_folder(eap_run):
+    run, (out, err) = eap_run
+    names = {p.name for p in run.iterdir()}
+    assert {"circuit.json", "circuit.dot", "scores.tsv", "manifest.json", "report.md"} <= names
+    assert ("circuit.svg" in names) == dot_available()
+    if not dot_available():
+        assert "graphviz" in err
+    assert not any(n.startswith(".") for n in names), "no temporary files left behind"
+    assert out.strip().splitlines()[-1] == "run"
+
+
+def test_manifest(eap_run):
+    run, _ = eap_run
+    m = json.loads((run / "manifest.json").read_text())
+    assert MANIFEST_KEYS <= set(m)
+    assert (m["task"], m["method"], m["n"], m["seed"], m["ablation"]) == ("greater-than", "eap", 12, 1, "corrupted")
+    assert m["command"][:3] == ["circuits", "discover", "greater-than"] and "--n" in m["command"]
+    assert m["edges_total"] == EDGES_2x4
+    assert set(m["versions"]) == {"circuits", "torch", "transformer_lens", "transformers", "networkx"}
+    assert all(m["versions"].values())
+    assert {"load", "dataset", "scoring", "reference", "curve", "selection", "write"} <= set(m["timings"])
+    assert m["selection"]["mode"] == "target-faithfulness" and m["selection"]["value"] == 0.9
+    if m["selection"]["reached"]:
+        assert m["faithfulness"] >= 0.9
+    assert m["selection"]["edges_kept"] == m["edges_kept"] <= m["selection"]["k"]
+    assert [p["fraction"] for p in m["curve"]] == [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    assert m["curve"][-1]["faithfulness"] == pytest.approx(1.0)
+    assert isinstance(m["forward_passes"], int) and m["forward_passes"] > 0
+    assert m["faithfulness"] == pytest.approx((m["metric_circuit"] - m["metric_empty"]) / (m["metric_full"] - m["metric_empty"]))
+
+
+def test_circuit_json_and_scores(eap_run):
+    run, _ = eap_run
+    m = json.loads((run / "manifest.json").read_text())
+    data = json.loads((run / "circuit.json").read_text())
+    G = nx.node_link_graph(data, edges="edges")
+    assert isinstance(G, nx.DiGraph)
+    H = load_circuit(run)
+    assert len(edge_names(H)) == m["edges_kept"]
+    assert H.graph["task"] == "greater-than" and H.graph["n"] == 12 and H.graph["seed"] == 1
+    scores = load_scores(run)
+    assert len(scores) == EDGES_2x4 and edge_names(H) <= set(scores)
+    report = (run / "report.md").read_text()
+    assert "## Top components" in report and "greater-than" in report
+    assert (run / "circuit.dot").read_text().startswith("digraph circuit {")
+
+
+def test_evaluate_circuit_reproduces_the_runs_faithfulness(eap_run, tiny_gpt2_dir):
+    run, _ = eap_run
+    m = json.loads((run / "manifest.json").read_text())
+    code, stdout, err = invoke("evaluate-circuit", str(run), "--model", str(tiny_gpt2_dir), "--json")
+    assert code == 0, err
+    out = json.loads(stdout)
+    assert {"faithfulness", "edges", "metric_full", "metric_empty", "metric_circuit", "n", "seed", "model", "task"} <= set(out)
+    assert (out["n"], out["seed"], out["task"], out["edges"]) == (12, 1, "greater-than", m["edges_kept"])
+    assert out["faithfulness"] == pytest.approx(m["faithfulness"], abs=1e-9)
+    assert out["metric_full"] == pytest.approx(m["metric_full"], abs=1e-12)
+
+
+# ---------------------------------------------------------------- user errors (no model needed)
+def test_non_empty_out_is_refused_without_force(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = invoke("discover", "greater-than", "--model", "gpt2", "--method", "eap", "--out", str(out))
+    assert_user_error(code, err, "not empty")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("flags", [
+    ["--top-k", "5", "--threshold", "0.1"],
+    ["--top-k", "5", "--target-faithfulness", "0.8"],
+    ["--threshold", "0.1", "--target-faithfulness", "0.8"],
+])
+def test_conflicting_selection_modes_are_refused(tmp_path, flags):
+    code, _, err = invoke("discover", "greater-than", "--model", "gpt2", "--method", "eap",
+                            "--out", str(tmp_path / "run"), *flags)
+    assert_user_error(code, err, "choose one selection mode")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--ablation", "zero"], "--ablation"),
+    (["--neurons", "a0.h1"], "--neurons"),
+    (["--target-faithfulness", "1.5"], "--target-faithfulness"),
+    (["--n", "0"], "--n"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, flags, fragment):
+    code, _, err = invoke("discover", "greater-than", "--model", "gpt2", "--method", "eap",
+                            "--out", str(tmp_path / "run"), *flags)
+    assert_user_error(code, err, fragment)
+
+
+# ---------------------------------------------------------------- in-process runs with a fake method
+def test_top_k_run_with_node_and_neuron_scores_and_force(tmp_path, tiny_gpt2_dir, fake_method):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "circuit.svg").write_text("stale")
+    (out / "notes.txt").write_text("mine")
+    code, stdout, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir),
+                                 "--method", "fake", "--out", str(out), "--n", "6", "--top-k", "1000", "--force")
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["selection"] == {"mode": "top-k", "value": EDGES_2x4, "k": EDGES_2x4, "edges_kept": EDGES_2x4,
+                              "evaluations": 0, "reached": True}
+    assert m["faithfulness"] == pytest.approx(1.0, abs=1e-6) and m["forward_passes"] == 7
+    G = load_circuit(out)
+    assert G.nodes["m1"]["top_neurons"] == [[3, 0.2], [7, -0.1]] and G.nodes["m1"]["score"] == -2.0
+    report = (out / "report.md").read_text()
+    assert report.index("| m1 | mlp |") < report.index("| a0.h1 | head |")
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "circuit.svg").read_text() != "stale" if dot_available() else not (out / "circuit.svg").exists()
+    assert "faithfulness 1.000" in stdout
+
+
+def test_threshold_run_with_mean_ablation(tmp_path, tiny_gpt2_dir, fake_method):
+    out = tmp_path / "run"
+    code, _, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir),
+                            "--method", "fake", "--out", str(out), "--n", "6", "--threshold", "0.9",
+                            "--ablation", "mean", "--batch-size", "4")
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["ablation"] == "mean" and m["options"]["batch_size"] == 4
+    assert m["selection"]["mode"] == "threshold" and m["selection"]["value"] == 0.9
+    scores = load_scores(out)
+    assert m["selection"]["k"] == sum(abs(v) >= 0.9 for v in scores.values())
+    # evaluate-circuit takes the ablation, n and seed from the circuit
+    code, stdout, err = invoke("evaluate-circuit", str(out / "circuit.json"),
+                                 "--model", str(tiny_gpt2_dir), "--json")
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert (res["n"], res["ablation"]) == (6, "mean")
+    assert res["faithfulness"] == pytest.approx(m["faithfulness"], abs=1e-6)
+
+
+def test_evaluate_circuit_names_the_first_bad_edge(tmp_path, tiny_gpt2_dir):
+    from circuits.graphs.build import build_graph, write_json
+
+    path = write_json(build_graph({"input->a0.h1<q>": 1.0, "a0.h1->logits": 1.0, "a7.h0->logits": 0.5, "a9.h9->logits": 1.0},
+                                  metadata={"task": "greater-than", "n": 4}), tmp_path / "c.json")
+    code, _, err = invoke("evaluate-circuit", str(path), "--model", str(tiny_gpt2_dir))
+    assert_user_error(code, err, "a7.h0->logits")
+    assert "2 layers x 4 heads" in err
+
+
+def test_evaluate_circuit_needs_a_task(tmp_path):
+    from circuits.graphs.build import build_graph, write_json
+
+    path = write_json(build_graph({"a0.h1->logits": 1.0}, metadata={"model": "gpt2"}), tmp_path / "c.json")
+    code, _, err = invoke("evaluate-circuit", str(path))
+    assert_user_error(code, err, "--task")
