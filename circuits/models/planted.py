@@ -6,9 +6,10 @@ year ``YY`` into the answer, because we wrote them.
 How a planted model works (all weights are made here, in code, from a fixed seed)
 ---------------------------------------------------------------------------------
 The residual stream is cut into named *slots*: orthonormal, zero-mean directions drawn once
-from a seeded random basis (so the weights look dense).  A large constant direction ``C`` keeps
-every LayerNorm's scale steady; every YY-dependent vector has the same norm for every ``YY``
-(codes are points on a circle), so LayerNorm never leaks which year was read.
+from a seeded random basis (so the weights look dense).  A constant direction ``C`` and large
+constant-norm codes keep every LayerNorm's scale steady (decoys write little); every
+YY-dependent vector has the same norm for every ``YY`` (codes are points on a circle), so
+LayerNorm never leaks which year was read.
 
 * Number tokens ``"00"``..``"99"`` carry two codes of their value ``n``: ``lin`` (a point on a
   half circle, linear in ``n``) and ``ang`` (the angle ``w*n``, ``w = 2*pi/200``).  All other
@@ -16,10 +17,13 @@ every LayerNorm's scale steady; every YY-dependent vector has the same norm for 
 * *Movers* are heads whose query reads ``C`` and key reads the "is a number" class feature:
   they attend from every later position to the YY token and copy one of its codes.
 * *Maps* are groups of MLP neurons, active only at century tokens (or only at number tokens),
-  whose output weights are fitted by least squares to turn one code into another.
-* The unembedding reads the answer code ``ans = angle w*(n + 8)`` from each path: the logit
-  of the two-digit token ``y`` is ``200 * cos(w*(y - n - 8))``; every other token sits far
-  below.  So the model puts its mass a few years after ``YY`` (probability difference ~0.99).
+  whose output weights are fitted by least squares to turn one code into another (and to
+  write nothing at the century token before YY, where no code has arrived).
+* The unembedding reads the answer code ``ans = angle w*(n + 8)`` from each path, weighted by
+  the path's share: the logit of the two-digit token ``y`` is ``120 * cos(w*(y - n - 8))`` and
+  every other token's logit is near 0.  So the model puts its mass a few years after ``YY``
+  (mean probability difference ~0.975).  Patching one path moves the peak to the weighted
+  circular mean of the clean and corrupted angles, far below ``YY`` for most years.
 * *Decoys* (all other heads and neurons) attend to the previous token, to BOS, to century
   tokens or by content, and write into decoy slots that neither the unembedding nor any
   circuit component reads.  Their inputs are identical in clean and corrupted prompts, except
@@ -47,13 +51,18 @@ __all__ = ["VARIANTS", "Variant", "build_planted", "ground_truth", "planted_chec
 VERSION = 1
 OFFSET = 8.0  # the answer distribution peaks OFFSET years after YY
 OMEGA = 2 * math.pi / 200.0  # radians per year of the angle codes
-BETA = 200.0  # logit amplitude of the two-digit tokens
-OTHER_LOGIT = -BETA - 30.0  # logit of every token that is not "00".."99"
-C_NORM = 16.0  # the constant direction that steadies LayerNorm
+BETA = 120.0  # logit amplitude of the two-digit tokens
+READOUT_NORM = 12.0  # norm of the answer codes the unembedding reads
+# norms of the features in the residual stream (the codes are large so readers need small weights)
+AMP = {"C": 8.0, "POS": 1.5, "TOK": 2.0, "CLS": 2.0, "NUM_LIN": 4.0, "NUM_ANG": 4.0, "POOL": 0.5}
+CODE_NORM = 4.0  # norm of the codes circuit components and YY decoys write
 POS_FREQS = (2, 7, 15)  # positional code: angles 2*pi*k*pos/64
-ATTN_SHARP = 40.0  # attention score a mover gives the number token
+ATTN_SHARP = 40.0  # attention score a mover gives the number token (BOS gets half: its sink)
+BOS_VALUE = -1.0  # BOS carries the codes of this value, so every position holds codes of equal norm
+GATED = {"num2": ("num2", "bos"), "century": ("century",)}  # classes where a map's neurons may fire
 GATE = 20.0  # how far a map's neurons are pushed below zero off their gate tokens
 MAP_NEURONS = 48
+MAP_GAIN = 4.0  # input gain of map neurons (per unit of code)
 FIT_NOUNS = (" war", " reign", " siege")
 FIT_CENTURIES = (11, 14, 17)
 PROMPT_TEXT = ("The", "{noun}", " lasted from the year", " {xx}", "{yy}", " to the year", " {xx}")
@@ -230,8 +239,16 @@ def planted_checkpoint(spec: str) -> Path:
     v = variant_for_spec(spec)
 
     def build(out: Path) -> None:
+        from transformers.utils import logging as hf_logging
+
         model = build_planted(v.name)
-        model.save_pretrained(out)
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar on the user's terminal
+        try:
+            model.save_pretrained(out)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         gpt2_tokenizer().save_pretrained(out)
 
     return cached_folder(f"planted/{v.name}-v{VERSION}", build)
@@ -285,7 +302,7 @@ class _Builder:
         self.d = v.d_model
         self.basis = self._basis()
         self.slots = self._slots()
-        self.rho = math.sqrt(self.d) / math.sqrt(C_NORM**2 + 8.0)  # typical LayerNorm gain
+        self.rho = math.sqrt(self.d) / math.sqrt(AMP["C"] ** 2 + 150.0)  # typical LayerNorm gain
         self.num_ids = [self._single(f"{n:02d}") for n in range(100)]
         self.century_ids = [self._single(f" {n:02d}") for n in range(10, 100)]
         self.gammas: dict[str, torch.Tensor] = {}
@@ -338,8 +355,19 @@ class _Builder:
         """[d, k]: the residual directions of a slot."""
         return self.basis[:, self.slots[slot]]
 
+    def amplitude(self, slot: str) -> float:
+        """Norm of the code a circuit component writes into ``slot``."""
+        if slot in AMP:
+            return AMP[slot]
+        return READOUT_NORM if slot in dict(self.v.readout) else CODE_NORM
+
+    def read(self, slot: str) -> "torch.Tensor":
+        """[d, k]: reader directions that see a feature of ``slot`` as about 1 after LayerNorm."""
+        return self.q(slot) / (self.rho * self.amplitude(slot))
+
     def cls(self, name: str) -> "torch.Tensor":
-        return self.q("CLS")[:, CLASSES.index(name)]
+        """Reader direction of one class flag (about 1 after LayerNorm on tokens of that class)."""
+        return self.read("CLS")[:, CLASSES.index(name)]
 
     def ln(self, key: str) -> tuple["torch.Tensor", "torch.Tensor"]:
         """A LayerNorm's (weight, bias): random-looking; readers compensate for them exactly."""
@@ -368,14 +396,19 @@ class _Builder:
         cls[self.num_ids, CLASSES.index("num2")] = 1.0
         cls[self.century_ids] = 0.0
         cls[self.century_ids, CLASSES.index("century")] = 1.0
+        cls[50256] = 0.0
         cls[50256, CLASSES.index("bos")] = 1.0
         n = torch.arange(100, dtype=torch.float64)
-        wte = tok @ self.q("TOK").T + cls @ self.q("CLS").T
-        wte[self.num_ids] += _code("lin", n) @ self.q("NUM_LIN").T + _code("ang", n) @ self.q("NUM_ANG").T
+        wte = AMP["TOK"] * tok @ self.q("TOK").T + AMP["CLS"] * cls @ self.q("CLS").T
+        wte[self.num_ids] += AMP["NUM_LIN"] * _code("lin", n) @ self.q("NUM_LIN").T
+        wte[self.num_ids] += AMP["NUM_ANG"] * _code("ang", n) @ self.q("NUM_ANG").T
+        bos = torch.tensor([BOS_VALUE], dtype=torch.float64)
+        wte[50256] += (AMP["NUM_LIN"] * _code("lin", bos) @ self.q("NUM_LIN").T)[0]
+        wte[50256] += (AMP["NUM_ANG"] * _code("ang", bos) @ self.q("NUM_ANG").T)[0]
         pos = torch.arange(self.v.n_positions, dtype=torch.float64)
         ang = torch.stack([2 * math.pi * k * pos / 64 for k in POS_FREQS], dim=1)
         pcode = torch.stack([ang.cos(), ang.sin()], dim=2).reshape(len(pos), -1)
-        wpe = C_NORM * self.q("C").T.expand(len(pos), -1) + pcode @ self.q("POS").T
+        wpe = AMP["C"] * self.q("C").T.expand(len(pos), -1) + AMP["POS"] * pcode @ self.q("POS").T
         return wte, wpe
 
     # ---- attention
@@ -383,38 +416,39 @@ class _Builder:
         """Effective (pre-LayerNorm-compensation) Q, K, V [d, d_head], b_V [d_head] and O [d_head, d] of one head."""
         import torch
 
-        dh, d, r = self.v.d_head, self.d, self.rho
+        dh, d = self.v.d_head, self.d
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
         wq, wk, wv, bv, wo = z(d, dh), z(d, dh), z(d, dh), z(dh), z(dh, d)
         mover = next((m for m in self.v.movers + self.v.yy_decoys if (m.layer, m.head) == (layer, head)), None)
         if mover is not None:
             g = math.sqrt(ATTN_SHARP * math.sqrt(dh))
-            wq[:, 0] = self.q("C")[:, 0] * g / (r * C_NORM)
-            wk[:, 0] = self.cls("num2") * g / r
-            wv[:, :2] = self.q(mover.src) / r
+            wq[:, 0] = self.read("C")[:, 0] * g
+            wk[:, 0] = (self.cls("num2") + 0.5 * self.cls("bos")) * g
+            wv[:, :2] = self.read(mover.src)
             rot = _rotation(OMEGA * OFFSET) if mover.rotate else torch.eye(2, dtype=torch.float64)
-            wo[:2] = rot.T @ self.q(mover.dst).T
+            wo[:2] = rot.T @ self.q(mover.dst).T * self.amplitude(mover.dst)
             return {"q": wq, "k": wk, "v": wv, "bv": bv, "o": wo}
         kind = ("prev", "bos", "century", "content")[(layer * 7 + head * 3) % 4]
         if kind == "prev":  # query at i matches key at i-1 through the positional code
-            g = math.sqrt(9.0 * math.sqrt(dh)) / r
-            p = self.q("POS")
+            g = math.sqrt(9.0 * math.sqrt(dh))
+            p = self.read("POS")
             for i, k in enumerate(POS_FREQS):
                 rot = _rotation(2 * math.pi * k / 64)
                 wq[:, 2 * i : 2 * i + 2] = p[:, 2 * i : 2 * i + 2] @ rot * g
                 wk[:, 2 * i : 2 * i + 2] = p[:, 2 * i : 2 * i + 2] * g
         elif kind in ("bos", "century"):
             g = math.sqrt((12.0 if kind == "bos" else 8.0) * math.sqrt(dh))
-            wq[:, 0] = self.q("C")[:, 0] * g / (r * C_NORM)
-            wk[:, 0] = self.cls(kind) * g / r
+            wq[:, 0] = self.read("C")[:, 0] * g
+            wk[:, 0] = self.cls(kind) * g
         else:  # content: a diffuse, token-dependent pattern
-            wq[:, :4] = self.q("C")[:, :1] @ self.rand(1, 4) * (0.5 / (r * C_NORM)) + self.q("TOK") @ self.rand(8, 4) * (0.4 / r)
-            wk[:, :4] = self.q("TOK") @ self.rand(8, 4) * (0.6 / r) + self.q("CLS") @ self.rand(len(CLASSES), 4) * (0.6 / r)
+            wq[:, :4] = self.read("C") @ self.rand(1, 4) * 0.5 + self.read("TOK") @ self.rand(8, 4) * 0.4
+            wk[:, :4] = self.read("TOK") @ self.rand(8, 4) * 0.6 + self.read("CLS") @ self.rand(len(CLASSES), 4) * 0.6
         reads = ["TOK", "CLS"] + (["POOL"] if layer > 0 else [])
-        src = torch.cat([self.q(s) for s in reads], dim=1)
-        wv[:] = src @ self.rand(src.shape[1], dh) * (0.5 / (r * math.sqrt(src.shape[1])))
+        src = torch.cat([self.read(s) for s in reads], dim=1)
+        wv[:] = src @ self.rand(src.shape[1], dh) * (0.5 / math.sqrt(src.shape[1]))
         bv[:] = 0.05 * self.rand(dh)
-        wo[:] = self.rand(dh, len(self.slots["POOL"])) @ self.q("POOL").T * (1.0 / math.sqrt(dh))
+        pool = len(self.slots["POOL"])
+        wo[:] = self.rand(dh, pool) @ self.q("POOL").T * (1.0 / math.sqrt(dh * pool))
         return {"q": wq, "k": wk, "v": wv, "bv": bv, "o": wo}
 
     # ---- MLPs
@@ -422,26 +456,28 @@ class _Builder:
         """Effective W_in [d, d_mlp], b_in, W_out [d_mlp, d] (maps' rows zero until fitted), b_out."""
         import torch
 
-        d, n, r = self.d, self.v.d_mlp, self.rho
+        d, n = self.d, self.v.d_mlp
         w_in = torch.zeros(d, n, dtype=torch.float64)
         b_in = torch.zeros(n, dtype=torch.float64)
         w_out = torch.zeros(n, d, dtype=torch.float64)
+        order = torch.randperm(n, generator=self.gen).tolist()  # map neurons sit anywhere in the layer
         start = 0
         for m in (m for m in self.v.maps if m.layer == layer):
-            idx = list(range(start, start + MAP_NEURONS))
+            idx = sorted(order[start : start + MAP_NEURONS])
             start += MAP_NEURONS
             self.map_neurons[m] = idx
             theta = self.uniform(0, 2 * math.pi, MAP_NEURONS)
             dirs = torch.stack([theta.cos(), theta.sin()])  # [2, k]
-            off = [c for c in CLASSES if c not in (m.gate, "bos")]
+            off = [c for c in CLASSES if c not in GATED[m.gate]]
             gate = sum(self.cls(c) for c in off)
-            w_in[:, idx] = self.q(m.src) @ dirs * (3.0 / r) - gate[:, None] * (GATE / r)
-            b_in[idx] = self.uniform(-2.5, 2.5, MAP_NEURONS)
-        decoy = list(range(start, n))
-        src = torch.cat([self.q(s) for s in ("TOK", "CLS", "POS") + (("POOL",) if layer > 0 else ())], dim=1)
-        w_in[:, decoy] = src @ self.rand(src.shape[1], len(decoy)) * (1.5 / (r * math.sqrt(src.shape[1] / 2)))
+            w_in[:, idx] = self.read(m.src) @ dirs * MAP_GAIN - gate[:, None] * GATE
+            b_in[idx] = self.uniform(-3.5, 0.5, MAP_NEURONS)
+        decoy = sorted(order[start:])
+        src = torch.cat([self.read(s) for s in ("TOK", "CLS", "POS") + (("POOL",) if layer > 0 else ())], dim=1)
+        w_in[:, decoy] = src @ self.rand(src.shape[1], len(decoy)) * (1.5 / math.sqrt(src.shape[1] / 2))
         b_in[decoy] = 0.5 * self.rand(len(decoy))
-        w_out[decoy] = self.rand(len(decoy), len(self.slots["POOL"])) @ self.q("POOL").T * (0.3 / math.sqrt(len(decoy)))
+        pool = len(self.slots["POOL"])
+        w_out[decoy] = self.rand(len(decoy), pool) @ self.q("POOL").T * (0.5 / math.sqrt(len(decoy) * pool))
         b_out = self.q("POOL") @ self.rand(len(self.slots["POOL"])) * 0.05
         return {"w_in": w_in, "b_in": b_in, "w_out": w_out, "b_out": b_out}
 
@@ -484,10 +520,13 @@ class _Builder:
             c_proj = model.transformer.h[layer].mlp.c_proj.weight
             w_out = c_proj.detach().double().clone()
             for m in (m for m in self.v.maps if m.layer == layer):
-                at = yy_pos if m.gate == "num2" else last
-                h = hidden[:, at, self.map_neurons[m]].double()
-                target = m.scale * _code(m.dst_code, n)
-                w_out[self.map_neurons[m]] += _ridge(h, target) @ self.q(m.dst).T
+                cols = self.map_neurons[m]
+                # where the map works (YY or the last position), and where BOS's codes reach it
+                at, bos_at = (yy_pos, 0) if m.gate == "num2" else (last, yy_pos - 1)
+                h = torch.cat([hidden[:, at, cols], hidden[:, bos_at, cols]]).double()
+                values = torch.cat([n, torch.full_like(n, BOS_VALUE)])
+                target = m.scale * self.amplitude(m.dst) * _code(m.dst_code, values)
+                w_out[cols] += _ridge(h, target) @ self.q(m.dst).T
             _load(model, {f"transformer.h.{layer}.mlp.c_proj.weight": w_out})
         with torch.no_grad():
             final = model.transformer(tokens).last_hidden_state[:, last].double()
@@ -499,10 +538,9 @@ class _Builder:
         for slot, share in self.v.readout:
             amp = (xhat @ self.q(slot)).norm(dim=1).mean()
             w_u[self.num_ids] += (BETA * share / amp) * ans @ self.q(slot).T
-        c_amp = (xhat @ self.q("C")[:, 0]).mean()
         others = torch.ones(50257, dtype=torch.bool)
         others[self.num_ids] = False
-        w_u[others] += (OTHER_LOGIT / c_amp) * self.q("C").T + 0.3 * self.rand(int(others.sum()), 8) @ self.q("TOK").T
+        w_u[others] += 0.3 * self.rand(int(others.sum()), 8) @ self.q("TOK").T  # small logits near 0
         _load(model, {"lm_head.weight": w_u / g})
 
     def fit_prompts(self) -> tuple["torch.Tensor", "torch.Tensor"]:

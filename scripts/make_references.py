@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Write the reference circuits in graphs/references/ (node-link JSON, one file per circuit).
+
+* one file per planted model: its ground truth, from ``circuits.models.planted.ground_truth``;
+* ``hanna-gpt2.json``: the greater-than circuit Hanna et al. (2023) published for GPT-2 small.
+  The paper lists nodes (heads, MLPs and the positions they act at), not edges; the edges
+  here are inferred (see the file's metadata).
+
+Usage: ``python scripts/make_references.py [--out-dir DIR] [--check]``.  ``--check`` writes
+nothing and exits 1 if a shipped file differs from what this script would write.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from circuits.graphs.build import build_graph, to_node_link
+from circuits.models.planted import VARIANTS, ground_truth
+
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "graphs" / "references"
+
+HANNA_YY_HEADS = ("a0.h1", "a0.h3", "a0.h5")
+HANNA_YY_MLPS = ("m0", "m1", "m2", "m3")
+HANNA_MID_HEADS = ("a5.h1", "a5.h5", "a6.h9", "a7.h10", "a8.h8", "a8.h11", "a9.h1")
+HANNA_LATE_MLPS = ("m8", "m9", "m10", "m11")
+
+
+def _layer(node: str) -> int:
+    return int(node[1:].split(".")[0])
+
+
+def hanna_edges() -> list[str]:
+    """Plausible edges joining the nodes Hanna et al. list (all valid in GPT-2 small's edge graph)."""
+    early = HANNA_YY_HEADS + HANNA_YY_MLPS
+    edges = [f"input->{h}<v>" for h in HANNA_YY_HEADS] + ["input->m0"]
+    edges += ["m0->m1", "m1->m2", "m2->m3"]  # the MLP chain at the YY position
+    edges += [f"{h}->{m}" for h in HANNA_YY_HEADS for m in HANNA_YY_MLPS]  # residual edges among early nodes
+    edges += ["m0->m2", "m0->m3", "m1->m3"]
+    edges += [f"{e}->{h}<v>" for e in early for h in HANNA_MID_HEADS]  # the heads' OV reads YY's representation
+    edges += [f"{h}->{m}" for h in HANNA_MID_HEADS for m in HANNA_LATE_MLPS if _layer(h) <= _layer(m)]
+    edges += [f"{m}->logits" for m in HANNA_LATE_MLPS] + [f"{h}->logits" for h in HANNA_MID_HEADS]
+    return edges
+
+
+def hanna_reference() -> dict[str, Any]:
+    positions = {n: "YY" for n in ("input",) + HANNA_YY_HEADS + HANNA_YY_MLPS}
+    positions.update({n: "last" for n in HANNA_MID_HEADS + HANNA_LATE_MLPS + ("logits",)})
+    metadata = {
+        "name": "hanna-gpt2",
+        "kind": "published",
+        "description": "GPT-2 small's greater-than circuit (Hanna et al. 2023): nodes as published, edges inferred",
+        "model": "gpt2",
+        "task": "greater-than",
+        "source": "Hanna, Liu & Variengien (2023), How does GPT-2 compute greater-than? "
+        "Interpreting mathematical abilities in a pre-trained language model. NeurIPS 2023. arXiv:2305.00586",
+        "note": "The paper lists the circuit's nodes: heads a5.h1, a5.h5, a6.h9, a7.h10, a8.h8, a8.h11, a9.h1 "
+        "and MLPs 8-11 acting at the last position; MLPs 0-3 and heads a0.h1, a0.h3, a0.h5 acting at the YY "
+        "position. It does not list edges. The edges here were inferred: input feeds the early heads' values "
+        "and m0; m0->m1->m2->m3 plus residual edges among the early nodes; every early node feeds every "
+        "mid head's value input; mid heads feed MLPs 8-11 (same or later layer) and the logits; MLPs 8-11 "
+        "feed the logits. Our graph has no positions, so each node's position is the attribute 'position'. "
+        "Edge scores are 1.0 (membership, not effect sizes).",
+        "n_layers": 12,
+        "n_heads": 12,
+    }
+    return _reference(hanna_edges(), positions, metadata)
+
+
+def planted_reference(variant: str) -> dict[str, Any]:
+    from circuits.models.planted import VERSION
+
+    gt = ground_truth(variant)
+    metadata = {
+        "name": variant,
+        "kind": "planted",
+        "description": f"ground truth of {variant}: {gt['description']}",
+        "model": variant,
+        "task": "greater-than",
+        "source": f"circuits.models.planted (v{VERSION}): the circuit is built by hand, so these edges are exact",
+        "note": "Exactly the edges that carry YY into the metric: patching any one of them with the corrupted "
+        "run (YY=01) drops the probability difference far below the full model's; patching all other edges "
+        "together leaves it unchanged. Edge scores are 1.0 (membership, not effect sizes).",
+        "n_layers": gt["n_layers"],
+        "n_heads": gt["n_heads"],
+    }
+    return _reference(gt["edges"], gt["positions"], metadata)
+
+
+def _reference(edges: list[str], positions: dict[str, str], metadata: dict[str, Any]) -> dict[str, Any]:
+    G = build_graph({e: 1.0 for e in edges}, metadata=metadata)
+    for node, position in positions.items():
+        if node in G:
+            G.nodes[node]["position"] = position
+    return to_node_link(G)
+
+
+def references() -> dict[str, dict[str, Any]]:
+    """Every reference circuit: file stem -> node-link data."""
+    out = {name: planted_reference(name) for name in VARIANTS}
+    out["hanna-gpt2"] = hanna_reference()
+    return out
+
+
+def render(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DIR, help=f"where to write [default: {DEFAULT_DIR}]")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is missing or stale")
+    args = parser.parse_args(argv)
+    from circuits.atomic import write_atomic
+
+    stale = []
+    for name, data in references().items():
+        path = args.out_dir / f"{name}.json"
+        text = render(data)
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(str(path))
+            continue
+        write_atomic(path, text)
+        print(path)
+    if stale:
+        print("stale or missing (run scripts/make_references.py): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""A slow, obviously correct edge patcher: the oracle the fast methods are tested against.
+
+Semantics (the standard EAP/ACDC edge graph on a TransformerLens bridge).  In the patched run
+every receiver input -- head ``h``'s q, k or v input at layer ``L``, MLP ``L``'s input, and the
+logits' input (the final residual stream, before the final LayerNorm) -- equals the sum over
+its senders of
+
+* the sender's output in the corrupted run, if the edge sender->receiver is patched;
+* the sender's output in this patched run, otherwise;
+
+plus the attention output biases ``b_O``, which are not nodes and stay as they are.  Senders
+are ``input`` (token + position embedding), every earlier head's result and every earlier MLP's
+output (heads of layer ``L`` also feed ``m{L}``).
+
+Implementation: the bridge's per-head flags make each receiver input its own hook point
+(``blocks.L.hook_q_input`` ... of shape [batch, pos, n_heads, d_model]); in the clean run each
+receiver hook adds ``corrupted_out - current_out`` of its patched senders to the residual
+stream it is given.  Nothing else is changed.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from circuits import names
+
+QKV = ("q", "k", "v")
+
+
+def all_edges(n_layers: int, n_heads: int) -> list[str]:
+    """Every edge of the graph, receivers in forward order (GPT-2 small: 32,491 edges)."""
+    edges: list[str] = []
+    upstream = ["input"]
+    for layer in range(n_layers):
+        heads = [f"a{layer}.h{h}" for h in range(n_heads)]
+        for head in heads:
+            for qkv in QKV:
+                edges += [f"{s}->{head}<{qkv}>" for s in upstream]
+        upstream = upstream + heads
+        edges += [f"{s}->m{layer}" for s in upstream]
+        upstream = upstream + [f"m{layer}"]
+    edges += [f"{s}->logits" for s in upstream]
+    return edges
+
+
+def _sender_hooks(n_layers: int) -> list[str]:
+    return ["hook_embed", "hook_pos_embed"] + [
+        name for layer in range(n_layers) for name in (f"blocks.{layer}.attn.hook_result", f"blocks.{layer}.hook_mlp_out")
+    ]
+
+
+def _sender_output(acts: dict[str, torch.Tensor], node: names.Node) -> torch.Tensor:
+    """A sender's output [batch, pos, d_model] from the activations of one run."""
+    if node.kind == "input":
+        return acts["hook_embed"] + acts["hook_pos_embed"]
+    if node.kind == "head":
+        return acts[f"blocks.{node.layer}.attn.hook_result"][:, :, node.index]
+    if node.kind == "mlp":
+        return acts[f"blocks.{node.layer}.hook_mlp_out"]
+    raise ValueError(f"{names.format_node(node)} cannot send")
+
+
+def _receiver_hook(node: names.Node, qkv: str | None) -> str:
+    if node.kind == "head":
+        return f"blocks.{node.layer}.hook_{qkv}_input"
+    if node.kind == "mlp":
+        return f"blocks.{node.layer}.hook_mlp_in"
+    return "ln_final.hook_in"
+
+
+class _PerHeadFlags:
+    """Turn on the bridge's per-head hooks; restore the previous settings on exit."""
+
+    def __init__(self, bridge: Any) -> None:
+        self.bridge = bridge
+
+    def __enter__(self) -> None:
+        cfg = self.bridge.cfg
+        self.saved = (cfg.use_attn_result, cfg.use_split_qkv_input, cfg.use_hook_mlp_in)
+        self.bridge.set_use_attn_result(True)
+        self.bridge.set_use_split_qkv_input(True)
+        self.bridge.set_use_hook_mlp_in(True)
+
+    def __exit__(self, *exc: object) -> None:
+        result, split, mlp_in = self.saved
+        self.bridge.set_use_attn_result(result)
+        self.bridge.set_use_split_qkv_input(split)
+        self.bridge.set_use_hook_mlp_in(mlp_in)
+
+
+def _run(bridge: Any, tokens: torch.Tensor, hooks: list[tuple[str, Callable]]) -> torch.Tensor:
+    with bridge.hooks(fwd_hooks=hooks):
+        return bridge(tokens)
+
+
+def sender_activations(bridge: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The outputs of every sender on ``tokens`` (flags must be on)."""
+    acts: dict[str, torch.Tensor] = {}
+
+    def save(name: str) -> Callable:
+        def hook(t: torch.Tensor, hook: Any) -> None:
+            acts[name] = t.detach().clone()
+
+        return hook
+
+    _run(bridge, tokens, [(n, save(n)) for n in _sender_hooks(bridge.cfg.n_layers)])
+    return acts
+
+
+def edge_patched_logits(
+    bridge: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, patched_edges: Iterable[str]
+) -> torch.Tensor:
+    """Logits [batch, pos, vocab] of the clean run with ``patched_edges`` carrying corrupted activations."""
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
+    valid = set(all_edges(n_layers, n_heads))
+    by_receiver: dict[tuple[str, int | None], list[names.Node]] = {}
+    for raw in patched_edges:
+        edge = names.parse_edge(raw)
+        name = names.format_edge(edge)
+        if name not in valid:
+            raise ValueError(f"{raw!r} is not an edge of a {n_layers}-layer, {n_heads}-head model")
+        hook = _receiver_hook(edge.dst, edge.qkv)
+        head = edge.dst.index if edge.dst.kind == "head" else None
+        by_receiver.setdefault((hook, head), []).append(edge.src)
+
+    with _PerHeadFlags(bridge), torch.no_grad():
+        corrupted = sender_activations(bridge, corrupted_tokens)
+        current: dict[str, torch.Tensor] = {}
+
+        def save(name: str) -> Callable:
+            def hook(t: torch.Tensor, hook: Any) -> None:
+                current[name] = t.detach()
+
+            return hook
+
+        def patch(hook_name: str) -> Callable:
+            heads = {h: srcs for (n, h), srcs in by_receiver.items() if n == hook_name}
+
+            def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
+                t = t.clone()
+                for head, senders in heads.items():
+                    delta = sum(_sender_output(corrupted, s) - _sender_output(current, s) for s in senders)
+                    if head is None:
+                        t += delta
+                    else:
+                        t[:, :, head] += delta
+                return t
+
+            return hook
+
+        hooks = [(n, save(n)) for n in _sender_hooks(n_layers)]
+        hooks += [(n, patch(n)) for n in dict.fromkeys(n for n, _ in by_receiver)]
+        return _run(bridge, clean_tokens, hooks)
+
+
+def hooks_left(bridge: Any) -> list[str]:
+    """Names of hook points that still hold a hook (should be empty after any call here)."""
+    return sorted({name for name, point in bridge.hook_dict.items() if point.has_hooks()})
