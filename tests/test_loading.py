@@ -4,7 +4,6 @@ from __future__ import annotations
 import inspect
 import shutil
 import socket
-from pathlib import Path
 
 import pytest
 import torch

@@ -15,7 +15,6 @@ from typing import Dict, List, Optional
 
 import torch
 
-from circuits import names
 from circuits.ablation import chunks, prepare, reference
 from circuits.engine import Patch
 from circuits.methods.attribution import parse_neuron_layers, top_neurons

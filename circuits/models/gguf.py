@@ -151,8 +151,32 @@ def _new_model(cls, cfg):
         return cls(cfg)
 
 
-def _llama(reader, arch: str, raw: dict[str, np.ndarray]):
+def _block_tensors(raw: dict[str, np.ndarray], known, arch: str):
+    """Yield (layer, key, kind, array) for every ``blk.N.key.kind`` tensor; unknown keys are errors."""
+    for name, arr in raw.items():
+        parts = name.split(".")
+        if parts[0] != "blk":
+            continue
+        layer, key, kind = parts[1], parts[2], parts[3]
+        if key not in known:
+            raise CircuitsError(f"GGUF tensor {name} has no place in a {arch} model")
+        yield layer, key, kind, arr
+
+
+def _load_state(cls, cfg, state: dict[str, np.ndarray], arch: str, *, may_miss) -> Any:
+    """A fresh ``cls(cfg)`` holding ``state``; missing weights other than ``may_miss(name)`` are errors."""
     import torch
+
+    model = _new_model(cls, cfg)
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False)
+    missing = [m for m in missing if not may_miss(m)]
+    if missing or unexpected:
+        raise CircuitsError(f"GGUF tensors do not match a {arch} model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
+
+
+def _llama(reader, arch: str, raw: dict[str, np.ndarray]):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     n_heads = int(_field(reader, f"{arch}.attention.head_count"))
@@ -182,30 +206,19 @@ def _llama(reader, arch: str, raw: dict[str, np.ndarray]):
     state = {"model.embed_tokens.weight": raw["token_embd.weight"], "model.norm.weight": raw["output_norm.weight"]}
     if not tied:
         state["lm_head.weight"] = raw["output.weight"]
-    for name, arr in raw.items():
-        parts = name.split(".")
-        if parts[0] != "blk":
-            continue
-        layer, key, kind = parts[1], parts[2], parts[3]
-        if key not in names:
-            raise CircuitsError(f"GGUF tensor {name} has no place in a llama model")
+    for layer, key, kind, arr in _block_tensors(raw, names, "llama"):
         if key == "attn_q":
             arr = _unpermute(arr, n_heads)
         elif key == "attn_k":
             arr = _unpermute(arr, n_kv)
         state[f"model.layers.{layer}.{names[key]}.{kind}"] = arr
-    model = _new_model(LlamaForCausalLM, cfg)
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False)
-    missing = [m for m in missing if not (tied and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise CircuitsError(f"GGUF tensors do not match a llama model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model = _load_state(LlamaForCausalLM, cfg, state, "llama", may_miss=lambda m: tied and m == "lm_head.weight")
     if tied:
         model.tie_weights()
     return model
 
 
 def _gpt2(reader, arch: str, raw: dict[str, np.ndarray]):
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     # llama.cpp's converter writes output.weight as a copy of token_embd; a different one is an untied head
@@ -233,22 +246,13 @@ def _gpt2(reader, arch: str, raw: dict[str, np.ndarray]):
     }
     if own_head:
         state["lm_head.weight"] = raw["output.weight"]
-    for name, arr in raw.items():
-        parts = name.split(".")
-        if parts[0] != "blk":
-            continue
-        layer, key, kind = parts[1], parts[2], parts[3]
-        if key not in names:
-            raise CircuitsError(f"GGUF tensor {name} has no place in a gpt2 model")
+    for layer, key, kind, arr in _block_tensors(raw, names, "gpt2"):
         hf, conv = names[key]
         if conv and kind == "weight":
             arr = arr.T
         state[f"transformer.h.{layer}.{hf}.{kind}"] = arr
-    model = _new_model(GPT2LMHeadModel, cfg)
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False)
-    missing = [m for m in missing if not (m == "lm_head.weight" and not own_head) and not m.endswith(".attn.bias") and not m.endswith("masked_bias")]
-    if missing or unexpected:
-        raise CircuitsError(f"GGUF tensors do not match a gpt2 model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model = _load_state(GPT2LMHeadModel, cfg, state, "gpt2", may_miss=lambda m: (m == "lm_head.weight" and not own_head)
+                        or m.endswith(".attn.bias") or m.endswith("masked_bias"))
     if not own_head:
         model.tie_weights()
     return model
