@@ -43,14 +43,10 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
 
 
 def _register() -> None:
-    # Each module adds its commands to ``app`` on import.
-    from circuits.cli import commands_core  # noqa: F401  (tasks, evaluate)
-    for name in ("commands_graphs", "commands_discover", "commands_reference", "commands_analyze"):
-        try:
-            __import__(f"circuits.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"circuits.cli.{name}":
-                raise
+    """Import the command modules; each adds its commands to ``app``."""
+    from circuits.cli import (  # noqa: F401
+        commands_analyze, commands_core, commands_discover, commands_graphs, commands_reference,
+    )
 
 
 def main() -> None:
