@@ -1,0 +1,499 @@
+#!/usr/bin/env python
+"""Benchmark: the scoring methods against a plain forward and forward+backward pass.
+
+    python scripts/bench.py [--quick] [--device cpu|cuda] [--out bench.json]
+
+The model is GPT-2 small's shape (``GPT2Config()``: 12 layers, 12 heads, width 768) with
+random weights (fixed seed) and GPT-2's real tokenizer, saved once under
+``circuits.models.cache.cache_dir() / "bench"`` and loaded with ``load_model(folder)``; the
+prompts are greater-than's. Every measurement runs in its own process (forked from a server
+process that has only imported the libraries), so its peak memory is its own; the model is
+loaded, the prompts built and the libraries warmed up before the clock starts, and the
+fastest of ``--rounds`` x ``--repeats`` runs is kept (each round measures every row again,
+so a change in the machine's load touches all rows alike). On the CPU each measurement uses
+one thread by default (``--threads``): on a shared machine, multi-threaded kernels wait on
+descheduled threads and small operations slow down by orders of magnitude. Times are noisy
+on a shared machine all the same: compare the ratios, which are measured in the same run.
+
+Rows: ``forward`` / ``forward_backward`` (the TransformerLens bridge: no_grad forward;
+forward and ``metric.mean().backward()`` with every weight requiring grad, as in training),
+``forward_backward_inputs`` (the same with the weights frozen and the input embeddings
+requiring grad), ``engine_forward`` / ``engine_forward_backward`` (the graph engine's own),
+``activation_patching`` (every head and MLP, and the residual stream at every layer input
+and position), ``eap``, ``eap_ig`` (5 steps), ``path_patching`` (default threshold; on
+random weights its search queues nearly every node, about one forward pass per edge, so
+after ``--path-patching-budget`` seconds it stops and its full time is projected from the
+nodes queued and the measured cost of a pass), ``faithfulness`` (one circuit: the top 1% of
+edges by EAP) and ``eap_peer_style`` (EAP the way EAP-IG's and auto-circuit's code computes
+it: TransformerLens's per-head flags and hooks that store every sender's output and every
+receiver input's gradient).
+
+Then EAP and forward+backward against the number of prompts and the model's depth.
+Results go to ``--out`` (bench.json), written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+MAIN_NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
+              "faithfulness", "eap_peer_style")
+EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward")
+
+# GPT2Config() defaults: 12 layers, 12 heads, width 768, 1024 positions, vocabulary 50257
+FULL = {"model": {"n_layer": 12, "n_head": 12, "n_embd": 768}, "prompts": 100,
+        "scaling_prompts": (25, 50, 100, 200), "scaling_layers": (2, 6, 12)}
+QUICK = {"model": {"n_layer": 2, "n_head": 4, "n_embd": 64, "n_positions": 64}, "prompts": 10,
+         "scaling_prompts": (5, 10), "scaling_layers": (1, 2)}
+IG_STEPS = 5
+CIRCUIT_FRACTION = 0.01
+PEER_TOLERANCE = 1e-4  # max |ours - peer| relative to max |score|
+PRELOAD = ["torch", "transformers", "transformer_lens.model_bridge", "bench_work"]
+
+TARGETS = (
+    # (label, measured value key, limit)
+    ("EAP time <= 2.5x forward_backward", "eap_time_ratio", 2.5),
+    ("EAP-IG(5) time <= 7x forward_backward", "eap_ig_time_ratio", 7.0),
+    ("EAP peak memory <= 1.5x forward_backward's peak", "eap_memory_ratio", 1.5),
+    ("EAP faster than eap_peer_style (EAP / peer-style < 1)", "eap_vs_peer_ratio", 1.0),
+)
+
+
+# --------------------------------------------------------------------------- model
+def model_folder(config: Dict[str, int], seed: int) -> Path:
+    """The benchmark model's HF folder in the circuits cache, built (atomically) the first time."""
+    from circuits.models.cache import cached_folder
+
+    key = "bench/gpt2-" + "-".join(f"{k}{v}" for k, v in sorted(config.items())) + f"-seed{seed}"
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from circuits.models.tokenizers import gpt2_tokenizer
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        torch.manual_seed(seed)
+        GPT2LMHeadModel(GPT2Config(**config)).eval().save_pretrained(out)
+        gpt2_tokenizer().save_pretrained(out)
+
+    return cached_folder(key, build)
+
+
+# --------------------------------------------------------------------------- processes
+class Runner:
+    """Runs each measurement in a fresh process forked from a server that has only imported the libraries."""
+
+    def __init__(self, start_method: str, timeout: Optional[float]):
+        import multiprocessing as mp
+
+        if start_method == "forkserver" and "forkserver" not in mp.get_all_start_methods():
+            start_method = "spawn"
+        self.ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            self.ctx.set_forkserver_preload(PRELOAD)
+        self.start_method = start_method
+        self.timeout = timeout
+
+    def run(self, spec: Dict[str, Any]) -> Dict[str, Any]:
+        recv, send = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=child, args=(spec, send), name=f"bench-{spec['name']}")
+        proc.start()
+        send.close()
+        try:
+            if not recv.poll(self.timeout):
+                proc.kill()
+                raise RuntimeError(f"{spec['name']}: no result within {self.timeout:.0f} s")
+            status, payload = recv.recv()
+        except EOFError:
+            proc.join()
+            raise RuntimeError(f"{spec['name']}: the measurement's process died (exit code {proc.exitcode}; out of memory?)")
+        finally:
+            recv.close()
+        proc.join()
+        if status != "ok":
+            raise RuntimeError(f"{spec['name']} failed:\n{payload}")
+        return payload
+
+
+def child(spec: Dict[str, Any], conn) -> None:
+    """A measurement's process: measure and send ``("ok", row)`` or ``("error", traceback)`` back."""
+    try:
+        import bench_work  # already imported by the process server
+
+        conn.send(("ok", bench_work.measure(spec)))
+    except BaseException:  # report anything, including KeyboardInterrupt, to the parent
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def merge_runs(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One row from the rounds' measurements: the fastest times, the largest peak memory."""
+    out = dict(max(runs, key=lambda r: r["peak_memory_bytes"]))
+    out["seconds"] = min(r["seconds"] for r in runs)
+    out["cpu_seconds"] = min(r["cpu_seconds"] for r in runs)
+    out["seconds_all"] = [t for r in runs for t in r["seconds_all"]]
+    out["cpu_seconds_all"] = [t for r in runs for t in r["cpu_seconds_all"]]
+    return out
+
+
+# --------------------------------------------------------------------------- formatting
+def duration(seconds: float) -> str:
+    if seconds >= 2 * 3600:
+        return f"{seconds:.0f} s ({seconds / 3600:.1f} h)"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.2f} s"
+
+
+def mib(n: float) -> str:
+    return f"{n / 2 ** 20:,.0f}"
+
+
+def table(headers: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def fit_line(xs: List[float], ys: List[float]) -> Dict[str, float]:
+    """Least-squares ``y = intercept + slope * x`` and R^2."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    intercept = my - slope * mx
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys))
+    return {"intercept": intercept, "slope": slope, "r2": 1 - ss_res / ss_tot if ss_tot else 1.0}
+
+
+def fb_graph_nodes(cfg: Dict[str, int]) -> int:
+    """Heads and MLPs of the model: the nodes path patching can queue."""
+    return cfg["n_layer"] * (cfg["n_head"] + 1)
+
+
+def machine_info(device: str, threads: int) -> Dict[str, Any]:
+    from importlib.metadata import version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": version("torch"), "torch_threads": threads,
+            "device": device, "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        import psutil
+
+        info["memory_bytes"] = int(psutil.virtual_memory().total)
+    except ImportError:
+        pass
+    if device.startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def loadavg() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke mode: a 2-layer, 4-head, width-64 model, 10 prompts, fewer scaling points")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    ap.add_argument("--out", default="bench.json", help="where to write the results (default ./bench.json)")
+    ap.add_argument("--prompts", type=int, default=None, help="prompts for the main table (default 100; 10 with --quick)")
+    ap.add_argument("--peer-prompts", type=int, default=None, help="prompts for eap_peer_style only (default: --prompts)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds over the rows (default 2; 1 with --quick): each round measures every row again in a new "
+                         "process, so drifts in the machine's load touch every row alike; the fastest run is kept "
+                         "(activation and path patching: once, after the rounds)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs per measurement process, fastest kept (default 1; 3 with --quick; always 1 for activation and path patching)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads per measurement (default 1: stable on a shared machine; 0: torch's default)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the prompts")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the scaling tables")
+    ap.add_argument("--only", nargs="*", default=None, help="measure only these rows (forward_backward is always measured)")
+    ap.add_argument("--start-method", default="forkserver", choices=("forkserver", "spawn"),
+                    help="how each measurement's process starts (default forkserver: forked from a process that has only imported the libraries)")
+    ap.add_argument("--path-patching-budget", type=float, default=None,
+                    help="seconds after which path patching's search stops and its full time is projected "
+                         "(default 300; none with --quick; 0: never stop)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds allowed per measurement (default: none)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device.startswith("cuda"):
+        import torch  # only here: the measurements import it in their own processes
+
+        if not torch.cuda.is_available():
+            print("--device cuda: no CUDA device is available", file=sys.stderr)
+            return 2
+    cuda = args.device.startswith("cuda")
+    preset = QUICK if args.quick else FULL
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 1
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
+    n = args.prompts or preset["prompts"]
+    peer_n = args.peer_prompts or n
+    pp_budget = args.path_patching_budget if args.path_patching_budget is not None else (0 if args.quick else 300)
+    cfg = dict(preset["model"])
+    t_start = time.perf_counter()
+    load_start = loadavg()
+    folder = model_folder(cfg, args.seed)
+    runner = Runner(args.start_method, args.timeout)
+
+    def spec(name: str, kind: str, *, folder=folder, prompts=n, repeats=None, **extra) -> Dict[str, Any]:
+        return {"name": name, "kind": kind, "model_dir": str(folder), "n": prompts, "seed": args.seed,
+                "device": args.device, "repeats": args.repeats if repeats is None else repeats,
+                "threads": args.threads if not args.device.startswith("cuda") else 0, **extra}
+
+    # the rows the targets compare run next to each other (the machine's load drifts); the long ones last
+    plan = [
+        spec("forward", "bridge_forward"),
+        spec("forward_backward", "bridge_fb"),
+        spec("eap", "method", method="eap"),
+        spec("eap_ig", "method", method="eap-ig", options={"ig_steps": IG_STEPS}),
+        spec("eap_peer_style", "peer", prompts=peer_n),
+        spec("faithfulness", "faithfulness", fraction=CIRCUIT_FRACTION),
+        spec("forward_backward_inputs", "bridge_fb_inputs"),
+        spec("engine_forward", "engine_forward"),
+        spec("engine_forward_backward", "engine_fb"),
+        spec("activation_patching", "method", method="activation-patching", repeats=1),
+        spec("path_patching", "method", method="path-patching", repeats=1, budget_s=pp_budget),
+    ]
+    if args.only is not None:
+        wanted = set(args.only) | {"forward_backward"}
+        plan = [s for s in plan if s["name"] in wanted]
+
+    print(f"benchmark model: GPT-2 shape {cfg} (random weights, seed {args.seed}) in {folder}")
+    print(f"{n} greater-than prompts; device {args.device}; fastest of {args.rounds} round(s) x {args.repeats} run(s) per row "
+          f"(activation and path patching: 1); each measurement in its own process ({runner.start_method})"
+          + (f"; {args.threads} CPU thread(s)" if not cuda else ""), flush=True)
+
+    def measure(s: Dict[str, Any], label: str) -> Dict[str, Any]:
+        t0 = time.perf_counter()
+        res = runner.run(s)
+        extra = ""
+        if "forward_passes" in res["info"]:
+            extra = f", {res['info']['forward_passes']} forward passes"
+        if res["info"].get("complete") is False:
+            extra = f" (projected), stopped after {res['info']['passes']} forward passes"
+        print(f"  {label:<40} {res['seconds']:9.3f} s  (CPU {res['cpu_seconds']:8.3f} s)  peak {mib(res['peak_memory_bytes']):>7} MiB"
+              f"{extra}   [{time.perf_counter() - t0:.0f} s with loading]", flush=True)
+        return res
+
+    once = {"activation_patching", "path_patching"}
+    runs: Dict[str, List[Dict[str, Any]]] = {s["name"]: [] for s in plan}
+    for rnd in range(args.rounds):
+        for s in plan:
+            if s["name"] not in once:
+                runs[s["name"]].append(measure(s, s["name"] + (f" (round {rnd + 1})" if args.rounds > 1 else "")))
+    for s in plan:
+        if s["name"] in once:
+            runs[s["name"]].append(measure(s, s["name"]))
+    results: Dict[str, Dict[str, Any]] = {name: merge_runs(rs) for name, rs in runs.items()}
+
+    fb = results["forward_backward"]
+    rows = []
+    for name in MAIN_NAMES + EXTRA_NAMES:
+        if name not in results:
+            continue
+        r = results[name]
+        rows.append({"name": name, "seconds": r["seconds"], "ratio_to_forward_backward": r["seconds"] / fb["seconds"],
+                     "peak_memory_bytes": r["peak_memory_bytes"],
+                     "details": {"cpu_seconds": r["cpu_seconds"], "cpu_ratio_to_forward_backward": r["cpu_seconds"] / fb["cpu_seconds"],
+                                 "peak_memory_ratio_to_forward_backward": r["peak_memory_bytes"] / fb["peak_memory_bytes"],
+                                 "seconds_all": r["seconds_all"], "cpu_seconds_all": r["cpu_seconds_all"],
+                                 "memory_before_bytes": r["memory_before_bytes"], **r["info"]}})
+
+    # ------------------------------------------------------------------ report
+    print()
+    print(f"Main table: GPT-2-shaped model {cfg}, {n} prompts x {fb['info']['seq_len']} tokens, device {args.device}")
+    body = []
+    for row in rows:
+        d = row["details"]
+        note = []
+        if "forward_passes" in d:
+            note.append(f"{d['forward_passes']} fwd" + (f" + {d['backward_passes']} bwd" if "backward_passes" in d else ""))
+        if d.get("complete") is False:
+            note.append(f"projected: >= {d['projected_passes_min']} fwd (stopped after {d['measured_seconds']:.0f} s, {d['passes']} fwd)")
+        if row["name"] in ("forward_backward", "engine_forward_backward", "forward_backward_inputs"):
+            note.append("grad: " + d["grad"].split(" (")[0].split(";")[0])
+        if "faithfulness" in d:
+            note.append(f"{d['edges']} edges, f={d['faithfulness']:.3f}")
+        if "max_abs_diff_vs_eap" in d:
+            note.append(f"|ours - peer| max {d['max_abs_diff_vs_eap']:.2e}")
+        if row["name"] == "eap_peer_style" and peer_n != n:
+            note.append(f"{peer_n} prompts")
+        body.append([row["name"], f"{row['seconds']:.3f}", f"{row['ratio_to_forward_backward']:.2f}x",
+                     f"{d['cpu_seconds']:.3f}", f"{d['cpu_ratio_to_forward_backward']:.2f}x",
+                     mib(row["peak_memory_bytes"]), f"{d['peak_memory_ratio_to_forward_backward']:.2f}x",
+                     mib(row["peak_memory_bytes"] - d["memory_before_bytes"]), "; ".join(note)])
+    print(table(["measurement", "seconds", "x fwd+bwd", "CPU s", "x (CPU)", "peak MiB", "x fwd+bwd peak",
+                 "peak-start MiB", "notes"], body))
+    print("seconds: wall clock, fastest of the runs; CPU s: the process's CPU time (less disturbed by other load).")
+    print(f"forward_backward: {fb['info']['grad']}.")
+    print(f"Peak memory: {fb['memory_method']}; peak-start: the growth during the measured work.")
+    if "forward_backward_inputs" in results and "eap" in results:
+        fbi = results["forward_backward_inputs"]
+        print(f"EAP / forward_backward_inputs (weights frozen, input grads only): "
+              f"{results['eap']['seconds'] / fbi['seconds']:.2f}x time (CPU {results['eap']['cpu_seconds'] / fbi['cpu_seconds']:.2f}x), "
+              f"{results['eap']['peak_memory_bytes'] / fbi['peak_memory_bytes']:.2f}x peak memory")
+
+    values: Dict[str, tuple] = {}  # target key -> (wall-clock or memory ratio, CPU-time ratio or None)
+    if "eap" in results:
+        eap = results["eap"]
+        values["eap_time_ratio"] = (eap["seconds"] / fb["seconds"], eap["cpu_seconds"] / fb["cpu_seconds"])
+        values["eap_memory_ratio"] = (eap["peak_memory_bytes"] / fb["peak_memory_bytes"], None)
+    if "eap_ig" in results:
+        ig = results["eap_ig"]
+        values["eap_ig_time_ratio"] = (ig["seconds"] / fb["seconds"], ig["cpu_seconds"] / fb["cpu_seconds"])
+    checks: Dict[str, Any] = {}
+    if "eap" in results and "eap_peer_style" in results:
+        peer = results["eap_peer_style"]
+        per_prompt = (eap["seconds"] / n) / (peer["seconds"] / peer_n)
+        values["eap_vs_peer_ratio"] = (per_prompt, (eap["cpu_seconds"] / n) / (peer["cpu_seconds"] / peer_n))
+        diff, top = peer["info"]["max_abs_diff_vs_eap"], peer["info"]["max_abs_score"]
+        tol = PEER_TOLERANCE * max(top, 1e-12)
+        checks["peer_style_matches"] = {"max_abs_diff": diff, "max_abs_score": top, "tolerance": tol, "ok": diff <= tol}
+        print()
+        print(f"EAP / peer-style EAP time: {per_prompt:.3f} (CPU time {values['eap_vs_peer_ratio'][1]:.3f}); "
+              f"peer-style is {1 / per_prompt:.2f}x slower" + ("" if peer_n == n else f" (per prompt; {peer_n} prompts for peer-style)"))
+        print(f"EAP / peer-style EAP peak memory: {eap['peak_memory_bytes'] / peer['peak_memory_bytes']:.3f}")
+        print(f"{'PASS' if checks['peer_style_matches']['ok'] else 'FAIL'}: peer-style scores match ours: "
+              f"max |diff| {diff:.3e} (max |score| {top:.3e}, tolerance {PEER_TOLERANCE:g} x max |score|)")
+    if "path_patching" in results:
+        pp = results["path_patching"]["info"]
+        if pp.get("complete") is False:
+            print(f"path_patching: stopped at its budget ({pp['budget_s']:.0f} s) after {pp['measured_seconds']:.0f} s: "
+                  f"{pp['passes']} forward passes, {pp['receivers_explored']} nodes explored, {pp['nodes_queued']} of "
+                  f"{fb_graph_nodes(cfg)} nodes queued.  The queued nodes alone need >= {pp['projected_passes_min']} passes: "
+                  f"projected {duration(pp['projected_seconds'])} at the measured cost per pass (the row's figure)")
+        else:
+            print(f"path_patching: {pp['forward_passes']} forward passes ({pp.get('receivers_explored')} nodes explored)")
+    if "activation_patching" in results:
+        print(f"activation_patching: {results['activation_patching']['info']['forward_passes']} forward passes "
+              "(every head and MLP, plus the residual stream at every layer input and position)")
+
+    targets = []
+    print()
+    for label, key, limit in TARGETS:
+        if key not in values:
+            continue
+        value, cpu_value = values[key]
+        ok = value <= limit if key != "eap_vs_peer_ratio" else value < limit
+        targets.append({"target": label, "value": value, "limit": limit, "pass": ok, "cpu_time_value": cpu_value})
+        print(f"{'PASS' if ok else 'FAIL'}: {label}: {value:.2f}" + ("" if cpu_value is None else f" (CPU time: {cpu_value:.2f})"))
+
+    # ------------------------------------------------------------------ scaling
+    scaling: Dict[str, Any] = {}
+    if not args.no_scaling and "eap" in results:
+        L = cfg["n_layer"]
+        points = [(k, L) for k in preset["scaling_prompts"]] + [(n, layers) for layers in preset["scaling_layers"]]
+        points = list(dict.fromkeys(points))  # the (n, L) point once
+        print("\nScaling: EAP and forward_backward measured again, back to back, at each point")
+        measured: Dict[tuple, Dict[str, Dict[str, Any]]] = {}
+        for k, layers in points:
+            f = folder if layers == L else model_folder({**cfg, "n_layer": layers}, args.seed)
+            measured[(k, layers)] = {
+                "eap": measure(spec("eap", "method", folder=f, prompts=k, method="eap"), f"eap ({k} prompts, {layers} layers)"),
+                "forward_backward": measure(spec("forward_backward", "bridge_fb", folder=f, prompts=k),
+                                            f"forward_backward ({k} prompts, {layers} layers)")}
+        scaling = {"prompts": [], "layers": [], "layers_prompts": n, "prompts_layers": L,
+                   "note": "every point measured in the scaling pass (the main table's rows are not reused)"}
+        for axis, unit, keys in (("prompts", "prompt", [p for p in points if p[1] == L]),
+                                 ("layers", "layer", [p for p in points if p[0] == n])):
+            for key in sorted(keys, key=lambda p: p[0] if axis == "prompts" else p[1]):
+                x = key[0] if axis == "prompts" else key[1]
+                point: Dict[str, Any] = {axis: x}
+                for what in ("eap", "forward_backward"):
+                    r = measured[key][what]
+                    point.update({f"{what}_seconds": r["seconds"], f"{what}_cpu_seconds": r["cpu_seconds"],
+                                  f"{what}_seconds_per_{unit}": r["seconds"] / x, f"{what}_cpu_seconds_per_{unit}": r["cpu_seconds"] / x,
+                                  f"{what}_peak_memory_bytes": r["peak_memory_bytes"]})
+                scaling[axis].append(point)
+            pts = scaling[axis]
+            xs = [p[axis] for p in pts]
+            scaling[f"{axis}_fit"] = {f"{what}{clock}": fit_line(xs, [p[f"{what}{clock}_seconds"] for p in pts])
+                                      for what in ("eap", "forward_backward") for clock in ("", "_cpu")}
+            print()
+            print(f"EAP and forward+backward against the number of prompts ({L} layers)" if axis == "prompts" else
+                  f"EAP and forward+backward against depth (width {cfg['n_embd']}, {cfg['n_head']} heads, {n} prompts)")
+            print(table([axis, "EAP s", f"ms/{unit}", f"CPU ms/{unit}", "fwd+bwd s", f"ms/{unit}", f"CPU ms/{unit}",
+                         "EAP/fwd+bwd", "(CPU)", "EAP peak MiB", "fwd+bwd peak MiB"],
+                        [[str(p[axis]),
+                          f"{p['eap_seconds']:.3f}", f"{1000 * p[f'eap_seconds_per_{unit}']:.1f}", f"{1000 * p[f'eap_cpu_seconds_per_{unit}']:.1f}",
+                          f"{p['forward_backward_seconds']:.3f}", f"{1000 * p[f'forward_backward_seconds_per_{unit}']:.1f}",
+                          f"{1000 * p[f'forward_backward_cpu_seconds_per_{unit}']:.1f}",
+                          f"{p['eap_seconds'] / p['forward_backward_seconds']:.2f}",
+                          f"{p['eap_cpu_seconds'] / p['forward_backward_cpu_seconds']:.2f}",
+                          mib(p["eap_peak_memory_bytes"]), mib(p["forward_backward_peak_memory_bytes"])] for p in pts]))
+            for what in ("eap", "forward_backward"):
+                w, c = scaling[f"{axis}_fit"][what], scaling[f"{axis}_fit"][f"{what}_cpu"]
+                print(f"  linear fit, {what}: {w['intercept']:.3f} s + {1000 * w['slope']:.1f} ms/{unit} (R^2 {w['r2']:.3f}); "
+                      f"CPU time {c['intercept']:.3f} s + {1000 * c['slope']:.1f} ms/{unit} (R^2 {c['r2']:.3f})")
+        again = measured[(n, L)]["forward_backward"]
+        scaling["baseline_drift"] = {"forward_backward_seconds_main": fb["seconds"], "forward_backward_seconds_again": again["seconds"],
+                                     "forward_backward_cpu_seconds_main": fb["cpu_seconds"], "forward_backward_cpu_seconds_again": again["cpu_seconds"]}
+        print(f"\nforward_backward ({n} prompts, {L} layers) in the main table: {fb['seconds']:.3f} s (CPU {fb['cpu_seconds']:.3f} s); "
+              f"measured again at the end: {again['seconds']:.3f} s (CPU {again['cpu_seconds']:.3f} s): "
+              f"the machine's load moved wall-clock times by {100 * (again['seconds'] / fb['seconds'] - 1):+.0f}% "
+              f"and CPU times by {100 * (again['cpu_seconds'] / fb['cpu_seconds'] - 1):+.0f}% during the run")
+
+    # ------------------------------------------------------------------ bench.json
+    from circuits.atomic import write_atomic
+
+    fb_grad = fb["info"]["grad"]
+    report = {
+        "machine": {**machine_info(args.device, fb["threads"]), "loadavg_start": load_start, "loadavg_end": loadavg()},
+        "settings": {
+            "quick": args.quick, "model": {"family": "gpt2", **cfg, "weights": f"random (torch.manual_seed({args.seed}))",
+                                           "folder": str(folder)},
+            "task": "greater-than", "prompts": n, "peer_style_prompts": peer_n, "seq_len": fb["info"]["seq_len"],
+            "seed": args.seed, "rounds": args.rounds, "repeats": args.repeats,
+            "timing": "fastest of the rounds x repeats: time.perf_counter (seconds) and time.process_time (cpu_seconds) around the measured work only",
+            "ig_steps": IG_STEPS, "path_patching_threshold": 0.02, "faithfulness_circuit": f"top {CIRCUIT_FRACTION:.0%} of edges by |EAP|, pruned",
+            "forward_backward_grad": fb_grad, "peak_memory": fb["memory_method"],
+            "process_start": runner.start_method, "device": args.device, "threads_per_measurement": fb["threads"],
+        },
+        "measurements": rows,
+        "targets": targets,
+        "checks": checks,
+        "scaling": scaling,
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    write_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out} ({report['total_seconds']:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""``scripts/bench.py --quick`` runs end to end and writes a well-formed bench.json (no timing assertions)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
+         "faithfulness", "eap_peer_style", "engine_forward", "engine_forward_backward")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "bench.json"
+    env = {**os.environ, "CIRCUITS_CACHE": str(tmp / "cache")}  # the tiny model is built here, not in the user's cache
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_rows_have_every_measurement(bench):
+    report, _ = bench
+    rows = {r["name"]: r for r in report["measurements"]}
+    assert set(NAMES) <= set(rows)
+    for name in NAMES:
+        row = rows[name]
+        assert {"name", "seconds", "ratio_to_forward_backward", "peak_memory_bytes"} <= set(row)
+        assert _positive(row["seconds"]) and _positive(row["ratio_to_forward_backward"]), row
+        assert isinstance(row["peak_memory_bytes"], int) and row["peak_memory_bytes"] > 0
+    assert rows["forward_backward"]["ratio_to_forward_backward"] == pytest.approx(1.0)
+    assert rows["eap"]["details"]["forward_passes"] == 2
+    assert rows["eap_ig"]["details"]["ig_steps"] == 5
+
+
+def test_machine_settings_and_checks(bench):
+    report, stdout = bench
+    machine = report["machine"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["torch"] and machine["device"] == "cpu"
+    settings = report["settings"]
+    assert settings["quick"] is True and settings["prompts"] == 10 and settings["model"]["n_layer"] == 2
+    assert "parameters" in settings["forward_backward_grad"]
+    assert report["checks"]["peer_style_matches"]["ok"], report["checks"]
+    assert len(report["targets"]) == 4 and all(isinstance(t["pass"], bool) for t in report["targets"])
+    for label in ("EAP time <= 2.5x", "EAP-IG(5) time <= 7x", "EAP peak memory <= 1.5x", "EAP faster than eap_peer_style"):
+        assert any(line.startswith(("PASS: ", "FAIL: ")) and label in line for line in stdout.splitlines()), label
+
+
+def test_scaling_tables(bench):
+    report, _ = bench
+    scaling = report["scaling"]
+    assert [p["prompts"] for p in scaling["prompts"]] == [5, 10]
+    assert [p["layers"] for p in scaling["layers"]] == [1, 2]
+    for point in scaling["prompts"] + scaling["layers"]:
+        for key in ("eap_seconds", "forward_backward_seconds", "eap_peak_memory_bytes", "forward_backward_peak_memory_bytes"):
+            assert _positive(point[key]), point
+    assert _positive(scaling["prompts"][0]["eap_seconds_per_prompt"])
+    assert _positive(scaling["layers"][0]["eap_seconds_per_layer"])
