@@ -4,7 +4,8 @@ Modules, one job each:
 
 - :mod:`~circuits.analysis.circuit`: a saved circuit's keep mask, heads and MLPs on a model's graph;
 - :mod:`~circuits.analysis.forward`: ``tokens -> logits`` through the graph engine for a circuit alone,
-  with cheap teacher forcing (prefix cache);
+  with cheap teacher forcing (key/value cache);
+- :mod:`~circuits.analysis.runs`: one clean and one corrupted pass, kept compactly, shared by the analyses;
 - :mod:`~circuits.analysis.heatmaps`: p(YY' | YY) matrices, PD and CS by start year;
 - :mod:`~circuits.analysis.attention`: mean attention from the answer position;
 - :mod:`~circuits.analysis.mlps`: logit lens of MLP outputs, direct vs indirect effects;

@@ -3,31 +3,35 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from circuits import names
-from circuits.ablation import chunks
 from circuits.analysis.files import figure, save_png, write_csv
+from circuits.analysis.runs import Runs, batches, collect_runs
 
 __all__ = ["mean_attention", "position_labels", "yy_positions", "plot_attention", "write_attention"]
 
 
-def mean_attention(engine, dataset, heads: Sequence[Tuple[int, int]], *, batch_size: int = 0) -> np.ndarray:
+def mean_attention(engine, dataset, heads: Sequence[Tuple[int, int]], *, batch_size: int = 0,
+                   runs: Optional[Runs] = None) -> np.ndarray:
     """Attention of each (layer, head) from each prompt's answer position, averaged over the prompts:
-    [len(heads), seq] (clean prompts, full model)."""
+    [len(heads), seq] (clean prompts, full model).  ``runs``: the clean residual streams, if already run."""
     seq = int(dataset.clean.shape[1])
     total = torch.zeros(len(heads), seq, dtype=torch.float64)
+    if not heads:
+        return total.numpy()
     layers = sorted({layer for layer, _ in heads})
+    if runs is None:
+        runs = collect_runs(engine, dataset, batch_size=batch_size)
     with torch.no_grad():
-        for part in chunks(dataset, batch_size):
-            run = engine.run(part.clean.to(engine.device), part.answer_pos, keep_resid=True)
-            idx = torch.arange(len(part))
+        for sl, part in batches(dataset, batch_size):
+            idx = torch.arange(len(part), device=engine.device)
             answer = part.answer_pos.to(engine.device)
             for layer in layers:
-                pattern = engine.attention_pattern(layer, run.resid_pre[layer])  # [b, H, q, k]
+                pattern = engine.attention_pattern(layer, runs.resid_pre[layer][sl])  # [b, H, q, k]
                 rows = pattern[idx, :, answer]  # [b, H, k]
                 for i, (l, h) in enumerate(heads):
                     if l == layer:

@@ -15,11 +15,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def figure(width: float, height: float, dpi: int = 110):
-    """A matplotlib Figure on an Agg canvas (no global pyplot state, no display needed)."""
+    """A matplotlib Figure on an Agg canvas (no global pyplot state, no display needed), constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=dpi)
+    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 

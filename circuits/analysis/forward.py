@@ -1,21 +1,25 @@
-"""``tokens -> logits`` through the graph engine, optionally for a circuit alone, with cheap teacher forcing.
+"""``tokens -> logits`` for a circuit alone (or the full model), with cheap teacher forcing.
 
 :class:`EngineForward` is a ``forward`` callable for ``GreaterThan.year_probabilities`` (and
 any task that calls ``forward(prompts)`` and then ``forward(prompts + one token)``):
 
 - **patching**: with a keep mask, every edge outside the circuit carries the corrupted run's
-  value.  A prompt's corrupted twin comes from the dataset; a teacher-forced sequence
-  (prompt + one token) has the corrupted prompt + the same token as its twin.
-- **prefix cache**: a forced sequence differs from its prompt only at the new last position,
-  and attention is causal, so every sender's output at the prompt's positions is the prompt
-  run's.  The new position is computed alone against the prompt run's keys and values
-  (:func:`extend`), once for the corrupted twins (their outputs are the references) and once
-  for the patched clean sequences.  That is exact (tested against full engine runs) and
-  about ``seq`` times cheaper than running the forced sequences whole.
+  value, as ``GraphEngine.run(patch=...)`` does.  A prompt's corrupted twin comes from the
+  dataset; a teacher-forced sequence (prompt + one token) has the corrupted prompt + the same
+  token as its twin.
+- **key/value cache**: a forced sequence differs from its prompt only at the new last
+  position, and attention is causal, so every sender's output at the prompt's positions is the
+  prompt run's.  :func:`forward_positions` runs the prompts once, keeping every head's keys and
+  values, then computes only the new position (once for the corrupted twins, whose outputs are
+  the references, and once for the patched clean sequences) — about ``seq`` times cheaper than
+  running the forced sequences whole.
 
-Logits come back as ``[b, seq, V]`` *views* of the last position's logits ``[b, V]``: only the
-last position is computed, so only the last position (the answer position of greater-than
-prompts, and the one teacher forcing reads) is meaningful.
+:func:`forward_positions` is the graph engine's forward pass (``GraphEngine.run``) written for
+new positions after cached ones; it reuses the engine's norm, rotary, MLP and unembedding, and
+the tests hold it to ``GraphEngine.run`` on whole sequences (GPT-2 and Llama families, random
+masks).  Logits come back as ``[b, seq, V]`` *views* of the last position's logits ``[b, V]``:
+only the last position (greater-than's answer position, and the one teacher forcing reads) is
+meaningful.
 """
 from __future__ import annotations
 
@@ -25,35 +29,44 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from circuits.engine import GraphEngine, Patch
+from circuits.engine import GraphEngine
 from circuits.scores import Progress, no_progress
 
-__all__ = ["PrefixState", "prefix_state", "extend", "EngineForward"]
+__all__ = ["KVState", "Positions", "forward_positions", "EngineForward"]
 
 
 @dataclass
-class PrefixState:
-    """What a run over prompts leaves for extending them by one token.
+class KVState:
+    """Every head's keys (rotated) and values at the positions run so far: per layer [b, p, H, e]."""
 
-    logits: [b, V] at the last position.  k, v: per layer [b, p, H, e], the keys (rotated) and
-    values every head used, per query head.  outputs: sender outputs [S, b, p, d] (kept only
-    when the prompts are references for another run).
-    """
-
-    logits: Tensor
     k: List[Tensor]
     v: List[Tensor]
+
+    @property
+    def length(self) -> int:
+        return int(self.k[0].shape[1])
+
+
+@dataclass
+class Positions:
+    """What :func:`forward_positions` returns: logits [B, V] at the last new position, the state
+    extended by the new positions (when asked) and the senders' outputs there [S, B, q, d] (when collected)."""
+
+    logits: Tensor
+    state: Optional[KVState] = None
     outputs: Optional[Tensor] = None
 
 
-def _rotate_at(engine: GraphEngine, x: Tensor, pos: int) -> Tensor:
-    """Rotary embedding of ``x`` [b, 1, h, e] at position ``pos`` (the engine's ``_rotate``, shifted)."""
+def _rotate(engine: GraphEngine, x: Tensor, start: int) -> Tensor:
+    """Rotary embedding of ``x`` [b, q, h, e] at positions ``start .. start + q - 1`` (the engine's, shifted)."""
     w = engine.w
     if w.rotary_base is None:
         return x
+    if start == 0:
+        return engine._rotate(x)
     dim = w.rotary_dim
     inv = 1.0 / (w.rotary_base ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
-    freqs = torch.tensor([float(pos)], device=x.device)[:, None] * inv[None]
+    freqs = torch.arange(start, start + x.shape[1], device=x.device, dtype=torch.float32)[:, None] * inv[None]
     emb = torch.cat([freqs, freqs], -1)
     cos, sin = emb.cos()[None, :, None].to(x.dtype), emb.sin()[None, :, None].to(x.dtype)
     rot, rest = x[..., :dim], x[..., dim:]
@@ -61,130 +74,117 @@ def _rotate_at(engine: GraphEngine, x: Tensor, pos: int) -> Tensor:
     return torch.cat([rot * cos + half * sin, rest], -1)
 
 
-def _qkv(engine: GraphEngine, layer: int, x_in: Tensor, split: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """Pre-rotary q, k, v [b, p, H, e] from a layer's (possibly per-receiver) residual input, as ``GraphEngine.run``."""
-    w = engine.w
-    kv = engine.kv_of_head
-    ln_w, ln_b = w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer]
-    x, _, _ = engine._norm(x_in, ln_w, ln_b)
-    if split:
-        H = w.n_heads
-        q = torch.einsum("hbpd,hde->bphe", x[:H], w.W_Q[layer]) + w.b_Q[layer]
-        k = torch.einsum("hbpd,hde->bphe", x[H:2 * H], w.W_K[layer][kv]) + w.b_K[layer][kv]
-        v = torch.einsum("hbpd,hde->bphe", x[2 * H:], w.W_V[layer][kv]) + w.b_V[layer][kv]
-        return q, k, v
-    q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
-    k = (torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer])[:, :, kv]
-    v = (torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer])[:, :, kv]
-    return q, k, v
+def _inputs(base: Tensor, ref_base: Optional[Tensor], keep: Optional[Tensor], diff: Optional[Tensor], n_s: int,
+            cols: slice) -> Tuple[Tensor, bool]:
+    """Inputs of the receivers in ``cols``: ``base`` [B, q, d] when shared, else [r, B, q, d] (``True``).
 
-
-def _receiver_inputs(engine: GraphEngine, base: Tensor, patch: Optional[Patch], outs: Optional[Tensor], n_s: int,
-                     cols: slice, n_bias: int) -> Tuple[Tensor, bool]:
-    """Inputs of the receivers in ``cols`` (fed by the first ``n_s`` senders, after ``n_bias`` attention
-    biases): ``base`` [b, p, d] when shared, else [r, b, p, d] (``True``), as ``GraphEngine.run`` builds them.
-
-    ``sum_s keep * current_s + (1 - keep) * reference_s`` plus biases, summed from whichever side
-    touches fewer senders: ``base`` plus the patched senders' ``reference - current``, or the
-    reference residual plus the kept senders' ``current - reference`` (a small circuit keeps few).
+    ``sum_s keep * current_s + (1 - keep) * reference_s`` plus biases, from whichever side touches
+    fewer senders: ``base - sum_dropped diff_s`` or ``ref_base + sum_kept diff_s``, with
+    ``diff = current - reference`` (as ``GraphEngine.run``).
     """
-    if patch is None:
+    if keep is None:
         return base, False
-    keep = patch.keep[:n_s, cols]
-    drop = 1.0 - keep
+    kp = keep[:n_s, cols]
+    drop = 1.0 - kp
     drop_rows = drop.abs().sum(1) > 0
     n_drop = int(drop_rows.sum())
     if n_drop == 0:
         return base, False
-    keep_rows = keep.abs().sum(1) > 0
+    keep_rows = kp.abs().sum(1) > 0
     if int(keep_rows.sum()) < n_drop:
-        start = patch.reference[:n_s].sum(0) + engine.w.b_O[:n_bias].sum(0)
-        rows, weights = keep_rows, keep
-        delta = outs[:n_s][rows] - patch.reference[:n_s][rows]
+        start, weights, rows = ref_base, kp, keep_rows
     else:
-        start, rows, weights = base, drop_rows, drop
-        delta = patch.reference[:n_s][rows] - outs[:n_s][rows]
+        start, weights, rows = base, -drop, drop_rows
     if not bool(rows.any()):
         return start, False
-    weights = weights[rows].to(delta.dtype)
+    flat = diff[:n_s][rows].reshape(int(rows.sum()), -1)
+    weights = weights[rows].to(flat.dtype)
     if bool((weights == weights[:, :1]).all()):
-        return start + torch.einsum("kbpd,k->bpd", delta, weights[:, 0]), False
-    return start[None] + torch.einsum("kbpd,kr->rbpd", delta, weights), True
+        return start + (weights[:, 0] @ flat).view_as(start), False
+    return start[None] + (weights.T @ flat).view(weights.shape[1], *start.shape), True
 
 
-def _head_cols(engine: GraphEngine, layer: int) -> slice:
-    block = engine.graph.receiver_block(layer)
-    return slice(block.start, block.start + 3 * engine.w.n_heads)
+def forward_positions(engine: GraphEngine, tokens: Tensor, *, state: Optional[KVState] = None,
+                      rows: Optional[Tensor] = None, keep: Optional[Tensor] = None, reference: Optional[Tensor] = None,
+                      keep_state: bool = False, collect: bool = False) -> Positions:
+    """Run ``tokens`` [B, q] as the positions after ``state``'s (row ``i`` continues cached row ``rows[i]``;
+    no state: the sequences start here).
 
-
-def prefix_state(engine: GraphEngine, tokens: Tensor, *, patch: Optional[Patch] = None,
-                 keep_outputs: bool = False) -> PrefixState:
-    """Run prompts [b, p] (patched when ``patch`` is given) and keep each layer's keys and values."""
-    g = engine.graph
-    b, p = tokens.shape
-    answer = torch.full((b,), p - 1, dtype=torch.long)
-    run = engine.run(tokens, answer, patch=patch, collect=True, keep_resid=True)
-    ks, vs = [], []
-    for layer in range(engine.w.n_layers):
-        x_in, split = _receiver_inputs(engine, run.resid_pre[layer], patch, run.outputs,
-                                       g.senders_before_heads(layer), _head_cols(engine, layer), layer)
-        _, k, v = _qkv(engine, layer, x_in, split)
-        ks.append(engine._rotate(k))
-        vs.append(v)
-    return PrefixState(logits=run.logits, k=ks, v=vs, outputs=run.outputs if keep_outputs else None)
-
-
-def extend(engine: GraphEngine, state: PrefixState, rows: Tensor, new_tokens: Tensor, *,
-           keep: Optional[Tensor] = None, reference: Optional[Tensor] = None,
-           collect: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-    """Logits [B, V] of one more token after prompts of ``state``: row ``i`` appends ``new_tokens[i]``
-    to prompt ``rows[i]``.
-
-    With ``keep`` [S, R], edges outside it carry ``reference`` [S, B, d], the senders' outputs at
-    the new position of the reference sequences (from ``extend(..., collect=True)`` on the
-    corrupted prompts).  Returns (logits, outputs [S, B, d] at the new position when ``collect``).
+    With ``keep`` [S, R], every edge outside it carries ``reference`` [S, B, q, d] (the senders'
+    outputs at these positions in the reference run) instead of the current value.
     """
     w, g = engine.w, engine.graph
-    B = int(new_tokens.shape[0])
-    pos = int(state.k[0].shape[1])
-    rows = rows.to(engine.device)
-    resid = w.W_E[new_tokens.to(engine.device)][:, None, :]  # [B, 1, d]
+    B, q = tokens.shape
+    dev, dtype = engine.device, w.W_E.dtype
+    start = 0 if state is None else state.length
+    if state is not None:
+        rows = torch.arange(B) if rows is None else rows
+        rows = rows.to(dev)
+    resid = w.W_E[tokens.to(dev)]
     if w.W_pos is not None:
-        resid = resid + w.W_pos[pos]
-    patch = None
+        resid = resid + w.W_pos[start:start + q]
+    shape = (g.n_senders, B, q, w.d_model)
+    outs = torch.zeros(shape, dtype=dtype, device=dev) if collect else None
+    diff = ref_resid = None
     if keep is not None:
-        patch = Patch(keep=keep, reference=reference[:, :, None, :])
-    outs = None
-    if collect or patch is not None:
-        outs = torch.zeros(g.n_senders, B, 1, w.d_model, dtype=w.W_E.dtype, device=engine.device)
-        outs[0] = resid
-    scale = w.d_head ** -0.5
+        keep = keep.to(device=dev, dtype=dtype)
+        diff = torch.zeros(shape, dtype=dtype, device=dev)
+        ref_resid = reference[0]
+
+    def store(first: int, values: Tensor) -> None:
+        last = first + values.shape[0]
+        if outs is not None:
+            outs[first:last] = values
+        if diff is not None:
+            torch.sub(values, reference[first:last], out=diff[first:last])
+
+    store(0, resid[None])
+    kv = engine.kv_of_head
+    H = w.n_heads
+    mask = torch.ones(q, start + q, dtype=torch.bool, device=dev).tril(start)
+    new_k: List[Tensor] = []
+    new_v: List[Tensor] = []
     for layer in range(w.n_layers):
-        x_in, split = _receiver_inputs(engine, resid, patch, outs, g.senders_before_heads(layer),
-                                       _head_cols(engine, layer), layer)
-        q, k, v = _qkv(engine, layer, x_in, split)  # [B, 1, H, e]
-        q, k = _rotate_at(engine, q, pos), _rotate_at(engine, k, pos)
-        keys = torch.cat([state.k[layer][rows], k], 1)  # [B, pos + 1, H, e]
-        values = torch.cat([state.v[layer][rows], v], 1)
-        attn = (torch.einsum("bqhe,bkhe->bhqk", q, keys) * scale).softmax(-1)  # [B, H, 1, pos + 1]
+        block = g.receiver_block(layer)
+        x_in, split = _inputs(resid, ref_resid, keep, diff, g.senders_before_heads(layer),
+                              slice(block.start, block.start + 3 * H))
+        x, _, _ = engine._norm(x_in, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
+        if split:
+            qh = torch.einsum("hbpd,hde->bphe", x[:H], w.W_Q[layer]) + w.b_Q[layer]
+            kh = torch.einsum("hbpd,hde->bphe", x[H:2 * H], w.W_K[layer][kv]) + w.b_K[layer][kv]
+            vh = torch.einsum("hbpd,hde->bphe", x[2 * H:], w.W_V[layer][kv]) + w.b_V[layer][kv]
+        else:
+            qh = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
+            kh = (torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer])[:, :, kv]
+            vh = (torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer])[:, :, kv]
+        qh, kh = _rotate(engine, qh, start), _rotate(engine, kh, start)
+        keys, values = kh, vh
+        if state is not None:
+            keys = torch.cat([state.k[layer][rows], kh], 1)
+            values = torch.cat([state.v[layer][rows], vh], 1)
+        if keep_state:
+            new_k.append(keys)
+            new_v.append(values)
+        scores = torch.einsum("bqhe,bkhe->bhqk", qh, keys) * (w.d_head ** -0.5)
+        attn = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         z = torch.einsum("bhqk,bkhe->bqhe", attn, values)
         head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
-        if outs is not None:
-            start = g.head_sender(layer, 0)
-            outs[start:start + w.n_heads] = head_out
+        store(g.head_sender(layer, 0), head_out)
         resid = resid + head_out.sum(0) + w.b_O[layer]
+        if ref_resid is not None:
+            first = g.head_sender(layer, 0)
+            ref_resid = ref_resid + reference[first:first + H].sum(0) + w.b_O[layer]
         mlp_r = g.mlp_receiver(layer)
-        x_in, _ = _receiver_inputs(engine, resid, patch, outs, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1),
-                                   layer + 1)
+        x_in, _ = _inputs(resid, ref_resid, keep, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
         x, _, _ = engine._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
         mlp_out = engine.mlp_hidden(layer, x) @ w.W_out[layer] + w.b_out[layer]
-        if outs is not None:
-            outs[g.mlp_sender(layer)] = mlp_out
+        store(g.mlp_sender(layer), mlp_out[None])
         resid = resid + mlp_out
-    final, _ = _receiver_inputs(engine, resid, patch, outs, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1),
-                                w.n_layers)
-    logits = engine.unembed(final, torch.zeros(B, dtype=torch.long, device=engine.device))
-    return logits, (outs[:, :, 0] if collect else None)
+        if ref_resid is not None:
+            ref_resid = ref_resid + reference[g.mlp_sender(layer)]
+    final, _ = _inputs(resid, ref_resid, keep, diff, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
+    logits = engine.unembed(final, torch.full((B,), q - 1, dtype=torch.long, device=dev))
+    return Positions(logits=logits, state=KVState(new_k, new_v) if keep_state else None, outputs=outs)
 
 
 class EngineForward:
@@ -192,10 +192,11 @@ class EngineForward:
 
     Args:
         engine: the graph engine.  dataset: the prompts (their corrupted twins are looked up by the
-            clean prompt's tokens).  keep: the circuit's keep mask [S, R] (None: the full model).
-        progress: ``(done, total, message)``; ``total`` is the number of prompts, counted once
-            when the prompts are run (teacher-forced calls count no further).
-        max_rows: forced sequences extended per step (bounds memory).
+            clean prompt's tokens; the answer must be each prompt's last position).
+        keep: the circuit's keep mask [S, R] (None: the full model).
+        progress: ``(done, total, message)``; ``total`` is the number of prompts, counted when
+            the prompts are run (teacher-forced calls count no further).
+        max_rows: forced sequences computed per step (bounds memory).
     """
 
     def __init__(self, engine: GraphEngine, dataset, keep: Optional[Tensor] = None, *,
@@ -212,8 +213,8 @@ class EngineForward:
         self.done = 0
         self.max_rows = max_rows
         self._prompts: Optional[Tensor] = None
-        self._clean: Optional[PrefixState] = None
-        self._ref: Optional[PrefixState] = None
+        self._clean: Optional[Positions] = None
+        self._ref: Optional[Positions] = None
 
     def _twin(self, prompt: Tensor) -> Tensor:
         key = tuple(prompt.tolist())
@@ -224,15 +225,14 @@ class EngineForward:
     def _run_prompts(self, prompts: Tensor) -> None:
         engine = self.engine
         with torch.no_grad():
-            tokens = prompts.to(engine.device)
             if self.keep is None:
                 self._ref = None
-                self._clean = prefix_state(engine, tokens)
+                self._clean = forward_positions(engine, prompts, keep_state=True)
             else:
-                corrupted = torch.stack([self._twin(row) for row in prompts]).to(engine.device)
-                self._ref = prefix_state(engine, corrupted, keep_outputs=True)
-                patch = Patch(keep=self.keep, reference=self._ref.outputs)
-                self._clean = prefix_state(engine, tokens, patch=patch)
+                corrupted = torch.stack([self._twin(row) for row in prompts])
+                self._ref = forward_positions(engine, corrupted, keep_state=True, collect=True)
+                self._clean = forward_positions(engine, prompts, keep=self.keep, reference=self._ref.outputs,
+                                                keep_state=True)
                 self._ref.outputs = None
         self._prompts = prompts.cpu()
 
@@ -247,31 +247,33 @@ class EngineForward:
             return logits[:, None, :].expand(b, length, logits.shape[-1])
         if length != self.seq + 1:
             raise ValueError(f"EngineForward takes prompts of length {self.seq} or prompts plus one token (got {length})")
-        prefixes, rows = torch.unique(tokens[:, :-1], dim=0, return_inverse=True)
-        if self._prompts is None or not self._same_prompts(prefixes):
+        index = self._index_in_prompts(tokens[:, :-1])
+        if index is None:  # prefixes not run yet: run them now
+            prefixes, index = torch.unique(tokens[:, :-1], dim=0, return_inverse=True)
             self._run_prompts(prefixes)
-            index = rows
-        else:
-            index = self._index_in_prompts(tokens[:, :-1])
         out = []
         with torch.no_grad():
             for start in range(0, b, self.max_rows):
                 sl = slice(start, start + self.max_rows)
+                new = tokens[sl, -1:]
                 if self.keep is None:
-                    logits, _ = extend(self.engine, self._clean, index[sl], tokens[sl, -1])
+                    logits = forward_positions(self.engine, new, state=self._clean.state, rows=index[sl]).logits
                 else:
-                    _, ref = extend(self.engine, self._ref, index[sl], tokens[sl, -1], collect=True)
-                    logits, _ = extend(self.engine, self._clean, index[sl], tokens[sl, -1], keep=self.keep, reference=ref)
+                    ref = forward_positions(self.engine, new, state=self._ref.state, rows=index[sl], collect=True)
+                    logits = forward_positions(self.engine, new, state=self._clean.state, rows=index[sl],
+                                               keep=self.keep, reference=ref.outputs).logits
                 out.append(logits.cpu())
         logits = torch.cat(out)
         return logits[:, None, :].expand(b, length, logits.shape[-1])
 
-    def _same_prompts(self, prefixes: Tensor) -> bool:
-        known = {tuple(r.tolist()) for r in self._prompts}
-        return all(tuple(r.tolist()) in known for r in prefixes)
-
-    def _index_in_prompts(self, prefixes: Tensor) -> Tensor:
-        where = {}
+    def _index_in_prompts(self, prefixes: Tensor) -> Optional[Tensor]:
+        """Row of each prefix among the prompts last run, or None if one of them was not run."""
+        if self._prompts is None:
+            return None
+        where: Dict[tuple, int] = {}
         for i, r in enumerate(self._prompts):
             where.setdefault(tuple(r.tolist()), i)
-        return torch.tensor([where[tuple(r.tolist())] for r in prefixes], dtype=torch.long)
+        found = [where.get(tuple(r.tolist())) for r in prefixes]
+        if any(i is None for i in found):
+            return None
+        return torch.tensor(found, dtype=torch.long)

@@ -27,6 +27,7 @@ from circuits.analysis import attention as attn_mod
 from circuits.analysis import heatmaps, html, mlps, neurons
 from circuits.analysis.circuit import Circuit
 from circuits.analysis.forward import EngineForward
+from circuits.analysis.runs import collect_runs
 from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
 from circuits.scores import Progress, no_progress
@@ -136,6 +137,11 @@ def analyze(engine, dataset, task, *, model: str = "", seed: int = 0, circuit: O
         circ = timed("year_probabilities_circuit", lambda: heatmaps.year_result(
             task.year_probabilities(circuit_forward, dataset, batch_size=batch_size or len(dataset)), dataset))
 
+    # one clean and one corrupted pass, shared by the analyses below
+    runs = timed("clean_and_corrupted_runs", lambda: collect_runs(
+        engine, dataset, mlp_layers=mlp_layers, hidden_layers=neuron_layers, batch_size=batch_size,
+        progress=_stage(progress, "runs")))
+
     # 3: heads and their attention
     head_scores: Dict[str, float] = {}
     if circuit is not None:
@@ -145,7 +151,8 @@ def analyze(engine, dataset, task, *, model: str = "", seed: int = 0, circuit: O
                                                                          _stage(progress, "activation patching")))
         ranked = sorted(head_scores.items(), key=lambda kv: -abs(kv[1]))[:n_top_heads]
         heads = sorted((names.parse_node(k).layer, names.parse_node(k).index) for k, _ in ranked)
-    attention = timed("attention", lambda: attn_mod.mean_attention(engine, dataset, heads, batch_size=batch_size))
+    attention = timed("attention", lambda: attn_mod.mean_attention(engine, dataset, heads, batch_size=batch_size,
+                                                                      runs=runs))
     labels = attn_mod.position_labels(tokenizer, dataset) if tokenizer is not None else \
         [str(p) for p in range(dataset.clean.shape[1])]
     marks = attn_mod.yy_positions(dataset)
@@ -153,10 +160,11 @@ def analyze(engine, dataset, task, *, model: str = "", seed: int = 0, circuit: O
     # 4: MLPs
     ids, cols, xlabel = mlps.answer_columns(dataset)
     yy = heatmaps.start_years(dataset)
-    lens_raw = timed("logit_lens", lambda: mlps.logit_lens(engine, dataset, mlp_layers, batch_size=batch_size))
+    lens_raw = timed("logit_lens", lambda: mlps.logit_lens(engine, dataset, mlp_layers, batch_size=batch_size,
+                                                              runs=runs))
     lens = {layer: heatmaps.by_start_year(values, yy) for layer, values in lens_raw.items()}
     effects = timed("mlp_effects", lambda: mlps.direct_indirect(engine, dataset, task.metric, mlp_layers,
-                                                                 batch_size=batch_size,
+                                                                 batch_size=batch_size, runs=runs,
                                                                  progress=_stage(progress, "MLP effects")))
 
     # 5: neurons
@@ -164,9 +172,9 @@ def analyze(engine, dataset, task, *, model: str = "", seed: int = 0, circuit: O
     t = time.perf_counter()
     for layer in neuron_layers:
         top = neurons.top_neurons(engine, dataset, task.metric, layer, top_k, candidates=candidates,
-                                  batch_size=batch_size, progress=_stage(progress, "neurons"))
+                                  batch_size=batch_size, runs=runs, progress=_stage(progress, "neurons"))
         chosen = [i for i, _ in top]
-        joint = neurons.joint_effect(engine, dataset, task.metric, layer, chosen, batch_size=batch_size)
+        joint = neurons.joint_effect(engine, dataset, task.metric, layer, chosen, batch_size=batch_size, runs=runs)
         scored = w.d_mlp if candidates is None or candidates >= w.d_mlp else max(candidates, top_k)
         reports.append(neurons.NeuronReport(layer=layer, top=tuple(top), joint=joint, scored=scored,
                                             directions=neurons.output_directions(engine, layer, chosen, ids)))
@@ -244,6 +252,11 @@ def summary(a: Analysis) -> Dict[str, Any]:
     return out
 
 
+def _short(model: str) -> str:
+    """The model's name for titles: a file or folder's last part, a hub name as given."""
+    return Path(model).name if ("/" in model and Path(model).exists()) else model
+
+
 def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
     """Write every picture, table, ``summary.json`` and (last) ``report.html`` into ``out_dir``; returns the paths."""
     from circuits.graphs.build import jsonable
@@ -260,13 +273,13 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
         "Each row is a start year YY (mean over the prompts that share it; grey rows: no prompt), each column a "
         "two-digit continuation YY'. A model that does greater-than puts its mass right of the dotted diagonal."
         + (" The tokenizer splits digits, so p(YY') = P(tens) x P(units | tens), teacher-forced." if a.mode != "token" else ""))
-    files.append(heatmaps.plot_year_heatmap(a.full.matrix, out / "heatmap_model.png", title=f"{a.model}: full model"))
+    files.append(heatmaps.plot_year_heatmap(a.full.matrix, out / "heatmap_model.png", title=f"{_short(a.model)}: full model"))
     files.append(heatmaps.write_year_matrix(out / "heatmap_model.csv", a.full.matrix))
     sec.figures.append(("heatmap_model.png", "Full model (matrix: heatmap_model.csv)"))
     series = {"model": a.full}
     if a.circuit is not None:
         files.append(heatmaps.plot_year_heatmap(a.circuit.matrix, out / "heatmap_circuit.png",
-                                                title=f"{a.model}: circuit alone ({a.circuit_info.n_edges} edges)"))
+                                                title=f"{_short(a.model)}: circuit alone ({a.circuit_info.n_edges} edges)"))
         files.append(heatmaps.write_year_matrix(out / "heatmap_circuit.csv", a.circuit.matrix))
         sec.figures.append(("heatmap_circuit.png", "Circuit alone: every edge outside it carries the corrupted run's "
                                                    "value (matrix: heatmap_circuit.csv)"))
@@ -366,7 +379,7 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
     if a.circuit is not None:
         facts += [("circuit", a.circuit_info.source), ("circuit edges", a.circuit_info.n_edges),
                   ("circuit mean PD", a.circuit.pd_mean), ("circuit mean CS", a.circuit.cs_mean)]
-    text = html.render(f"Greater-than analysis: {a.model}", _headline(a), facts, sections)
+    text = html.render(f"Greater-than analysis: {_short(a.model)}", _headline(a), facts, sections)
     files.append(write_atomic(out / REPORT_FILE, text))
     return files
 

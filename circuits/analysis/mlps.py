@@ -10,22 +10,21 @@ shared by all years changes none of their probabilities).
 
 **Direct and indirect effects** (path patching, corrupted run as reference):
 ``direct`` patches only the edge ``m{l} -> logits``; ``total`` patches the MLP node (all its
-outgoing edges); ``indirect = total - direct``.  An effect is ``mean M(patched) - mean M(clean)``
+outgoing edges, i.e. its output in the residual stream); ``indirect = total - direct``.  An effect is ``mean M(patched) - mean M(clean)``
 of the task's single-position metric, so a negative effect means the MLP helps.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from circuits.ablation import chunks, reference
 from circuits.analysis.files import figure, save_png, write_csv
-from circuits.engine import Patch
+from circuits.analysis.runs import Runs, batches, collect_runs
 
 __all__ = ["answer_columns", "frozen_lens", "logit_lens", "MlpEffect", "direct_indirect", "plot_logit_lens",
            "plot_effects", "write_effects"]
@@ -49,22 +48,20 @@ def frozen_lens(engine, x: Tensor, final_resid: Tensor, ids: Sequence[int]) -> T
     return ((x / scale) * w.lnf_w) @ w.W_U[:, list(ids)]
 
 
-def logit_lens(engine, dataset, layers: Sequence[int], *, batch_size: int = 0) -> Dict[int, Tensor]:
+def logit_lens(engine, dataset, layers: Sequence[int], *, batch_size: int = 0,
+               runs: Optional[Runs] = None) -> Dict[int, Tensor]:
     """Per MLP layer: its direct contribution to the answer columns [n, k] (row-centred)."""
     ids, _, _ = answer_columns(dataset)
-    g = engine.graph
-    out: Dict[int, List[Tensor]] = {layer: [] for layer in layers}
+    if runs is None or not runs.covers(mlp_layers=layers):
+        runs = collect_runs(engine, dataset, mlp_layers=layers, batch_size=batch_size)
+    idx = torch.arange(len(dataset), device=engine.device)
+    final = runs.resid_pre[-1][idx, dataset.answer_pos.to(engine.device)]
+    out: Dict[int, Tensor] = {}
     with torch.no_grad():
-        for part in chunks(dataset, batch_size):
-            run = engine.run(part.clean.to(engine.device), part.answer_pos, collect=True, keep_resid=True)
-            idx = torch.arange(len(part))
-            answer = part.answer_pos.to(engine.device)
-            final = run.resid_pre[-1][idx, answer]
-            for layer in layers:
-                x = run.outputs[g.mlp_sender(layer)][idx, answer]
-                lens = frozen_lens(engine, x, final, ids)
-                out[layer].append((lens - lens.mean(-1, keepdim=True)).double().cpu())
-    return {layer: torch.cat(v) for layer, v in out.items()}
+        for layer in layers:
+            lens = frozen_lens(engine, runs.mlp_answer[layer], final, ids)
+            out[layer] = (lens - lens.mean(-1, keepdim=True)).double().cpu()
+    return out
 
 
 @dataclass(frozen=True)
@@ -83,33 +80,32 @@ class MlpEffect:
 
 
 def direct_indirect(engine, dataset, metric, layers: Sequence[int], *, batch_size: int = 0,
-                    progress=None) -> List[MlpEffect]:
-    """Total and direct effect of each MLP by path patching (corrupted reference); see the module docstring."""
-    g, w = engine.graph, engine.w
+                    runs: Optional[Runs] = None, progress=None) -> List[MlpEffect]:
+    """Total and direct effect of each MLP by path patching (corrupted reference); see the module docstring.
+
+    Patching every outgoing edge of ``m{l}`` is adding ``corrupted - clean`` output to the residual
+    stream after it, so ``total`` restarts at layer ``l + 1`` from the clean residual plus that
+    difference; ``direct`` adds it to the final residual only (the logits' input).
+    """
+    L = engine.w.n_layers
     n = len(dataset)
+    if runs is None or not runs.covers(mlp_layers=layers):
+        runs = collect_runs(engine, dataset, mlp_layers=layers, batch_size=batch_size)
     totals = {layer: 0.0 for layer in layers}
     directs = {layer: 0.0 for layer in layers}
-    parts = list(chunks(dataset, batch_size))
+    pieces = list(batches(dataset, batch_size))
     with torch.no_grad():
-        for i, part in enumerate(parts):
+        for i, (sl, part) in enumerate(pieces):
             tokens = part.clean.to(engine.device)
-            clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True)
-            ref = reference(engine, part, "corrupted").outputs
-            base = float(metric(clean.logits, part).double().sum())
+            base = float(metric(runs.logits[sl], part).double().sum())
             for j, layer in enumerate(layers):
-                s = g.mlp_sender(layer)
-                for kind, start in (("total", layer), ("direct", w.n_layers)):
-                    keep = torch.ones(g.n_senders, g.n_receivers, device=engine.device, dtype=ref.dtype)
-                    if kind == "total":
-                        keep[s] = 0.0
-                    else:
-                        keep[s, g.logits_receiver] = 0.0
-                    run = engine.run(tokens, part.answer_pos, patch=Patch(keep, ref), start_layer=start,
-                                     start_resid=clean.resid_pre[start], start_outputs=clean.outputs)
+                delta = runs.mlp_delta[layer][sl]
+                for kind, start in (("total", layer + 1), ("direct", L)):
+                    run = engine.run(tokens, part.answer_pos, start_layer=start, start_resid=runs.resid_pre[start][sl] + delta)
                     value = (float(metric(run.logits, part).double().sum()) - base) / n
                     (totals if kind == "total" else directs)[layer] += value
                 if progress is not None:
-                    progress(i * len(layers) + j + 1, len(parts) * len(layers), "MLP direct and indirect effects")
+                    progress(i * len(layers) + j + 1, len(pieces) * len(layers), "MLP direct and indirect effects")
     return [MlpEffect(layer=l, total=totals[l], direct=directs[l]) for l in layers]
 
 

@@ -5,11 +5,11 @@
 run's value and the task's single-position metric is re-read; effect = ``mean M(patched) -
 mean M(clean)``.  Because an MLP's output is linear in its hidden activations, the patched run
 restarts at the *next* layer from the clean residual stream plus ``delta_h * W_out[n]`` — the
-same numbers as editing the activation, for half the layers.
+same numbers as editing the activation, without recomputing the MLP's own layer.
 
 Scoring every neuron exactly costs one restarted pass per neuron and prompt.  With
 ``candidates``, neurons are first ranked by attribution patching (``delta_h * dM/dh``, one
-backward pass) and only that many are patched exactly; the top ``k`` are then chosen by their
+backward pass from the MLP's layer) and only that many are patched exactly; the top ``k`` are then chosen by their
 exact effect.  ``candidates=None`` scores every neuron exactly.
 
 **Output direction**: ``W_out[layer, n]`` read through the unembedding over the answer columns
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from circuits.ablation import chunks
 from circuits.analysis.files import figure, save_png, write_csv
+from circuits.analysis.runs import Runs, batches, collect_runs
 
 __all__ = ["NeuronReport", "neuron_effects", "joint_effect", "attribution", "top_neurons", "output_directions",
            "plot_directions", "plot_joint", "write_neurons"]
@@ -35,71 +35,68 @@ __all__ = ["NeuronReport", "neuron_effects", "joint_effect", "attribution", "top
 MAX_ROWS = 2048  # prompts x neurons per restarted pass
 
 
-def _runs(engine, part, layer: int):
-    """Clean run (residual streams kept) and the hidden-activation change ``ref - clean`` [b, p, m]."""
-    tokens = part.clean.to(engine.device)
-    clean = engine.run(tokens, part.answer_pos, keep_resid=True, capture_hidden=(layer,))
-    ref = engine.run(part.corrupted.to(engine.device), part.answer_pos, capture_hidden=(layer,))
-    return clean, ref.hidden[layer] - clean.hidden[layer]
+def _runs(engine, dataset, layer: int, batch_size: int, runs: Optional[Runs]) -> Runs:
+    if runs is None or not runs.covers(hidden_layers=(layer,)):
+        runs = collect_runs(engine, dataset, hidden_layers=(layer,), batch_size=batch_size)
+    return runs
 
 
-def _patched_metric(engine, part, metric, clean, layer: int, delta_out: Tensor) -> Tensor:
+def _patched_metric(engine, part, metric, resid_next: Tensor, layer: int, delta_out: Tensor) -> Tensor:
     """Metric [k, b] with ``delta_out`` [k, b, p, d] added to the MLP's output (restart at layer + 1)."""
     k, b = delta_out.shape[:2]
-    start = layer + 1
-    resid = (clean.resid_pre[start][None] + delta_out).reshape(k * b, *delta_out.shape[2:])
+    resid = (resid_next[None] + delta_out).reshape(k * b, *delta_out.shape[2:])
     run = engine.run(part.clean.to(engine.device).repeat(k, 1), part.answer_pos.repeat(k),
-                     start_layer=start, start_resid=resid)
+                     start_layer=layer + 1, start_resid=resid)
     expanded = part.subset(list(range(b)) * k) if k > 1 else part
     return metric(run.logits, expanded).double().view(k, b)
 
 
 def neuron_effects(engine, dataset, metric, layer: int, neurons: Optional[Sequence[int]] = None, *,
-                   batch_size: int = 0, progress=None) -> Tensor:
+                   batch_size: int = 0, runs: Optional[Runs] = None, progress=None) -> Tensor:
     """Exact effect of patching each neuron alone: [len(neurons)] (all neurons when None), float64."""
     w = engine.w
+    runs = _runs(engine, dataset, layer, batch_size, runs)
     idx = torch.arange(w.d_mlp) if neurons is None else torch.as_tensor(list(neurons), dtype=torch.long)
     total = torch.zeros(len(idx), dtype=torch.float64)
-    n = len(dataset)
-    parts = list(chunks(dataset, batch_size))
+    pieces = list(batches(dataset, batch_size))
     with torch.no_grad():
-        for i, part in enumerate(parts):
-            clean, delta_h = _runs(engine, part, layer)
-            base = metric(clean.logits, part).double()
+        for i, (sl, part) in enumerate(pieces):
+            base = metric(runs.logits[sl], part).double()
+            delta_h = runs.hidden_delta[layer][sl]
             step = max(1, MAX_ROWS // len(part))
             for start in range(0, len(idx), step):
                 group = idx[start:start + step].to(engine.device)
                 # [k, b, p, d]: each copy of the batch moves one neuron
                 delta_out = delta_h[:, :, group].permute(2, 0, 1)[..., None] * w.W_out[layer][group][:, None, None, :]
-                values = _patched_metric(engine, part, metric, clean, layer, delta_out)
+                values = _patched_metric(engine, part, metric, runs.resid_pre[layer + 1][sl], layer, delta_out)
                 total[start:start + len(group)] += (values - base[None]).sum(1).cpu()
                 if progress is not None:
-                    progress(i * len(idx) + start + len(group), len(parts) * len(idx), f"neurons of m{layer}")
-    return total / n
-
-
-def joint_effect(engine, dataset, metric, layer: int, neurons: Sequence[int], *, batch_size: int = 0) -> float:
-    """Effect of patching all ``neurons`` of the MLP together."""
-    w = engine.w
-    idx = torch.as_tensor(list(neurons), dtype=torch.long, device=engine.device)
-    total = 0.0
-    with torch.no_grad():
-        for part in chunks(dataset, batch_size):
-            clean, delta_h = _runs(engine, part, layer)
-            delta_out = (delta_h[:, :, idx] @ w.W_out[layer][idx])[None]
-            values = _patched_metric(engine, part, metric, clean, layer, delta_out)
-            total += float((values[0] - metric(clean.logits, part).double()).sum())
+                    progress(i * len(idx) + start + len(group), len(pieces) * len(idx), f"neurons of m{layer}")
     return total / len(dataset)
 
 
-def attribution(engine, dataset, metric, layer: int, *, batch_size: int = 0) -> Tensor:
+def joint_effect(engine, dataset, metric, layer: int, neurons: Sequence[int], *, batch_size: int = 0,
+                 runs: Optional[Runs] = None) -> float:
+    """Effect of patching all ``neurons`` of the MLP together."""
+    w = engine.w
+    runs = _runs(engine, dataset, layer, batch_size, runs)
+    idx = torch.as_tensor(list(neurons), dtype=torch.long, device=engine.device)
+    total = 0.0
+    with torch.no_grad():
+        for sl, part in batches(dataset, batch_size):
+            delta_out = (runs.hidden_delta[layer][sl][:, :, idx] @ w.W_out[layer][idx])[None]
+            values = _patched_metric(engine, part, metric, runs.resid_pre[layer + 1][sl], layer, delta_out)
+            total += float((values[0] - metric(runs.logits[sl], part).double()).sum())
+    return total / len(dataset)
+
+
+def attribution(engine, dataset, metric, layer: int, *, batch_size: int = 0, runs: Optional[Runs] = None) -> Tensor:
     """First-order estimate of every neuron's effect, ``sum delta_h * dM/dh`` over prompts and positions
     (mean metric): [d_mlp], float64."""
+    runs = _runs(engine, dataset, layer, batch_size, runs)
     total = torch.zeros(engine.w.d_mlp, dtype=torch.float64)
     n = len(dataset)
-    for part in chunks(dataset, batch_size):
-        with torch.no_grad():
-            clean, delta_h = _runs(engine, part, layer)
+    for sl, part in batches(dataset, batch_size):
         leaf = {}
 
         def edit(l: int, hidden: Tensor) -> Tensor:
@@ -110,9 +107,9 @@ def attribution(engine, dataset, metric, layer: int, *, batch_size: int = 0) -> 
 
         with torch.enable_grad():
             run = engine.run(part.clean.to(engine.device), part.answer_pos, start_layer=layer,
-                             start_resid=clean.resid_pre[layer], edit_hidden=edit)
+                             start_resid=runs.resid_pre[layer][sl], edit_hidden=edit)
             (metric(run.logits, part).sum() / n).backward()
-        total += (delta_h * leaf["h"].grad).double().sum((0, 1)).cpu()
+        total += (runs.hidden_delta[layer][sl] * leaf["h"].grad).double().sum((0, 1)).cpu()
     return total
 
 
@@ -133,14 +130,15 @@ class NeuronReport:
 
 
 def top_neurons(engine, dataset, metric, layer: int, k: int, *, candidates: Optional[int] = None,
-                batch_size: int = 0, progress=None) -> List[Tuple[int, float]]:
+                batch_size: int = 0, runs: Optional[Runs] = None, progress=None) -> List[Tuple[int, float]]:
     """The ``k`` neurons with the largest |exact effect| (among ``candidates`` screened by attribution)."""
     d_mlp = engine.w.d_mlp
+    runs = _runs(engine, dataset, layer, batch_size, runs)
     pool = None
     if candidates is not None and candidates < d_mlp:
-        est = attribution(engine, dataset, metric, layer, batch_size=batch_size)
+        est = attribution(engine, dataset, metric, layer, batch_size=batch_size, runs=runs)
         pool = est.abs().argsort(descending=True)[:max(candidates, k)].tolist()
-    effects = neuron_effects(engine, dataset, metric, layer, pool, batch_size=batch_size, progress=progress)
+    effects = neuron_effects(engine, dataset, metric, layer, pool, batch_size=batch_size, runs=runs, progress=progress)
     index = list(range(d_mlp)) if pool is None else pool
     order = effects.abs().argsort(descending=True)[:k].tolist()
     return [(int(index[i]), float(effects[i])) for i in order]

@@ -45,7 +45,7 @@ def greater_than(
     circuit: Optional[Path] = typer.Option(None, "--circuit", help="A circuit.json, or a run folder holding one: also analyse the circuit alone."),
     n: int = typer.Option(200, "--n", help="Number of prompts."),
     seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling."),
-    neurons: Optional[str] = typer.Option(None, "--neurons", help="MLPs whose neurons are analysed, e.g. m10 or m8,m9 [default: m<L-2>]."),
+    neurons: Optional[str] = typer.Option(None, "--neurons", help="MLPs whose neurons are analysed, e.g. m10 or m8,m9 (default: m<L-2>, the second-to-last MLP)."),
     top_k: int = typer.Option(10, "--top-k", help="Top neurons per MLP."),
     candidates: int = typer.Option(100, "--candidates",
                                    help="Neurons per MLP whose effect is patched exactly: the strongest by attribution patching (0: every neuron)."),
