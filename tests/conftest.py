@@ -121,3 +121,14 @@ def tiny_llama_dir(tmp_path_factory, digit_tokenizer) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(folder)
     digit_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: torch's thread pool only adds waiting on a busy machine (use per module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,8 +9,6 @@
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -33,6 +31,7 @@ from circuits.evaluation import evaluate_model, model_forward
 from circuits.models import load_model
 from circuits.models.weights import cast_weights, extract_weights
 from circuits.tasks.greater_than import GreaterThan
+from cli_helpers import assert_user_error, invoke
 
 GT = GreaterThan()
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,35 +39,7 @@ PLANTED_REF = ROOT / "graphs" / "references" / "planted.json"
 N_PLANTED, SEED_PLANTED = 24, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: torch's thread pool only adds waiting on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def invoke(*args: str):
-    """``circuits.cli.main`` in this process: (exit code, stdout, stderr)."""
-    from circuits.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setattr(sys, "argv", ["circuits", *args])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_user_error(code: int, err: str, fragment: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def engine64(loaded) -> GraphEngine:

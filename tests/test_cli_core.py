@@ -2,8 +2,6 @@
 --task-file), the README's example task, and one-line errors for user mistakes."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -20,6 +18,7 @@ from circuits.evaluation import evaluate_model
 from circuits.models import load_model
 from circuits.registry import load_task_file
 from circuits.tasks.greater_than import TEMPLATE, GreaterThan
+from cli_helpers import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("circuits")
@@ -30,21 +29,6 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subproc
     """The installed console script in a fresh process."""
     return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
-
-
-def invoke(*args: str):
-    """``circuits.cli.main`` in this process (it reuses the loaded torch): (exit code, stdout, stderr)."""
-    from circuits.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setattr(sys, "argv", ["circuits", *args])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:

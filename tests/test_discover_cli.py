@@ -11,6 +11,7 @@ import pytest
 from circuits.graphs.build import edge_names, load_circuit
 from circuits.graphs.compare import load_scores
 from circuits.graphs.export import dot_available
+from cli_helpers import assert_user_error
 
 MANIFEST_KEYS = {
     "faithfulness", "edges_kept", "edges_total", "cpr", "cmd", "command", "task", "model", "method", "n", "seed",
@@ -54,13 +55,6 @@ def invoke(*args: str, cwd: Path | None = None):
         finally:
             torch.set_num_threads(threads)
     return code, out.getvalue(), err.getvalue()
-
-
-def assert_user_error(code: int, err: str, fragment: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
 
 
 class FakeMethod:

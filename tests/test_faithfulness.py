@@ -20,13 +20,7 @@ from circuits.select import prune, top_k_mask
 VOCAB = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's thread pool only adds waiting on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_weights(*, family: str = "gpt2", L: int = 2, H: int = 4, d: int = 32, m: int = 48, seed: int = 0,

@@ -19,13 +19,7 @@ from circuits.select import (
 G = ComputationalGraph(n_layers=2, n_heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's thread pool only adds waiting on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mask_of(*edge_names: str, graph: ComputationalGraph = G) -> torch.Tensor:
