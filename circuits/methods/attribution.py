@@ -7,7 +7,7 @@ multiplication per layer.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -16,40 +16,27 @@ from circuits import names
 from circuits.errors import CircuitsError
 
 
-class GradientSum:
-    """Receiver gradients [R, b, p, d] of one batch of prompts, summed over integration steps."""
+def add_edge_scores(engine, out: Tensor, delta: Tensor, trace, answer_pos: Tensor, scale: float = 1.0) -> None:
+    """After ``backward`` on a traced run: ``out`` [S, R] += scale * delta . d metric / d input_r.
 
-    def __init__(self, engine):
-        self.engine = engine
-        self.layers: List[Optional[Tensor]] = [None] * engine.w.n_layers
-        self.logits: Optional[Tensor] = None
-        self.hidden: Dict[int, Tensor] = {}
-
-    def add(self, trace, answer_pos: Tensor, shape, hidden: Optional[dict] = None) -> None:
-        for layer in range(self.engine.w.n_layers):
-            g = self.engine.receiver_grads(trace, layer)
-            self.layers[layer] = g if self.layers[layer] is None else self.layers[layer].add_(g)
-        g = self.engine.logits_grad(trace, answer_pos, shape)
-        self.logits = g if self.logits is None else self.logits.add_(g)
-        for layer, h in (hidden or {}).items():
-            self.hidden[layer] = h.grad.detach() if layer not in self.hidden else self.hidden[layer].add_(h.grad)
-
-
-def edge_scores(engine, delta: Tensor, grads: GradientSum, scale: float = 1.0) -> Tensor:
-    """[S, R] scores: delta [S, b, p, d] (reference - clean outputs) against summed receiver gradients."""
+    ``delta`` [S, b, p, d] holds reference - clean outputs.  Each layer's receiver gradients are
+    turned into scores as soon as they are formed and then dropped, so at most one layer's
+    gradients [3H + 1, b, p, d] exist at a time.
+    """
     g = engine.graph
     flat = delta.reshape(delta.shape[0], -1)
-    out = torch.zeros(g.n_senders, g.n_receivers, dtype=delta.dtype, device=delta.device)
     H3 = 3 * engine.w.n_heads
-    for layer, grad in enumerate(grads.layers):
+    for layer in range(engine.w.n_layers):
         block = g.receiver_block(layer)
+        grad = engine.receiver_grads(trace, layer)
         gflat = grad.reshape(grad.shape[0], -1)
         n_heads = g.senders_before_heads(layer)
-        out[:n_heads, block.start:block.start + H3] = flat[:n_heads] @ gflat[:H3].T
+        out[:n_heads, block.start:block.start + H3].addmm_(flat[:n_heads], gflat[:H3].T, alpha=scale)
         n_mlp = g.senders_before_mlp(layer)
-        out[:n_mlp, block.start + H3] = flat[:n_mlp] @ gflat[H3]
-    out[:, g.logits_receiver] = flat @ grads.logits.reshape(-1)
-    return out * scale
+        out[:n_mlp, block.start + H3].add_(flat[:n_mlp] @ gflat[H3], alpha=scale)
+        del grad, gflat
+    logits = engine.logits_grad(trace, answer_pos, tuple(delta.shape[1:]))
+    out[:, g.logits_receiver].add_(flat @ logits.reshape(-1), alpha=scale)
 
 
 def parse_neuron_layers(spec: Sequence[str], n_layers: int) -> Tuple[int, ...]:

@@ -6,12 +6,13 @@ trace (q/k/v gradients through the norm's Jacobian), not from per-head copies.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
 
 from circuits.ablation import chunks, prepare, reference
-from circuits.methods.attribution import GradientSum, edge_scores, parse_neuron_layers, top_neurons
+from circuits.methods.attribution import add_edge_scores, parse_neuron_layers, top_neurons
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 
 
@@ -30,26 +31,27 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
         tokens = part.clean.to(engine.device)
         ref = reference(engine, part, options.ablation, means=means, hidden_layers=layers)
         emb_clean, emb_ref = engine.embed(tokens), ref.outputs[0].clone()
-        grads = GradientSum(engine)
-        delta, clean_hidden = None, {}
+        hidden_grads, clean_hidden, delta = {}, {}, None
         for step in range(steps, 0, -1):  # alpha = 1 first: that pass is the clean run, so it also collects
             alpha = step / steps
             resid0 = emb_clean if step == steps else emb_ref + alpha * (emb_clean - emb_ref)
             run = engine.run(tokens, part.answer_pos, trace=True, collect=step == steps,
                              resid0=resid0.detach().requires_grad_(True), capture_hidden=layers)
-            (metric(run.logits, part).sum() / n).backward()
-            grads.add(run.trace, part.answer_pos, tuple(tokens.shape) + (engine.w.d_model,), run.hidden)
-            if step == steps:
+            if step == steps:  # the delta is known before any gradient: score each layer as it comes
                 delta = ref.outputs.sub_(run.outputs)  # reference - clean, in place
                 clean_hidden = {k: v.detach() for k, v in (run.hidden or {}).items()}
+                run = replace(run, outputs=None)
+            (metric(run.logits, part).sum() / n).backward()
+            add_edge_scores(engine, total, delta, run.trace, part.answer_pos, scale=1.0 / steps)
+            for layer, h in (run.hidden or {}).items():
+                hidden_grads[layer] = h.grad.detach() if layer not in hidden_grads else hidden_grads[layer].add_(h.grad)
             del run
             done += 1
             progress(done, work, f"{method}: forward and backward passes")
-        total += edge_scores(engine, delta, grads, scale=1.0 / steps)
         for layer in layers:
-            s = ((ref.hidden[layer] - clean_hidden[layer]) * grads.hidden[layer]).sum((0, 1)) / steps
+            s = ((ref.hidden[layer] - clean_hidden[layer]) * hidden_grads[layer]).sum((0, 1)) / steps
             neuron_totals[layer] = s if layer not in neuron_totals else neuron_totals[layer] + s
-        del delta, grads, ref
+        del delta, hidden_grads, ref
     total *= g.valid_mask(total.device)
     info = {"forward_passes": len(parts) * (1 + steps), "backward_passes": len(parts) * steps, "ablation": options.ablation}
     if steps > 1:
