@@ -27,7 +27,7 @@ from torch import Tensor
 from circuits.graph import ComputationalGraph
 from circuits.models.weights import ModelWeights
 
-ResidEdit = Callable[[int, Tensor], Tensor]  # (layer, resid_pre [b,p,d]) -> resid_pre
+ResidEdit = Callable[[int, Tensor], Tensor]  # (layer, resid_mid [b,p,d]) -> resid_mid
 PostEdit = Callable[[int, Tensor], Tensor]  # (layer, mlp hidden [b,p,m]) -> hidden
 
 
@@ -215,7 +215,7 @@ class GraphEngine:
         start_resid: Optional[Tensor] = None,
         start_outputs: Optional[Tensor] = None,
         keep_resid: bool = False,
-        edit_resid: Optional[ResidEdit] = None,
+        edit_mid: Optional[ResidEdit] = None,
         edit_hidden: Optional[PostEdit] = None,
         capture_hidden: tuple = (),
     ) -> RunResult:
@@ -231,7 +231,8 @@ class GraphEngine:
                 with the outputs of the senders before it (from an earlier collected run).
             keep_resid: return each layer's residual input and the final residual (for later restarts).
             capture_hidden: layers whose MLP hidden activations are returned (grad retained when tracing).
-            edit_resid, edit_hidden: interventions on a layer's residual input or MLP hidden activations.
+            edit_mid, edit_hidden: interventions on a layer's residual stream between its attention and
+                its MLP (``resid_mid``), or on its MLP hidden activations.
         """
         w, g = self.w, self.graph
         b, p = tokens.shape
@@ -263,8 +264,6 @@ class GraphEngine:
             ref_resid = patch.reference[:n].sum(0) + w.b_O[:start_layer].sum(0)
         kv = self.kv_of_head
         for layer in range(start_layer, w.n_layers):
-            if edit_resid is not None:
-                resid = edit_resid(layer, resid)
             if keep_resid:
                 resid_pre.append(resid.detach())
             ln1_w, ln1_b = w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer]
@@ -298,6 +297,8 @@ class GraphEngine:
             if ref_resid is not None:
                 first = g.head_sender(layer, 0)
                 ref_resid = ref_resid + patch.reference[first:first + w.n_heads].sum(0) + w.b_O[layer]
+            if edit_mid is not None:
+                resid = edit_mid(layer, resid)
 
             mlp_r = g.mlp_receiver(layer)
             x_in, _ = self._patched_inputs(resid, ref_resid, patch, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))

@@ -2,7 +2,8 @@
 
 Scored, each with a forward pass that restarts at the component's layer from the clean run:
 
-- every head and MLP (node scores; all of a node's outgoing edges patched at once);
+- every head and MLP (node scores; all of a node's outgoing edges patched at once, which is the
+  same as shifting the residual stream by the node's reference - clean output where it enters);
 - the residual stream at each layer's input, per position (``extra["resid"]``, [L + 1, p]);
 - the neurons of the MLPs named in ``options.neurons`` (several neurons per batched pass).
 
@@ -16,7 +17,6 @@ from typing import Dict, List, Optional
 import torch
 
 from circuits.ablation import chunks, prepare, reference
-from circuits.engine import Patch
 from circuits.methods.attribution import parse_neuron_layers, top_neurons
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 
@@ -53,12 +53,7 @@ class ActivationPatching:
 
                 # heads and MLPs
                 for s in range(1, g.n_senders):
-                    layer = (s - 1) // (w.n_heads + 1)
-                    keep = torch.ones(g.n_senders, g.n_receivers, device=engine.device)
-                    keep[s] = 0.0
-                    run = engine.run(tokens, part.answer_pos, patch=Patch(keep, ref.outputs), start_layer=layer,
-                                     start_resid=clean.resid_pre[layer], start_outputs=clean.outputs)
-                    node_total[s] += effect(run)
+                    node_total[s] += effect(self._patch_node(engine, tokens, part, clean, ref.outputs, s))
                     passes += 1
                     progress(i * g.n_senders + s, len(parts) * g.n_senders, "activation patching: nodes")
                 # residual stream per layer input and position
@@ -85,6 +80,19 @@ class ActivationPatching:
             extra={"resid": resid_total.tolist(), "resid_rows": [f"resid_pre {l}" for l in range(w.n_layers)] + ["resid_final"]},
             info={"forward_passes": passes, "ablation": options.ablation},
         )
+
+    @staticmethod
+    def _patch_node(engine, tokens, part, clean, reference, s: int):
+        """Sender ``s``'s output takes its reference value, which moves the residual stream by the
+        difference from where that output enters it: after the attention of a head's layer (its
+        MLP and everything later read it), or at the next layer's input for an MLP."""
+        g, w = engine.graph, engine.w
+        layer = (s - 1) // (w.n_heads + 1)
+        shift = reference[s] - clean.outputs[s]
+        if s == g.mlp_sender(layer):
+            return engine.run(tokens, part.answer_pos, start_layer=layer + 1, start_resid=clean.resid_pre[layer + 1] + shift)
+        return engine.run(tokens, part.answer_pos, start_layer=layer, start_resid=clean.resid_pre[layer],
+                          edit_mid=lambda l, resid: resid + shift if l == layer else resid)
 
     @staticmethod
     def _reference_resid(engine, part, ablation: str, clean) -> List[torch.Tensor]:
