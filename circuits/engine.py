@@ -106,14 +106,14 @@ class GraphEngine:
             return (g - g.mean(-1, keepdim=True) - proj) / scale
         return (g - proj) / scale
 
-    def _rotate(self, x: Tensor) -> Tensor:
-        """Rotary position embedding (HF's rotate-half layout) on [b, p, h, e]."""
+    def _rotate(self, x: Tensor, start: int = 0) -> Tensor:
+        """Rotary position embedding (HF's rotate-half layout) on [b, p, h, e] at positions ``start ..``."""
         if self.w.rotary_base is None:
             return x
         dim = self.w.rotary_dim
         p = x.shape[1]
         inv = 1.0 / (self.w.rotary_base ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
-        freqs = torch.arange(p, device=x.device, dtype=torch.float32)[:, None] * inv[None]
+        freqs = torch.arange(start, start + p, device=x.device, dtype=torch.float32)[:, None] * inv[None]
         emb = torch.cat([freqs, freqs], -1)
         cos, sin = emb.cos()[None, :, None].to(x.dtype), emb.sin()[None, :, None].to(x.dtype)
         rot, rest = x[..., :dim], x[..., dim:]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Dict, List, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 from circuits import names
 
@@ -122,6 +122,36 @@ class ComputationalGraph:
 
     def edge_name(self, s: int, r: int) -> str:
         return f"{self.sender_names[s]}->{self.receiver_names[r]}"
+
+    def keep_mask(self, edge_names: Iterable[str], *, model: str = ""):
+        """Bool [senders, receivers] mask of the named edges (a saved circuit on this graph).
+
+        Raises ``CircuitsError`` naming the first edge that is malformed, joins neurons (the graph's
+        nodes are input, heads, MLPs and logits) or is not in this graph (a circuit of another model).
+        """
+        import torch
+
+        from circuits.errors import CircuitsError
+
+        keep = torch.zeros(self.n_senders, self.n_receivers, dtype=torch.bool)
+        where = f" of {model}" if model else ""
+        for name in sorted(edge_names):
+            try:
+                edge = names.parse_edge(name)
+            except names.NameError_ as exc:
+                raise CircuitsError(f"the circuit has a bad edge: {exc}") from None
+            if "neuron" in (edge.src.kind, edge.dst.kind):
+                raise CircuitsError(
+                    f"edge {name} joins neurons, but circuits are edges between input, heads, MLPs and logits; "
+                    "name the MLP (m10), not its neurons (m10.n42)")
+            try:
+                s, r = self.edge_index(name)
+            except KeyError:
+                raise CircuitsError(
+                    f"edge {name} is not in the graph{where} ({self.n_layers} layers x {self.n_heads} heads, "
+                    f"{self.n_edges} edges); was the circuit found on another model?") from None
+            keep[s, r] = True
+        return keep
 
     # ----------------------------------------------------------- edges
     def valid_mask(self, device=None):

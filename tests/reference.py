@@ -69,7 +69,7 @@ def _receiver_hook(node: names.Node, qkv: str | None) -> str:
     return "ln_final.hook_in"
 
 
-class _PerHeadFlags:
+class PerHeadFlags:
     """Turn on the bridge's per-head hooks; restore the previous settings on exit."""
 
     def __init__(self, bridge: Any) -> None:
@@ -124,7 +124,7 @@ def edge_patched_logits(
         head = edge.dst.index if edge.dst.kind == "head" else None
         by_receiver.setdefault((hook, head), []).append(edge.src)
 
-    with _PerHeadFlags(bridge), torch.no_grad():
+    with PerHeadFlags(bridge), torch.no_grad():
         corrupted = sender_activations(bridge, corrupted_tokens)
         current: dict[str, torch.Tensor] = {}
 

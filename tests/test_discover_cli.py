@@ -245,6 +245,16 @@ def test_evaluate_circuit_names_the_first_bad_edge(tmp_path, tiny_gpt2_dir):
     assert "2 layers x 4 heads" in err
 
 
+def test_evaluate_circuit_explains_neuron_edges(tmp_path, tiny_gpt2_dir):
+    from circuits.graphs.build import build_graph, write_json
+
+    path = write_json(build_graph({"input->a0.h1<q>": 1.0, "m0.n3->logits": 1.0},
+                                  metadata={"task": "greater-than", "n": 4}), tmp_path / "c.json")
+    code, _, err = invoke("evaluate-circuit", str(path), "--model", str(tiny_gpt2_dir))
+    assert_user_error(code, err, "m0.n3->logits joins neurons")
+    assert "another model" not in err
+
+
 def test_evaluate_circuit_needs_a_task(tmp_path):
     from circuits.graphs.build import build_graph, write_json
 

@@ -14,6 +14,7 @@ from circuits.models.weights import cast_weights, extract_weights
 from circuits.registry import get_method
 from circuits.scores import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
+from reference import PerHeadFlags
 
 N_LAYERS, N_HEADS = 2, 4
 
@@ -42,25 +43,6 @@ def setup(tmp_path_factory):
 
 def _metric_of(task, data, logits):
     return task.metric(logits[torch.arange(len(data)), data.answer_pos], data).mean()
-
-
-class Flags:
-    """Switch on the bridge's per-head flags for the duration of a reference computation."""
-
-    def __init__(self, bridge):
-        self.bridge = bridge
-
-    def __enter__(self):
-        self.bridge.set_use_attn_result(True)
-        self.bridge.set_use_split_qkv_input(True)
-        self.bridge.set_use_hook_mlp_in(True)
-        return self.bridge
-
-    def __exit__(self, *exc):
-        self.bridge.set_use_attn_result(False)
-        self.bridge.set_use_split_qkv_input(False)
-        self.bridge.set_use_hook_mlp_in(False)
-        self.bridge.reset_hooks()
 
 
 def _sender_outputs(bridge, tokens):
@@ -120,7 +102,7 @@ def test_engine_matches_bridge(setup):
 def test_eap_matches_taylor_term_from_per_head_hooks(setup):
     bridge, engine, task, data = setup
     scores = get_method("eap").score(engine, data, task.metric).edge_scores
-    with Flags(bridge):
+    with PerHeadFlags(bridge):
         delta = _sender_outputs(bridge, data.corrupted) - _sender_outputs(bridge, data.clean)
         grads = _receiver_grads(bridge, task, data)
     expected = torch.einsum("sbpd,rbpd->sr", delta, grads) * engine.graph.valid_mask()
@@ -133,7 +115,7 @@ def test_eap_ig_matches_integrated_hook_gradients(setup):
     bridge, engine, task, data = setup
     steps = 3
     scores = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(ig_steps=steps)).edge_scores
-    with Flags(bridge):
+    with PerHeadFlags(bridge):
         clean, corrupted = _sender_outputs(bridge, data.clean), _sender_outputs(bridge, data.corrupted)
         total = sum(_receiver_grads(bridge, task, data, resid0=corrupted[0] + k / steps * (clean[0] - corrupted[0]))
                     for k in range(1, steps + 1)) / steps

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Tuple, Union
 
-import torch
 from torch import Tensor
 
 from circuits import names
@@ -39,20 +38,10 @@ def from_graph(G, graph: ComputationalGraph, *, source: str = "", model: str = "
     """
     from circuits.graphs.build import edge_names
 
-    keep = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.bool)
     found = sorted(edge_names(G))
     if not found:
         raise CircuitsError(f"the circuit{' ' + source if source else ''} has no edges; pass a circuit with at least one edge")
-    where = f" of {model}" if model else ""
-    for name in found:
-        try:
-            s, r = graph.edge_index(name)
-        except (KeyError, ValueError, names.NameError_):
-            raise CircuitsError(
-                f"edge {name} is not in the graph{where} ({graph.n_layers} layers x {graph.n_heads} heads); "
-                "was the circuit found on another model?"
-            ) from None
-        keep[s, r] = True
+    keep = graph.keep_mask(found, model=model)
     heads, mlps = set(), set()
     for node_name in G.nodes:
         node = names.parse_node(node_name)

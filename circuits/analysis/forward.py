@@ -15,7 +15,8 @@ any task that calls ``forward(prompts)`` and then ``forward(prompts + one token)
   running the forced sequences whole.
 
 :func:`forward_positions` is the graph engine's forward pass (``GraphEngine.run``) written for
-new positions after cached ones; it reuses the engine's norm, rotary, MLP and unembedding, and
+new positions after cached ones; it reuses the engine's patched inputs, norm, rotary, MLP and
+unembedding, and
 the tests hold it to ``GraphEngine.run`` on whole sequences (GPT-2 and Llama families, random
 masks).  Logits come back as ``[b, seq, V]`` *views* of the last position's logits ``[b, V]``:
 only the last position (greater-than's answer position, and the one teacher forcing reads) is
@@ -24,12 +25,12 @@ meaningful.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
 
-from circuits.engine import GraphEngine
+from circuits.engine import GraphEngine, Patch
 from circuits.scores import Progress, no_progress
 
 __all__ = ["KVState", "Positions", "forward_positions", "EngineForward"]
@@ -57,53 +58,6 @@ class Positions:
     outputs: Optional[Tensor] = None
 
 
-def _rotate(engine: GraphEngine, x: Tensor, start: int) -> Tensor:
-    """Rotary embedding of ``x`` [b, q, h, e] at positions ``start .. start + q - 1`` (the engine's, shifted)."""
-    w = engine.w
-    if w.rotary_base is None:
-        return x
-    if start == 0:
-        return engine._rotate(x)
-    dim = w.rotary_dim
-    inv = 1.0 / (w.rotary_base ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
-    freqs = torch.arange(start, start + x.shape[1], device=x.device, dtype=torch.float32)[:, None] * inv[None]
-    emb = torch.cat([freqs, freqs], -1)
-    cos, sin = emb.cos()[None, :, None].to(x.dtype), emb.sin()[None, :, None].to(x.dtype)
-    rot, rest = x[..., :dim], x[..., dim:]
-    half = torch.cat([-rot[..., dim // 2:], rot[..., : dim // 2]], -1)
-    return torch.cat([rot * cos + half * sin, rest], -1)
-
-
-def _inputs(base: Tensor, ref_base: Optional[Tensor], keep: Optional[Tensor], diff: Optional[Tensor], n_s: int,
-            cols: slice) -> Tuple[Tensor, bool]:
-    """Inputs of the receivers in ``cols``: ``base`` [B, q, d] when shared, else [r, B, q, d] (``True``).
-
-    ``sum_s keep * current_s + (1 - keep) * reference_s`` plus biases, from whichever side touches
-    fewer senders: ``base - sum_dropped diff_s`` or ``ref_base + sum_kept diff_s``, with
-    ``diff = current - reference`` (as ``GraphEngine.run``).
-    """
-    if keep is None:
-        return base, False
-    kp = keep[:n_s, cols]
-    drop = 1.0 - kp
-    drop_rows = drop.abs().sum(1) > 0
-    n_drop = int(drop_rows.sum())
-    if n_drop == 0:
-        return base, False
-    keep_rows = kp.abs().sum(1) > 0
-    if int(keep_rows.sum()) < n_drop:
-        start, weights, rows = ref_base, kp, keep_rows
-    else:
-        start, weights, rows = base, -drop, drop_rows
-    if not bool(rows.any()):
-        return start, False
-    flat = diff[:n_s][rows].reshape(int(rows.sum()), -1)
-    weights = weights[rows].to(flat.dtype)
-    if bool((weights == weights[:, :1]).all()):
-        return start + (weights[:, 0] @ flat).view_as(start), False
-    return start[None] + (weights.T @ flat).view(weights.shape[1], *start.shape), True
-
-
 def forward_positions(engine: GraphEngine, tokens: Tensor, *, state: Optional[KVState] = None,
                       rows: Optional[Tensor] = None, keep: Optional[Tensor] = None, reference: Optional[Tensor] = None,
                       keep_state: bool = False, collect: bool = False) -> Positions:
@@ -125,9 +79,9 @@ def forward_positions(engine: GraphEngine, tokens: Tensor, *, state: Optional[KV
         resid = resid + w.W_pos[start:start + q]
     shape = (g.n_senders, B, q, w.d_model)
     outs = torch.zeros(shape, dtype=dtype, device=dev) if collect else None
-    diff = ref_resid = None
+    diff = ref_resid = patch = None
     if keep is not None:
-        keep = keep.to(device=dev, dtype=dtype)
+        patch = Patch(keep=keep.to(device=dev, dtype=dtype), reference=reference)
         diff = torch.zeros(shape, dtype=dtype, device=dev)
         ref_resid = reference[0]
 
@@ -140,13 +94,14 @@ def forward_positions(engine: GraphEngine, tokens: Tensor, *, state: Optional[KV
 
     store(0, resid[None])
     kv = engine.kv_of_head
+    patched_inputs = GraphEngine._patched_inputs
     H = w.n_heads
     mask = torch.ones(q, start + q, dtype=torch.bool, device=dev).tril(start)
     new_k: List[Tensor] = []
     new_v: List[Tensor] = []
     for layer in range(w.n_layers):
         block = g.receiver_block(layer)
-        x_in, split = _inputs(resid, ref_resid, keep, diff, g.senders_before_heads(layer),
+        x_in, split = patched_inputs(resid, ref_resid, patch, diff, g.senders_before_heads(layer),
                               slice(block.start, block.start + 3 * H))
         x, _, _ = engine._norm(x_in, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
         if split:
@@ -157,7 +112,7 @@ def forward_positions(engine: GraphEngine, tokens: Tensor, *, state: Optional[KV
             qh = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
             kh = (torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer])[:, :, kv]
             vh = (torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer])[:, :, kv]
-        qh, kh = _rotate(engine, qh, start), _rotate(engine, kh, start)
+        qh, kh = engine._rotate(qh, start), engine._rotate(kh, start)
         keys, values = kh, vh
         if state is not None:
             keys = torch.cat([state.k[layer][rows], kh], 1)
@@ -175,14 +130,14 @@ def forward_positions(engine: GraphEngine, tokens: Tensor, *, state: Optional[KV
             first = g.head_sender(layer, 0)
             ref_resid = ref_resid + reference[first:first + H].sum(0) + w.b_O[layer]
         mlp_r = g.mlp_receiver(layer)
-        x_in, _ = _inputs(resid, ref_resid, keep, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
+        x_in, _ = patched_inputs(resid, ref_resid, patch, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
         x, _, _ = engine._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
         mlp_out = engine.mlp_hidden(layer, x) @ w.W_out[layer] + w.b_out[layer]
         store(g.mlp_sender(layer), mlp_out[None])
         resid = resid + mlp_out
         if ref_resid is not None:
             ref_resid = ref_resid + reference[g.mlp_sender(layer)]
-    final, _ = _inputs(resid, ref_resid, keep, diff, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
+    final, _ = patched_inputs(resid, ref_resid, patch, diff, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
     logits = engine.unembed(final, torch.full((B,), q - 1, dtype=torch.long, device=dev))
     return Positions(logits=logits, state=KVState(new_k, new_v) if keep_state else None, outputs=outs)
 

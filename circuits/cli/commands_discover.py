@@ -166,21 +166,9 @@ def discover(
 
 
 def _keep_mask(G, graph, model: str):
-    import torch
-
     from circuits.graphs.build import edge_names
 
-    keep = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.bool)
-    for name in sorted(edge_names(G)):
-        try:
-            s, r = graph.edge_index(name)
-        except (KeyError, ValueError):
-            raise CircuitsError(
-                f"edge {name} is not in the graph of {model} ({graph.n_layers} layers x {graph.n_heads} heads, "
-                f"{graph.n_edges} edges); was the circuit found on another model?"
-            ) from None
-        keep[s, r] = True
-    return keep
+    return graph.keep_mask(edge_names(G), model=model)
 
 
 @app.command("evaluate-circuit")
