@@ -3,39 +3,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import typer
 
 from circuits.cli import app
-from circuits.cli.commands_core import MODEL_HELP
+from circuits.cli.commands_core import MODEL_HELP, parse_mlp_layers
 from circuits.errors import CircuitsError
 
 analyze_app = typer.Typer(help="Analyse a model (and a circuit alone) on a task: pictures, tables, report.html.",
                           no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
-
-
-def parse_neurons(text: Optional[str]) -> Optional[Tuple[int, ...]]:
-    """``m10`` or ``m8,m9`` -> MLP layers (None when not given); one-line errors otherwise."""
-    from circuits import names
-
-    if text is None:
-        return None
-    layers = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            node = names.parse_node(part)
-        except names.NameError_:
-            raise CircuitsError(f"--neurons takes MLP names like m10 or m8,m9 (got {part!r})") from None
-        if node.kind != "mlp":
-            raise CircuitsError(f"--neurons takes MLP names like m10 or m8,m9 (got {part!r})")
-        layers.append(node.layer)
-    if not layers:
-        raise CircuitsError("--neurons takes MLP names like m10 or m8,m9 (got nothing)")
-    return tuple(dict.fromkeys(layers))
 
 
 @analyze_app.command("greater-than")
@@ -64,7 +42,9 @@ def greater_than(
         raise CircuitsError(f"--candidates must be 0 (all neurons) or more (got {candidates})")
     if batch_size < 0:
         raise CircuitsError(f"--batch-size must be 0 (all prompts) or more (got {batch_size})")
-    neuron_layers = parse_neurons(neurons)
+    neuron_layers = parse_mlp_layers(neurons)
+    if neuron_layers == ():
+        raise CircuitsError("--neurons takes MLP names like m10 or m8,m9 (got nothing)")
     check_out_dir(out, force)
     graph_of_circuit = None
     if circuit is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import typer
 
@@ -37,6 +37,27 @@ def tasks_list() -> None:
 
     for name, task in discover(TASKS).items():
         typer.echo(f"{name}\t{getattr(task, 'description', '')}")
+
+
+def parse_mlp_layers(text: Optional[str]) -> Optional[Tuple[int, ...]]:
+    """``--neurons m10`` or ``m8,m9`` -> MLP layers in the order given (None when not given)."""
+    from circuits import names
+    from circuits.errors import CircuitsError
+
+    if text is None:
+        return None
+    layers = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            node = names.parse_node(part)
+        except names.NameError_:
+            node = None
+        if node is None or node.kind != "mlp":
+            raise CircuitsError(f"--neurons takes MLP names like m10 or m8,m9 (got {part!r})")
+        layers.append(node.layer)
+    return tuple(dict.fromkeys(layers))
 
 
 def resolve_task(task: Optional[str], task_file: Optional[Path]):

@@ -5,12 +5,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import typer
 
+from circuits import names
 from circuits.cli import app
-from circuits.cli.commands_core import MODEL_HELP, resolve_task
+from circuits.cli.commands_core import MODEL_HELP, parse_mlp_layers, resolve_task
 from circuits.errors import CircuitsError
 
 
@@ -62,25 +63,6 @@ def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Op
     return SelectionSpec("target-faithfulness", 0.9 if target is None else target)
 
 
-def _neurons(text: Optional[str]) -> Tuple[str, ...]:
-    from circuits import names
-
-    if not text:
-        return ()
-    out = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            node = names.parse_node(part)
-        except names.NameError_ as exc:
-            raise CircuitsError(f"--neurons: {exc}") from None
-        if node.kind != "mlp":
-            raise CircuitsError(f"--neurons takes MLP names like m8,m9 (got {part!r})")
-        out.append(names.format_node(node))
-    return tuple(dict.fromkeys(out))
-
-
 def _load(model: str, device: str):
     from circuits.engine import GraphEngine
     from circuits.models import load_model
@@ -114,7 +96,7 @@ def discover(
 
     spec = _selection_spec(top_k, threshold, target)
     _check_ablation(ablation)
-    neuron_layers = _neurons(neurons)
+    neuron_layers = parse_mlp_layers(neurons) or ()
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
     if batch_size < 0:
@@ -136,14 +118,15 @@ def discover(
     loaded, engine = _load(model, device)
     timings["load"] = time.perf_counter() - t
     g = engine.graph
-    for name in neuron_layers:
-        if int(name[1:]) >= g.n_layers:
-            raise CircuitsError(f"--neurons {name}: the model has MLPs m0..m{g.n_layers - 1}")
+    for layer in neuron_layers:
+        if layer >= g.n_layers:
+            raise CircuitsError(f"--neurons m{layer}: the model has MLPs m0..m{g.n_layers - 1}")
     t = time.perf_counter()
     dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
     timings["dataset"] = time.perf_counter() - t
 
-    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=neuron_layers, batch_size=batch_size)
+    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
+                             batch_size=batch_size)
     bars = ProgressBars()
     try:
         result = run_discovery(engine, dataset, task_obj.metric, method_obj, options, spec, progress=bars)
