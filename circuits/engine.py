@@ -100,11 +100,9 @@ class GraphEngine:
 
     def norm_vjp(self, grad_y: Tensor, xhat: Tensor, scale: Tensor, weight: Tensor) -> Tensor:
         """Gradient w.r.t. a norm's input from the gradient w.r.t. its output (the norm's Jacobian, transposed)."""
-        g = grad_y * weight
-        proj = (g * xhat).mean(-1, keepdim=True) * xhat
-        if self.w.norm == "LN":
-            return (g - g.mean(-1, keepdim=True) - proj) / scale
-        return (g - proj) / scale
+        g = grad_y * (weight / scale)
+        self._finish_vjp(g.view(1, -1, 1, g.shape[-1]), xhat.reshape(-1, 1, xhat.shape[-1]))
+        return g
 
     def _rotate(self, x: Tensor, start: int = 0) -> Tensor:
         """Rotary position embedding (HF's rotate-half layout) on [b, p, h, e] at positions ``start ..``."""
@@ -181,15 +179,15 @@ class GraphEngine:
             return base, False
         keep = patch.keep[:n_s, cols]  # [n_s, r]
         drop = 1.0 - keep
-        n_drop = int((drop.abs().sum(1) > 0).sum())
+        drop_rows = drop.abs().sum(1) > 0
+        n_drop = int(drop_rows.sum())
         if n_drop == 0:
             return base, False
         keep_rows = keep.abs().sum(1) > 0
-        n_keep = int(keep_rows.sum())
-        if n_keep < n_drop:
+        if int(keep_rows.sum()) < n_drop:
             start, weights, rows = ref_base, keep, keep_rows
         else:
-            start, weights, rows = base, -drop, drop.abs().sum(1) > 0
+            start, weights, rows = base, -drop, drop_rows
         k = int(rows.sum())
         if k == 0:
             return start, False
