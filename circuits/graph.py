@@ -52,6 +52,14 @@ class ComputationalGraph:
     def logits_receiver(self) -> int:
         return self.n_receivers - 1
 
+    def sender_layer(self, sender: int) -> int:
+        """The layer of a head or MLP sender (not ``input``)."""
+        return (sender - 1) // (self.n_heads + 1)
+
+    def receiver_layer(self, receiver: int) -> int:
+        """The layer a receiver input belongs to; the logits' input counts as layer ``n_layers``."""
+        return receiver // (3 * self.n_heads + 1)
+
     def senders_before_heads(self, layer: int) -> int:
         """How many senders feed the heads of ``layer`` (a prefix of the sender order)."""
         return 1 + layer * (self.n_heads + 1)

@@ -86,8 +86,8 @@ class ActivationPatching:
         """Sender ``s``'s output takes its reference value, which moves the residual stream by the
         difference from where that output enters it: after the attention of a head's layer (its
         MLP and everything later read it), or at the next layer's input for an MLP."""
-        g, w = engine.graph, engine.w
-        layer = (s - 1) // (w.n_heads + 1)
+        g = engine.graph
+        layer = g.sender_layer(s)
         shift = reference[s] - clean.outputs[s]
         if s == g.mlp_sender(layer):
             return engine.run(tokens, part.answer_pos, start_layer=layer + 1, start_resid=clean.resid_pre[layer + 1] + shift)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
-import torch
 from torch import Tensor
 
 from circuits import names

@@ -39,7 +39,7 @@ class PathPatching:
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:
         progress = progress or no_progress
-        g, w = engine.graph, engine.w
+        g = engine.graph
         means = prepare(engine, dataset, options.ablation, batch_size=options.batch_size)
         n = len(dataset)
         batches: List[_Batch] = []
@@ -71,7 +71,7 @@ class PathPatching:
         while frontier:
             node = -heapq.heappop(frontier)
             for r in self._inputs(g, node):
-                layer = w.n_layers if r == g.logits_receiver else r // (3 * w.n_heads + 1)
+                layer = g.receiver_layer(r)
                 for s in range(g.n_valid_senders(r)):
                     keep[s, r] = 0.0
                     scores[s, r] = effect(keep, layer)
@@ -91,7 +91,8 @@ class PathPatching:
         """Receiver inputs of a sender index (or of the logits, ``g.n_senders``)."""
         if node == g.n_senders:
             return [g.logits_receiver]
-        layer, within = divmod(node - 1, g.n_heads + 1)
-        if within == g.n_heads:
+        layer = g.sender_layer(node)
+        if node == g.mlp_sender(layer):
             return [g.mlp_receiver(layer)]
-        return [g.head_receiver(layer, within, qkv) for qkv in "qkv"]
+        head = node - g.head_sender(layer, 0)
+        return [g.head_receiver(layer, head, qkv) for qkv in "qkv"]
