@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+from circuits.ablation import REFERENCE_CACHE_BYTES
 from circuits.errors import CircuitsError
-from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve, reference_outputs
+from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 from circuits.select import MODES, Selection, target_faithfulness, threshold, top_k
 
@@ -134,7 +135,7 @@ def _stage(progress: Progress, name: str) -> Progress:
 
 def discover(engine, dataset, metric: Callable, method, options: MethodOptions = MethodOptions(),
              selection: SelectionSpec = SelectionSpec(), *, fractions=FRACTIONS, curve: bool = True,
-             progress: Optional[Progress] = None) -> DiscoveryResult:
+             progress: Optional[Progress] = None, cache_bytes: int = REFERENCE_CACHE_BYTES) -> DiscoveryResult:
     """Score ``dataset`` with ``method``, measure the faithfulness curve and choose a circuit.
 
     Args:
@@ -145,6 +146,8 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         selection: how to choose the circuit.  fractions: the curve's edge fractions.
         curve: measure the curve (CPR, CMD); the target search then starts from its points.
         progress: ``progress(done, total, message)`` for each long step.
+        cache_bytes: reference outputs the faithfulness evaluations keep between passes (the rest are
+            recomputed batch by batch, so memory follows ``options.batch_size``, not the number of prompts).
     """
     progress = progress or no_progress
     timings: Dict[str, float] = {}
@@ -158,8 +161,8 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
                             f"graph but the model is {graph.n_layers}x{graph.n_heads}")
 
     t = time.perf_counter()
-    reference = reference_outputs(engine, dataset, ablation=options.ablation, batch_size=options.batch_size)
-    evaluator = CircuitEvaluator(engine, dataset, metric, reference, batch_size=options.batch_size)
+    evaluator = CircuitEvaluator(engine, dataset, metric, ablation=options.ablation, batch_size=options.batch_size,
+                                 cache_bytes=cache_bytes)
     timings["reference"] = time.perf_counter() - t
 
     found_curve = None

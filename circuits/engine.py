@@ -91,12 +91,17 @@ class GraphEngine:
         return x
 
     def _norm(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]):
+        """``(y, xhat, scale)`` of LayerNorm / RMSNorm; half-precision inputs are normalized in float32
+        (as Hugging Face's models do) and the results given back in their precision."""
+        dtype = x.dtype
+        if dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
         if self.w.norm == "LN":
             x = x - x.mean(-1, keepdim=True)
         scale = (x.pow(2).mean(-1, keepdim=True) + self.w.eps).sqrt()
         xhat = x / scale
-        y = xhat * weight
-        return (y + bias if bias is not None else y), xhat, scale
+        y = xhat.to(dtype) * weight
+        return (y + bias if bias is not None else y), xhat.to(dtype), scale.to(dtype)
 
     def norm_vjp(self, grad_y: Tensor, xhat: Tensor, scale: Tensor, weight: Tensor) -> Tensor:
         """Gradient w.r.t. a norm's input from the gradient w.r.t. its output (the norm's Jacobian, transposed)."""

@@ -25,12 +25,12 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from circuits.ablation import ABLATIONS, check_ablation, chunks, dataset_means
+from circuits.ablation import ABLATIONS, REFERENCE_CACHE_BYTES, BatchReferences, check_ablation, chunks, dataset_means
 from circuits.ablation import reference as ablation_reference
 from circuits.dataset import PromptDataset
 from circuits.engine import GraphEngine, Patch
@@ -41,17 +41,22 @@ FRACTIONS: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
 Metric = Callable[[Tensor, PromptDataset], Tensor]
 
 __all__ = [
-    "FRACTIONS", "ABLATIONS", "reference_outputs", "circuit_metric", "Faithfulness", "faithfulness",
+    "FRACTIONS", "ABLATIONS", "BatchReferences", "References", "reference_outputs", "circuit_metric", "Faithfulness", "faithfulness",
     "CircuitEvaluator", "CurvePoint", "Curve", "faithfulness_curve", "normalized_area", "edges_for_fraction",
 ]
 
 
+# What patched edges carry: a whole-dataset tensor [S, n, p, d], or per-batch references (streaming)
+References = Union[Tensor, BatchReferences]
+
+
 def reference_outputs(engine: GraphEngine, dataset: PromptDataset, *, ablation: str = "corrupted",
                       batch_size: int = 0) -> Tensor:
-    """The values patched edges carry: sender outputs [S, n, p, d] on the engine's device.
+    """The values patched edges carry for the whole dataset: sender outputs [S, n, p, d] on the engine's device.
 
     ``corrupted``: the corrupted prompts' outputs.  ``mean``: the clean outputs' mean over the
     prompts, per position (``circuits.ablation.dataset_means``), broadcast (a view, no copy) to every prompt.
+    This holds every prompt's outputs at once; :class:`BatchReferences` keeps memory bounded by the batch.
     """
     check_ablation(ablation)
     if ablation == "mean":
@@ -60,19 +65,29 @@ def reference_outputs(engine: GraphEngine, dataset: PromptDataset, *, ablation: 
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
-def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, keep_mask, reference: Tensor,
+def _batches(dataset: PromptDataset, reference: References, batch_size: int) -> Iterator[Tuple[PromptDataset, Tensor]]:
+    """(piece of the dataset, its reference outputs) pairs, from either kind of references."""
+    if isinstance(reference, BatchReferences):
+        yield from reference
+        return
+    start = 0
+    for part in chunks(dataset, batch_size):
+        yield part, reference[:, start:start + len(part)]
+        start += len(part)
+
+
+def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, keep_mask, reference: References,
                    *, batch_size: int = 0) -> float:
-    """The metric's mean over the prompts with every edge outside ``keep_mask`` [S, R] patched to ``reference``."""
-    keep = torch.as_tensor(keep_mask).to(device=engine.device, dtype=reference.dtype)
+    """The metric's mean over the prompts with every edge outside ``keep_mask`` [S, R] patched to ``reference``
+    (a [S, n, p, d] tensor cut into pieces of ``batch_size``, or :class:`BatchReferences` with their own pieces)."""
+    keep = torch.as_tensor(keep_mask).to(device=engine.device, dtype=engine.w.W_E.dtype)
     g = engine.graph
     if tuple(keep.shape) != (g.n_senders, g.n_receivers):
         raise ValueError(f"keep mask has shape {tuple(keep.shape)}; this graph needs ({g.n_senders}, {g.n_receivers})")
-    total, start = 0.0, 0
+    total = 0.0
     with torch.no_grad():
-        for part in chunks(dataset, batch_size):
-            ref = reference[:, start:start + len(part)]
-            start += len(part)
-            result = engine.run(part.clean.to(engine.device), part.answer_pos, patch=Patch(keep=keep, reference=ref))
+        for part, ref in _batches(dataset, reference, batch_size):
+            result = engine.run(part.clean.to(engine.device), part.answer_pos, patch=Patch(keep=keep.to(ref.dtype), reference=ref))
             total += float(metric(result.logits, part).double().sum())
     return total / len(dataset)
 
@@ -99,11 +114,15 @@ class CircuitEvaluator:
 
     ``runs`` counts the metric evaluations actually made (each is ``ceil(n / batch_size)`` forwards).
     Masks are cached by a hash of their contents, so the cache stays small on large graphs.
+    Without ``reference``, the references of ``ablation`` are streamed batch by batch
+    (:class:`BatchReferences`: corrupted runs kept up to ``cache_bytes``, recomputed beyond).
     """
 
-    def __init__(self, engine: GraphEngine, dataset: PromptDataset, metric: Metric, reference: Tensor,
-                 *, batch_size: int = 0):
+    def __init__(self, engine: GraphEngine, dataset: PromptDataset, metric: Metric, reference: Optional[References] = None,
+                 *, ablation: str = "corrupted", batch_size: int = 0, cache_bytes: int = REFERENCE_CACHE_BYTES):
         self.engine, self.dataset, self.metric_fn = engine, dataset, metric
+        if reference is None:
+            reference = BatchReferences(engine, dataset, ablation, batch_size=batch_size, cache_bytes=cache_bytes)
         self.reference, self.batch_size = reference, batch_size
         self.valid = engine.graph.valid_mask()
         self._cache: Dict[bytes, float] = {}
@@ -136,12 +155,12 @@ class CircuitEvaluator:
 
 
 def faithfulness(engine: GraphEngine, dataset: PromptDataset, metric: Metric, keep_mask,
-                 reference: Optional[Tensor] = None, *, ablation: str = "corrupted",
-                 batch_size: int = 0) -> Faithfulness:
-    """Faithfulness of one circuit (three patched evaluations; ``reference`` is built from ``ablation`` if not given)."""
-    if reference is None:
-        reference = reference_outputs(engine, dataset, ablation=ablation, batch_size=batch_size)
-    return CircuitEvaluator(engine, dataset, metric, reference, batch_size=batch_size).faithfulness(keep_mask)
+                 reference: Optional[References] = None, *, ablation: str = "corrupted",
+                 batch_size: int = 0, cache_bytes: int = REFERENCE_CACHE_BYTES) -> Faithfulness:
+    """Faithfulness of one circuit (three patched evaluations; without ``reference``, the references of
+    ``ablation`` are streamed batch by batch)."""
+    return CircuitEvaluator(engine, dataset, metric, reference, ablation=ablation, batch_size=batch_size,
+                            cache_bytes=cache_bytes).faithfulness(keep_mask)
 
 
 @dataclass(frozen=True)

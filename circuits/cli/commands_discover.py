@@ -63,12 +63,35 @@ def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Op
     return SelectionSpec("target-faithfulness", 0.9 if target is None else target)
 
 
-def _load(model: str, device: str):
-    from circuits.engine import GraphEngine
-    from circuits.models import load_model
+DTYPE_HELP = "Precision of the model and the engine's buffers: float32, bfloat16 or float16 (scores sum in float32)."
+BATCH_HELP = "Prompts per forward pass (0: all at once; auto: the largest batch that fits --max-memory)."
+MEMORY_HELP = "Memory budget of --batch-size auto, e.g. 16GB or 4GiB [default: 80% of the free RAM or GPU memory]."
 
+
+def _load(model: str, device: str, dtype: str = "float32"):
+    """The booted model's tokenizer and its engine in ``dtype`` (the bridge is dropped: the engine has its weights)."""
+    from circuits.engine import GraphEngine
+    from circuits.memory import parse_dtype
+    from circuits.models import load_model
+    from circuits.models.weights import cast_weights, extract_weights
+
+    torch_dtype = parse_dtype(dtype)
     loaded = load_model(model, device=device)
-    return loaded, GraphEngine.from_model(loaded)
+    weights = extract_weights(loaded.bridge)
+    if weights.W_E.dtype != torch_dtype:
+        weights = cast_weights(weights, dtype=torch_dtype)
+    return loaded.tokenizer, GraphEngine(weights)
+
+
+def _batch_size(text: str, max_memory: Optional[str]):
+    """``--batch-size`` (None for auto) and the ``--max-memory`` budget in bytes (None: the default)."""
+    from circuits.memory import parse_batch_size, parse_memory
+
+    batch = parse_batch_size(text)
+    budget = None if max_memory is None else parse_memory(max_memory)
+    if budget is not None and batch is not None:
+        raise CircuitsError("--max-memory is the budget of --batch-size auto; pass --batch-size auto or drop --max-memory")
+    return batch, budget
 
 
 @app.command()
@@ -86,7 +109,9 @@ def discover(
     ablation: str = typer.Option("corrupted", "--ablation", help="Patched edges carry the corrupted run (corrupted) or the clean mean (mean)."),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
-    batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
+    batch_size: str = typer.Option("0", "--batch-size", help=BATCH_HELP),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
@@ -99,8 +124,10 @@ def discover(
     neuron_layers = parse_mlp_layers(neurons) or ()
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
-    if batch_size < 0:
-        raise CircuitsError(f"--batch-size must be 0 (all prompts) or more (got {batch_size})")
+    batch, budget = _batch_size(batch_size, max_memory)
+    from circuits.memory import parse_dtype
+
+    parse_dtype(dtype)
     if ig_steps < 1:
         raise CircuitsError(f"--ig-steps must be at least 1 (got {ig_steps})")
     check_out_dir(out, force)
@@ -115,25 +142,36 @@ def discover(
 
     timings = {}
     t = time.perf_counter()
-    loaded, engine = _load(model, device)
+    tokenizer, engine = _load(model, device, dtype)
     timings["load"] = time.perf_counter() - t
     g = engine.graph
     for layer in neuron_layers:
         if layer >= g.n_layers:
             raise CircuitsError(f"--neurons m{layer}: the model has MLPs m0..m{g.n_layers - 1}")
     t = time.perf_counter()
-    dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
+    dataset = task_obj.build(tokenizer, n=n, seed=seed)
     timings["dataset"] = time.perf_counter() - t
 
+    auto, extra = None, {}
+    if batch is None:
+        from circuits.memory import auto_batch_size
+
+        t = time.perf_counter()
+        auto = auto_batch_size(engine, dataset, task_obj.metric, max_memory=budget, ablation=ablation)
+        batch, timings["batch_probe"] = auto.batch_size, time.perf_counter() - t
+        extra = {"cache_bytes": auto.cache_bytes}
+        typer.echo(f"--batch-size auto: {batch} prompts per batch ({auto.bytes_per_prompt / 2 ** 20:.1f} MiB per prompt "
+                   f"measured on {auto.probe_prompts}; budget {auto.max_memory / 2 ** 30:.2f} GiB)", err=True)
     options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
-                             batch_size=batch_size)
+                             batch_size=batch)
     bars = ProgressBars()
     try:
-        result = run_discovery(engine, dataset, task_obj.metric, method_obj, options, spec, progress=bars)
+        result = run_discovery(engine, dataset, task_obj.metric, method_obj, options, spec, progress=bars, **extra)
     finally:
         bars.close()
     run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
-           "method": method, "n": len(dataset), "seed": seed, "device": device}
+           "method": method, "n": len(dataset), "seed": seed, "device": device, "dtype": dtype, "batch_size": batch,
+           "batch_size_auto": None if auto is None else auto.manifest()}
     written = write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection
@@ -164,6 +202,7 @@ def evaluate_circuit(
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     ablation: Optional[str] = typer.Option(None, "--ablation", help="corrupted or mean [default: the circuit's, else corrupted]."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -190,13 +229,15 @@ def evaluate_circuit(
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
 
-    loaded, engine = _load(model, device)
+    if batch_size < 0:
+        raise CircuitsError(f"--batch-size must be 0 (all prompts) or more (got {batch_size})")
+    tokenizer, engine = _load(model, device, dtype)
     keep = _keep_mask(G, engine.graph, model)
-    dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
+    dataset = task_obj.build(tokenizer, n=n, seed=seed)
     faith = faithfulness(engine, dataset, task_obj.metric, keep, ablation=ablation, batch_size=batch_size)
     result = {"faithfulness": faith.f, "edges": int(keep.sum()), "metric_full": faith.m_full,
               "metric_empty": faith.m_empty, "metric_circuit": faith.m_circuit, "n": len(dataset), "seed": seed,
-              "model": model, "task": getattr(task_obj, "name", task_name), "ablation": ablation}
+              "model": model, "task": getattr(task_obj, "name", task_name), "ablation": ablation, "dtype": dtype}
     if as_json:
         from circuits.graphs.build import jsonable
 

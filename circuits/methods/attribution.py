@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 from circuits import names
@@ -25,17 +26,27 @@ def add_edge_scores(engine, out: Tensor, delta: Tensor, trace, answer_pos: Tenso
     g = engine.graph
     flat = delta.reshape(delta.shape[0], -1)
     H3 = 3 * engine.w.n_heads
+    same = out.dtype == flat.dtype
     for layer in range(engine.w.n_layers):
         block = g.receiver_block(layer)
         grad = engine.receiver_grads(trace, layer)
         gflat = grad.reshape(grad.shape[0], -1)
         n_heads = g.senders_before_heads(layer)
-        out[:n_heads, block.start:block.start + H3].addmm_(flat[:n_heads], gflat[:H3].T, alpha=scale)
+        heads = out[:n_heads, block.start:block.start + H3]
+        if same:
+            heads.addmm_(flat[:n_heads], gflat[:H3].T, alpha=scale)
+        else:  # half-precision products (float32 accumulation inside the matmul), summed in ``out``'s precision
+            heads.add_((flat[:n_heads] @ gflat[:H3].T).to(out.dtype), alpha=scale)
         n_mlp = g.senders_before_mlp(layer)
-        out[:n_mlp, block.start + H3].add_(flat[:n_mlp] @ gflat[H3], alpha=scale)
+        out[:n_mlp, block.start + H3].add_((flat[:n_mlp] @ gflat[H3]).to(out.dtype), alpha=scale)
         del grad, gflat
     logits = engine.logits_grad(trace, answer_pos, tuple(delta.shape[1:]))
-    out[:, g.logits_receiver].add_(flat @ logits.reshape(-1), alpha=scale)
+    out[:, g.logits_receiver].add_((flat @ logits.reshape(-1)).to(out.dtype), alpha=scale)
+
+
+def score_dtype(engine) -> torch.dtype:
+    """The precision scores accumulate in: float32, or float64 for a float64 engine (exact checks)."""
+    return torch.promote_types(engine.w.W_E.dtype, torch.float32)
 
 
 def parse_neuron_layers(spec: Sequence[str], n_layers: int) -> Tuple[int, ...]:

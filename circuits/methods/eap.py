@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from circuits.ablation import chunks, prepare, reference
-from circuits.methods.attribution import add_edge_scores, parse_neuron_layers, top_neurons
+from circuits.methods.attribution import add_edge_scores, parse_neuron_layers, score_dtype, top_neurons
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 
 
@@ -22,7 +22,7 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
     g = engine.graph
     layers = parse_neuron_layers(options.neurons, engine.w.n_layers)
     means = prepare(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
-    total = torch.zeros(g.n_senders, g.n_receivers, device=engine.device, dtype=engine.w.W_E.dtype)
+    total = torch.zeros(g.n_senders, g.n_receivers, device=engine.device, dtype=score_dtype(engine))
     neuron_totals = {}
     parts = list(chunks(dataset, options.batch_size))
     work, done = len(parts) * steps, 0
@@ -49,7 +49,7 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
             done += 1
             progress(done, work, f"{method}: forward and backward passes")
         for layer in layers:
-            s = ((ref.hidden[layer] - clean_hidden[layer]) * hidden_grads[layer]).sum((0, 1)) / steps
+            s = ((ref.hidden[layer] - clean_hidden[layer]) * hidden_grads[layer]).sum((0, 1), dtype=total.dtype) / steps
             neuron_totals[layer] = s if layer not in neuron_totals else neuron_totals[layer] + s
         del delta, hidden_grads, ref
     total *= g.valid_mask(total.device)

@@ -1,0 +1,164 @@
+"""Memory budgets and the automatic batch size (``--batch-size auto --max-memory 16GB``).
+
+The batch is chosen from one measured probe: EAP's work on a few prompts (a reference run, a
+traced clean run, its backward pass and the scores, the heaviest per-batch step of the
+methods), whose peak memory growth per prompt is measured and scaled to the budget.  On the
+CPU the growth is the process's resident-set high-water mark (``VmHWM``, reset before the
+probe); on a GPU it is ``torch.cuda.max_memory_allocated``.  Batches use
+:data:`BATCH_SHARE` of the budget; the rest is left to the references a faithfulness
+evaluation keeps between passes (:data:`CACHE_SHARE`) and to what the estimate misses.
+"""
+from __future__ import annotations
+
+import gc
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from circuits.errors import CircuitsError
+
+PROBE_PROMPTS = 8
+BATCH_SHARE = 0.6  # of the budget, for one batch's working memory
+CACHE_SHARE = 0.2  # of the budget, for references kept between faithfulness passes
+FREE_SHARE = 0.8  # default budget: this share of the free RAM or GPU memory
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+_UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
+          "t": 10 ** 12, "tb": 10 ** 12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``float32``, ``bfloat16`` or ``float16`` -> the torch dtype (a one-line error otherwise)."""
+    if name not in DTYPES:
+        raise CircuitsError(f"--dtype must be one of {', '.join(DTYPES)} (got {name!r})")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def parse_memory(text: str) -> int:
+    """``16GB``, ``4GiB``, ``512MB``, ``1e9`` -> bytes (decimal units; ``GiB`` and friends binary)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise CircuitsError(f"--max-memory takes a size like 16GB, 4GiB or 512MB (got {text!r})")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def parse_batch_size(text: Union[str, int]) -> Optional[int]:
+    """``--batch-size``: a whole number >= 0 (0: all at once), or ``auto`` (returned as None)."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        value = int(str(text))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise CircuitsError(f"--batch-size must be 0 (all prompts), a number of prompts or auto (got {text!r})")
+    return value
+
+
+def free_memory(device: Union[str, torch.device]) -> int:
+    """Free bytes on ``device``: available RAM for the CPU, free GPU memory for CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        kb = _meminfo_kb("MemAvailable")
+        if kb is None:
+            raise CircuitsError("cannot tell the free memory on this machine; pass --max-memory")
+        return kb * 1024
+
+
+def default_budget(device) -> int:
+    """The default ``--max-memory``: most (:data:`FREE_SHARE`) of the free memory."""
+    return int(FREE_SHARE * free_memory(device))
+
+
+def _meminfo_kb(field: str, path: str = "/proc/meminfo") -> Optional[int]:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMeter:
+    """Peak memory growth of the code between ``start()`` and ``growth()`` (bytes)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.before = 0
+        self.how = ""
+
+    def start(self) -> "PeakMeter":
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+            self.how = "torch.cuda.max_memory_allocated"
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # reset the resident-set high-water mark to the current resident set
+        except OSError:
+            raise CircuitsError("--batch-size auto needs Linux's /proc/self/clear_refs on the CPU; pass a number instead")
+        self.before = 1024 * (_meminfo_kb("VmRSS", "/proc/self/status") or 0)
+        self.how = "resident-set high-water mark (VmHWM)"
+        return self
+
+    def growth(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device)) - self.before
+        return 1024 * (_meminfo_kb("VmHWM", "/proc/self/status") or 0) - self.before
+
+
+@dataclass(frozen=True)
+class AutoBatch:
+    """The batch ``--batch-size auto`` chose and how: the budget, the probe and its measured growth."""
+
+    batch_size: int
+    max_memory: int
+    probe_prompts: int
+    probe_growth: int
+    bytes_per_prompt: int
+    cache_bytes: int
+    measured_by: str
+
+    def manifest(self) -> Dict[str, Any]:
+        return {"batch_size": self.batch_size, "max_memory_bytes": self.max_memory, "probe_prompts": self.probe_prompts,
+                "probe_growth_bytes": self.probe_growth, "bytes_per_prompt": self.bytes_per_prompt,
+                "reference_cache_bytes": self.cache_bytes, "measured_by": self.measured_by}
+
+
+def auto_batch_size(engine, dataset, metric, *, max_memory: Optional[int] = None, ablation: str = "corrupted",
+                    probe_prompts: int = PROBE_PROMPTS) -> AutoBatch:
+    """The largest batch whose measured working memory fits :data:`BATCH_SHARE` of ``max_memory``."""
+    from circuits.methods.eap import integrated_scores
+    from circuits.scores import MethodOptions, no_progress
+
+    budget = default_budget(engine.device) if max_memory is None else int(max_memory)
+    k = max(1, min(probe_prompts, len(dataset)))
+    probe = dataset.subset(slice(0, k))
+    options = MethodOptions(ablation=ablation, batch_size=k)
+    meter = PeakMeter(engine.device).start()
+    integrated_scores(engine, probe, metric, options, steps=1, progress=no_progress, method="probe")
+    growth = max(meter.growth(), 1)
+    per_prompt = max(1, -(-growth // k))
+    batch = max(1, min(len(dataset), int(BATCH_SHARE * budget) // per_prompt))
+    return AutoBatch(batch_size=batch, max_memory=budget, probe_prompts=k, probe_growth=int(growth),
+                     bytes_per_prompt=int(per_prompt), cache_bytes=int(CACHE_SHARE * budget), measured_by=meter.how)
