@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from circuits.ablation import BatchReferences
+from circuits.ablation import ABLATIONS, BatchReferences
 from circuits.engine import GraphEngine
 from circuits.errors import CircuitsError
 from circuits.faithfulness import CircuitEvaluator, faithfulness, faithfulness_curve, reference_outputs
@@ -56,7 +56,16 @@ def test_streamed_scores_equal_all_at_once(toy, method, ablation):
                 assert got[i] == pytest.approx(v, rel=1e-6, abs=1e-9), (method, b, mlp, i)
 
 
-@pytest.mark.parametrize("ablation", ["corrupted", "mean"])
+@pytest.mark.parametrize("ablation", ["mean-positions", "zero"])
+def test_streamed_eap_equals_all_at_once_for_the_other_ablations(toy, ablation):
+    engine, ds = toy
+    whole = get_method("eap").score(engine, ds, logit_diff, MethodOptions(ablation=ablation))
+    for b in BATCHES:
+        part = get_method("eap").score(engine, ds, logit_diff, MethodOptions(ablation=ablation, batch_size=b))
+        assert _rel(part.edge_scores, whole.edge_scores) < 1e-6, b
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
 def test_streamed_faithfulness_equals_all_at_once(toy, ablation):
     engine, ds = toy
     scores = get_method("eap").score(engine, ds, logit_diff, MethodOptions(ablation=ablation))
