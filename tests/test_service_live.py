@@ -128,7 +128,7 @@ def test_ten_jobs_at_once_all_finish_once(service):
     assert all(listed[i]["state"] == "done" for i in ids)
 
 
-def test_delete_cancels_a_queued_and_a_running_job(service):
+def test_delete_cancels_a_queued_and_a_running_job_and_a_crash_fails_one(service):
     client, store = service
     first, second, third = (client.post("/api/jobs", json=LONG).json()["id"] for _ in range(3))
     running = wait_for(lambda: [job_of(client, i) for i in (first, second)],
@@ -152,6 +152,14 @@ def test_delete_cancels_a_queued_and_a_running_job(service):
     assert job_of(client, third)["started"] is None
     wait_for(lambda: list(store.tmp_dir.glob("[0-9a-f]*")), lambda left: not left, timeout=10)
     assert not list(store.tmp_dir.glob("[0-9a-f]*"))
+
+    # a worker that dies in a job (a segfault, the OOM killer) fails that job; the server goes on
+    doomed = client.post("/api/jobs", json=LONG).json()["id"]
+    job = wait_for(lambda: job_of(client, doomed), lambda j: j["state"] == "running" and j["progress"], timeout=120)
+    os.kill(job["worker"]["pid"], signal.SIGKILL)
+    job = wait_for(lambda: job_of(client, doomed), lambda j: j["state"] in FINAL, timeout=30)
+    assert job["state"] == "failed" and job["error"].startswith("the worker process died"), job
+    assert client.get("/api/health").json()["dispatching"] is True
     # the replacement workers take the next job
     job_id = client.post("/api/jobs", json={"kind": "evaluate", "task": "greater-than", "model": "planted",
                                             "options": {"n": 4}}).json()["id"]
