@@ -106,9 +106,17 @@ def test_planted_discover_over_http_matches_the_cli(service, tmp_path):
         served = client.get(f"/api/runs/{job_id}/files/{name}")
         assert served.status_code == 200
         assert served.content == (tmp_path / "cli" / name).read_bytes(), name
+    # the same job again: the same worker (the first free one) reuses its model, and the files do not change
+    again = client.post("/api/jobs", json=DISCOVER).json()["id"]
+    second = wait_for(lambda: job_of(client, again), lambda j: j["state"] in FINAL, timeout=240)
+    assert second["state"] == "done", second
+    assert second["worker"]["pid"] == job["worker"]["pid"] and second["worker"]["loaded_models"] == []
+    assert job["worker"]["loaded_models"] == ["planted"]
+    for name in ("circuit.json", "scores.tsv"):
+        assert client.get(f"/api/runs/{again}/files/{name}").content == (tmp_path / "cli" / name).read_bytes(), name
     manifest = client.get(f"/api/runs/{job_id}").json()["manifest"]
     assert manifest["command"][:4] == ["circuits", "discover", "--out", str(store.runs_dir / job_id)]
-    assert [r["id"] for r in client.get("/api/runs").json()] == [job_id]
+    assert {r["id"] for r in client.get("/api/runs").json()} == {job_id, again}
     assert not any(store.tmp_dir.glob(f"{job_id}*"))
 
 
