@@ -120,6 +120,24 @@ def test_planted_discover_over_http_matches_the_cli(service, tmp_path):
     assert not any(store.tmp_dir.glob(f"{job_id}*"))
 
 
+def test_evaluate_circuit_and_analyze_jobs(service):
+    client, store = service
+    run = client.get("/api/runs").json()[-1]  # the first run of this module
+    body = {"kind": "evaluate-circuit", "circuit": run["id"]}
+    evaluated = client.post("/api/jobs", json=body).json()["id"]
+    analysed = client.post("/api/jobs", json={"kind": "analyze", "task": "greater-than", "model": "planted", "circuit": "planted",
+                                              "options": {"n": 8, "candidates": 4, "top_k": 3}}).json()["id"]
+    jobs = wait_for(lambda: [job_of(client, i) for i in (evaluated, analysed)],
+                    lambda js: all(j["state"] in FINAL for j in js), timeout=240, every=0.5)
+    assert [j["state"] for j in jobs] == ["done", "done"], [j["error"] for j in jobs]
+    assert jobs[0]["result"]["faithfulness"] == run["faithfulness"]  # the run's circuit, re-evaluated exactly
+    assert "report.html" in client.get(f"/api/jobs/{analysed}/files").json()
+    page = client.get(f"/api/jobs/{analysed}/files/report.html")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert str(store.outputs_dir / analysed) in client.get(f"/api/jobs/{analysed}?log=true").json()["log"]
+    assert client.get(f"/api/jobs/{analysed}/files/../summary.json").status_code == 404
+
+
 def test_ten_jobs_at_once_all_finish_once(service):
     client, _ = service
     ids = [client.post("/api/jobs", json={"kind": "evaluate", "task": "greater-than", "model": "planted",
