@@ -202,13 +202,15 @@ def search_smallest_k(f: Callable[[int], float], n_edges: int, target: float,
     return SearchResult(k=hi, f=cache[hi], evaluations=calls, reached=True)
 
 
-def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Tensor, target: float = 0.9, *,
+def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Optional[Tensor], target: float = 0.9, *,
                         batch_size: int = 0, progress: Optional[Progress] = None, evaluator=None,
                         known: Optional[Mapping[int, float]] = None) -> Selection:
     """The smallest top-``k`` circuit (pruned) whose faithfulness is at least ``target`` (see :func:`search_smallest_k`).
 
     ``evaluator``: a :class:`circuits.faithfulness.CircuitEvaluator` to share its cache (built
-    from ``engine``, ``dataset``, ``metric`` and ``reference`` if not given).  ``known``: k -> f
+    from ``engine``, ``dataset``, ``metric`` and ``reference`` if not given; ``reference`` may be a
+    [S, n, p, d] tensor, :class:`circuits.ablation.BatchReferences`, or None to stream the corrupted
+    runs batch by batch).  ``known``: k -> f
     already computed for these scores (e.g. the curve's points).
     """
     from circuits.faithfulness import CircuitEvaluator

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: the scoring methods against a plain forward and forward+backward pass.
 
-    python scripts/bench.py [--quick] [--device cpu|cuda] [--out bench.json]
+    python scripts/bench.py [--quick] [--device cpu|cuda] [--sections main,scaling,streaming,large] [--out bench.json]
 
 The model is GPT-2 small's shape (``GPT2Config()``: 12 layers, 12 heads, width 768) with
 random weights (fixed seed) and GPT-2's real tokenizer, saved once under
@@ -28,7 +28,11 @@ edges by EAP) and ``eap_peer_style`` (EAP the way EAP-IG's and auto-circuit's co
 it: TransformerLens's per-head flags and hooks that store every sender's output and every
 receiver input's gradient).
 
-Then EAP and forward+backward against the number of prompts and the model's depth.
+Then EAP and forward+backward against the number of prompts and the model's depth; EAP with
+``--batch-size 50`` at n = 100, 400 and 1600 (its peak must not grow with n); and EAP on a
+random Llama-shaped model of 0.93B parameters in bfloat16 (``scripts/bench_scale.py``).
+``--device cuda`` runs the GPU plan instead (``bench_scale.cuda_plan``: GPT-2-small shape at 100
+and 1000 prompts, the 1B shape in bfloat16) and writes bench-cuda.json.
 Results go to ``--out`` (bench.json), written atomically.
 """
 from __future__ import annotations
@@ -47,6 +51,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import bench_scale  # noqa: E402  (next to this script)
+
+SECTIONS = ("main", "scaling", "streaming", "large")
 MAIN_NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
               "faithfulness", "eap_peer_style")
 EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward")
@@ -224,7 +231,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke mode: a 2-layer, 4-head, width-64 model, 10 prompts, fewer scaling points")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
-    ap.add_argument("--out", default="bench.json", help="where to write the results (default ./bench.json)")
+    ap.add_argument("--out", default=None, help="where to write the results (default ./bench.json; ./bench-cuda.json for the GPU plan)")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated parts to run (default all: {','.join(SECTIONS)}); streaming: EAP at growing n "
+                         "with a fixed batch; large: EAP on a 1B-parameter Llama shape in bfloat16")
+    ap.add_argument("--plan", choices=("cpu", "cuda"), default=None,
+                    help="cpu: the tables above; cuda (the default with --device cuda): forward, forward+backward, EAP and "
+                         "EAP-IG at 100 and 1000 prompts and the 1B shape's EAP, written to bench-cuda.json")
     ap.add_argument("--prompts", type=int, default=None, help="prompts for the main table (default 100; 10 with --quick)")
     ap.add_argument("--peer-prompts", type=int, default=None, help="prompts for eap_peer_style only (default: --prompts)")
     ap.add_argument("--rounds", type=int, default=None,
@@ -256,6 +269,15 @@ def main(argv=None) -> int:
             print("--device cuda: no CUDA device is available", file=sys.stderr)
             return 2
     cuda = args.device.startswith("cuda")
+    plan_kind = args.plan or ("cuda" if cuda else "cpu")
+    if args.out is None:
+        args.out = "bench-cuda.json" if plan_kind == "cuda" else "bench.json"
+    sections = {x.strip() for x in args.sections.split(",") if x.strip()}
+    if sections - set(SECTIONS):
+        print(f"--sections: unknown {', '.join(sorted(sections - set(SECTIONS)))}; use {','.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    if args.no_scaling:
+        sections.discard("scaling")
     preset = QUICK if args.quick else FULL
     if args.repeats is None:
         args.repeats = 3 if args.quick else 1
@@ -275,6 +297,9 @@ def main(argv=None) -> int:
                 "device": args.device, "repeats": args.repeats if repeats is None else repeats,
                 "threads": args.threads if not args.device.startswith("cuda") else 0, **extra}
 
+    if plan_kind == "cuda":
+        return cuda_main(args, spec, runner, t_start, load_start)
+
     # the rows the targets compare run next to each other (the machine's load drifts); the long ones last
     plan = [
         spec("forward", "bridge_forward"),
@@ -289,8 +314,8 @@ def main(argv=None) -> int:
         spec("activation_patching", "method", method="activation-patching", repeats=1),
         spec("path_patching", "method", method="path-patching", repeats=1, budget_s=pp_budget),
     ]
-    if args.only is not None:
-        wanted = set(args.only) | {"forward_backward"}
+    if args.only is not None or "main" not in sections:
+        wanted = set(args.only or ()) | {"forward_backward"}
         plan = [s for s in plan if s["name"] in wanted]
 
     print(f"benchmark model: GPT-2 shape {cfg} (random weights, seed {args.seed}) in {folder}")
@@ -415,7 +440,7 @@ def main(argv=None) -> int:
 
     # ------------------------------------------------------------------ scaling
     scaling: Dict[str, Any] = {}
-    if not args.no_scaling and "eap" in results:
+    if "scaling" in sections and "eap" in results:
         L = cfg["n_layer"]
         points = [(k, L) for k in preset["scaling_prompts"]] + [(n, layers) for layers in preset["scaling_layers"]]
         points = list(dict.fromkeys(points))  # the (n, L) point once
@@ -468,6 +493,12 @@ def main(argv=None) -> int:
               f"the machine's load moved wall-clock times by {100 * (again['seconds'] / fb['seconds'] - 1):+.0f}% "
               f"and CPU times by {100 * (again['cpu_seconds'] / fb['cpu_seconds'] - 1):+.0f}% during the run")
 
+    # ------------------------------------------------------------------ streaming and the large model
+    helpers = {"table": table, "mib": mib}
+    stream = bench_scale.streaming(measure, spec, quick=args.quick, fit_line=fit_line, **helpers) if "streaming" in sections else {}
+    big = bench_scale.large(measure, spec, quick=args.quick, mib=mib) if "large" in sections else {}
+    targets += [part["target"] for part in (stream, big) if part]
+
     # ------------------------------------------------------------------ bench.json
     from circuits.atomic import write_atomic
 
@@ -488,8 +519,34 @@ def main(argv=None) -> int:
         "targets": targets,
         "checks": checks,
         "scaling": scaling,
+        "streaming": stream,
+        "large_model": big,
         "total_seconds": time.perf_counter() - t_start,
     }
+    write_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out} ({report['total_seconds']:.0f} s in all)")
+    return 0
+
+
+def cuda_main(args, spec, runner, t_start: float, load_start) -> int:
+    """The GPU plan (``scripts/bench_scale.cuda_plan``): one command, a few minutes, ``bench-cuda.json``."""
+    from circuits.atomic import write_atomic
+
+    prompts = bench_scale.CUDA_QUICK_PROMPTS if args.quick else bench_scale.CUDA_PROMPTS
+    print(f"GPU plan on {args.device}: GPT-2-small shape at {' and '.join(map(str, prompts))} prompts, then EAP on the "
+          f"{'tiny' if args.quick else '1B'} Llama shape in bfloat16", flush=True)
+
+    def measure(s: Dict[str, Any], label: str) -> Dict[str, Any]:
+        res = runner.run(s)
+        print(f"  {label:<24} {res['seconds']:9.3f} s  peak {mib(res['peak_memory_bytes']):>8} MiB", flush=True)
+        return res
+
+    out = bench_scale.run_cuda(measure, spec, quick=args.quick, table=table, mib=mib)
+    report = {"machine": {**machine_info(args.device, 0), "loadavg_start": load_start, "loadavg_end": loadavg()},
+              "settings": {"quick": args.quick, "device": args.device, "plan": "cuda", "task": "greater-than",
+                           "peak_memory": "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "process RSS high-water mark",
+                           "timing": "one run per row after an untimed warm-up, each in its own process"},
+              **out, "total_seconds": time.perf_counter() - t_start}
     write_atomic(args.out, json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out} ({report['total_seconds']:.0f} s in all)")
     return 0

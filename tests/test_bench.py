@@ -52,8 +52,9 @@ def test_machine_settings_and_checks(bench):
     assert settings["quick"] is True and settings["prompts"] == 10 and settings["model"]["n_layer"] == 2
     assert "parameters" in settings["forward_backward_grad"]
     assert report["checks"]["peer_style_matches"]["ok"], report["checks"]
-    assert len(report["targets"]) == 4 and all(isinstance(t["pass"], bool) for t in report["targets"])
-    for label in ("EAP time <= 2.5x", "EAP-IG(5) time <= 7x", "EAP peak memory <= 1.5x", "EAP faster than eap_peer_style"):
+    assert len(report["targets"]) == 6 and all(isinstance(t["pass"], bool) for t in report["targets"])
+    for label in ("EAP time <= 2.5x", "EAP-IG(5) time <= 7x", "EAP peak memory <= 1.5x", "EAP faster than eap_peer_style",
+                  "EAP peak at n=40 <= 1.1x", "1B-shape EAP completes within 24 GiB"):
         assert any(line.startswith(("PASS: ", "FAIL: ")) and label in line for line in stdout.splitlines()), label
 
 
@@ -67,3 +68,29 @@ def test_scaling_tables(bench):
             assert _positive(point[key]), point
     assert _positive(scaling["prompts"][0]["eap_seconds_per_prompt"])
     assert _positive(scaling["layers"][0]["eap_seconds_per_layer"])
+
+
+def test_streaming_and_large_model(bench):
+    report, _ = bench
+    stream = report["streaming"]
+    assert stream["batch_size"] == 5 and [p["prompts"] for p in stream["points"]] == [10, 40]
+    assert all(_positive(p["seconds"]) and _positive(p["peak_memory_bytes"]) for p in stream["points"])
+    assert stream["peak_ratio"] == pytest.approx(stream["points"][1]["peak_memory_bytes"] / stream["points"][0]["peak_memory_bytes"])
+    big = report["large_model"]
+    assert big["dtype"] == "bfloat16" and big["score_dtype"] == "float32" and big["finite_scores"] is True
+    assert big["parameters"] > 0 and _positive(big["seconds"]) and big["prompts"] == 4
+
+
+@pytest.mark.slow
+def test_gpu_plan_runs_on_the_cpu(tmp_path):
+    """The ``--device cuda`` plan's code path, exercised on the CPU with ``--plan cuda --quick``."""
+    out = tmp_path / "bench-cuda.json"
+    env = {**os.environ, "CIRCUITS_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--plan", "cuda", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    names = [m["name"] for m in report["measurements"]]
+    assert names == [f"{row}@{k}" for k in (4, 8) for row in ("forward", "forward_backward", "eap", "eap_ig")] + ["eap_llama_1b_bf16"]
+    assert all(_positive(m["seconds"]) and m["peak_memory_bytes"] > 0 for m in report["measurements"])
+    assert report["measurements"][-1]["details"]["dtype"] == "bfloat16"

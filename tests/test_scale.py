@@ -144,3 +144,17 @@ def test_discover_rejects_bad_scale_options(tmp_path, tiny_gpt2_dir):
     assert_user_error(*invoke(*common, "--dtype", "float8")[::2], "--dtype")
     assert_user_error(*invoke(*common, "--batch-size", "-3")[::2], "--batch-size")
     assert_user_error(*invoke(*common, "--batch-size", "4", "--max-memory", "2GB")[::2], "--max-memory")
+
+
+def test_clean_runs_recompute_what_does_not_fit(toy):
+    from circuits.methods.clean_runs import CleanRuns
+
+    engine, ds = toy
+    kept = CleanRuns(engine, ds, logit_diff, "corrupted", batch_size=3)
+    none = CleanRuns(engine, ds, logit_diff, "corrupted", batch_size=3, cache_bytes=0)
+    for _ in range(2):
+        for a, b in zip(kept, none):
+            torch.testing.assert_close(a.clean.outputs, b.clean.outputs)
+            torch.testing.assert_close(a.ref, b.ref)
+            assert a.base == b.base
+    assert (kept.passes, none.passes) == (6, 12)  # 3 batches x (clean + reference), once or every time

@@ -76,7 +76,7 @@ def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Op
 
 DTYPE_HELP = "Precision of the model and the engine's buffers: float32, bfloat16 or float16 (scores sum in float32)."
 BATCH_HELP = "Prompts per forward pass (0: all at once; auto: the largest batch that fits --max-memory)."
-MEMORY_HELP = "Memory budget of --batch-size auto, e.g. 16GB or 4GiB [default: 80% of the free RAM or GPU memory]."
+MEMORY_HELP = "Memory budget of --batch-size auto, e.g. 16GB or 4GiB (default: 80% of the free RAM or GPU memory)."
 
 
 def _load(model: str, device: str, dtype: str = "float32"):

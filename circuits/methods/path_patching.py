@@ -13,23 +13,14 @@ with the graph; unexplored edges score 0.  ``info["forward_passes"]`` counts the
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 
-from circuits.ablation import chunks, prepare, reference
+from circuits.ablation import prepare
 from circuits.engine import Patch
+from circuits.methods.clean_runs import CleanRuns
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
-
-
-@dataclass
-class _Batch:
-    part: object
-    tokens: torch.Tensor
-    clean: object
-    ref: torch.Tensor
-    base: float
 
 
 class PathPatching:
@@ -42,15 +33,9 @@ class PathPatching:
         g = engine.graph
         means = prepare(engine, dataset, options.ablation, batch_size=options.batch_size)
         n = len(dataset)
-        batches: List[_Batch] = []
-        with torch.no_grad():
-            for part in chunks(dataset, options.batch_size):
-                tokens = part.clean.to(engine.device)
-                clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True)
-                ref = reference(engine, part, options.ablation, means=means).outputs
-                batches.append(_Batch(part, tokens, clean, ref, float(metric(clean.logits, part).sum())))
-        passes = 2 * len(batches)
+        batches = CleanRuns(engine, dataset, metric, options.ablation, batch_size=options.batch_size, means=means)
         scores = torch.zeros(g.n_senders, g.n_receivers)
+        patched = [0]
 
         def effect(keep: torch.Tensor, layer: int) -> float:
             total = 0.0
@@ -58,11 +43,11 @@ class PathPatching:
                 for bt in batches:
                     run = engine.run(bt.tokens, bt.part.answer_pos, patch=Patch(keep, bt.ref), start_layer=layer,
                                      start_resid=bt.clean.resid_pre[layer], start_outputs=bt.clean.outputs)
-                    total += float(metric(run.logits, bt.part).sum()) - bt.base
+                    total += float(metric(run.logits, bt.part).double().sum()) - bt.base
+                    patched[0] += 1
             return total / n
 
         full = effect(torch.zeros(g.n_senders, g.n_receivers, device=engine.device), 0)
-        passes += len(batches)
         bar = abs(full) * options.threshold
         keep = torch.ones(g.n_senders, g.n_receivers, device=engine.device)
         frontier = [-g.n_senders]  # senders as negative indices (max-heap); n_senders stands for the logits
@@ -76,14 +61,13 @@ class PathPatching:
                     keep[s, r] = 0.0
                     scores[s, r] = effect(keep, layer)
                     keep[s, r] = 1.0
-                    passes += len(batches)
                     if s > 0 and abs(scores[s, r]) >= bar and s not in seen:
                         seen.add(s)
                         heapq.heappush(frontier, -s)
             explored += 1
             progress(explored, explored + len(frontier), "path patching: receivers")
         return Scores(graph=g, method=self.name, edge_scores=scores,
-                      info={"forward_passes": passes, "receivers_explored": explored, "full_effect": full,
+                      info={"forward_passes": batches.passes + patched[0], "receivers_explored": explored, "full_effect": full,
                             "threshold": options.threshold, "ablation": options.ablation})
 
     @staticmethod

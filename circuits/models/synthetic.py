@@ -33,8 +33,10 @@ def random_llama_weights(n_layers: int, d_model: int, n_heads: int, n_kv_heads: 
 
     def rnd(*shape, fan_in: int) -> torch.Tensor:
         out = torch.empty(*shape, dtype=dtype)
-        for i in range(shape[0]):  # a slice at a time: no float32 copy of the whole tensor
-            out[i] = torch.randn(*shape[1:], generator=g).mul_(std or fan_in ** -0.5).to(dtype)
+        rows = max(1, (1 << 24) // max(1, out[0].numel()))  # a block at a time: no float32 copy of the whole tensor
+        for i in range(0, shape[0], rows):
+            block = out[i:i + rows]
+            block.copy_(torch.randn(*block.shape, generator=g).mul_(std or fan_in ** -0.5))
         return out.to(device)
 
     def zeros(*shape) -> torch.Tensor:
