@@ -41,6 +41,7 @@ class CleanRuns:
         self._cache: Dict[int, CleanBatch] = {}
         self._bytes = 0
         self.passes = 0
+        self.sum_dtype = torch.promote_types(engine.w.W_E.dtype, torch.float32)  # metric sums: float32 at least
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -54,7 +55,7 @@ class CleanRuns:
             clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True)
             ref = reference(engine, part, self.ablation, means=self.means).outputs
         self.passes += 2
-        out = CleanBatch(part, tokens, clean, ref, float(self.metric(clean.logits, part).double().sum()))
+        out = CleanBatch(part, tokens, clean, ref, float(self.metric(clean.logits, part).sum(dtype=self.sum_dtype)))
         size = _nbytes(out)
         if len(self.parts) == 1 or self._bytes + size <= self.cache_bytes:
             self._cache[i] = out

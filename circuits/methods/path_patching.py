@@ -43,7 +43,7 @@ class PathPatching:
                 for bt in batches:
                     run = engine.run(bt.tokens, bt.part.answer_pos, patch=Patch(keep, bt.ref), start_layer=layer,
                                      start_resid=bt.clean.resid_pre[layer], start_outputs=bt.clean.outputs)
-                    total += float(metric(run.logits, bt.part).double().sum()) - bt.base
+                    total += float(metric(run.logits, bt.part).sum(dtype=batches.sum_dtype)) - bt.base
                     patched[0] += 1
             return total / n
 
