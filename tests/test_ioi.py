@@ -128,3 +128,23 @@ def test_metric_matches_a_loop_over_unpadded_prompts(gpt2_model):
             logits = gpt2_model.bridge(ds.clean[i:i + 1, :a + 1])[0, -1]
         io, s = ds.metadata[i]["io"], ds.metadata[i]["s"]
         assert abs(float(batched[i]) - (float(logits[io]) - float(logits[s]))) < 1e-4
+
+
+def test_ioi_gpt2_reference():
+    """Wang et al.'s 26 heads with their classes; every edge joins two of them (or input / logits)."""
+    from circuits.cli.commands_reference import reference_text
+    from circuits.graphs.build import edge_names, from_node_link
+
+    data = json.loads(reference_text("ioi-gpt2"))
+    G = from_node_link(data)
+    classes = Counter(n.get("head_class") for n in data["nodes"] if n["kind"] == "head")
+    assert classes == {"name mover": 3, "negative name mover": 2, "backup name mover": 8, "s-inhibition": 4,
+                       "induction": 4, "duplicate token": 3, "previous token": 2}
+    heads = {n["id"]: n["head_class"] for n in data["nodes"] if n["kind"] == "head"}
+    assert heads["a9.h9"] == heads["a9.h6"] == heads["a10.h0"] == "name mover" and heads["a7.h3"] == "s-inhibition"
+    assert set(G.nodes) == set(heads) | {"input", "logits"}
+    meta = data["graph"]
+    assert meta["task"] == "ioi" and "Wang" in meta["source"] and "Inferred here: every edge" in meta["note"]
+    assert {e.split("->")[1] for e in edge_names(G) if e.endswith("logits")} == {"logits"}
+    assert all(heads[e.split("->")[0]] in ("name mover", "negative name mover", "backup name mover")
+               for e in edge_names(G) if e.endswith("->logits"))
