@@ -60,7 +60,7 @@ class YearTemplate:
     centuries: Tuple[int, ...] = CENTURIES
     corrupt_yy: int = 1
     words: Optional[str] = NOUNS_FILE
-    source: str = "Hanna, Liu & Variengien (2023), section 2"
+    source: str = "Hanna, Liu & Variengien (2023), the task they study"
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS or "{xx}{yy:02d}" not in self.text:
