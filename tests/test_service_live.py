@@ -31,6 +31,7 @@ DISCOVER = {"kind": "discover", "task": "greater-than", "model": "planted", "met
             "options": {"n": 12, "seed": 3}}
 LONG = {"kind": "discover", "task": "greater-than", "model": "planted", "method": "eap-ig",
         "options": {"n": 400, "ig_steps": 60, "batch_size": 20}}  # minutes: long enough to stop it midway
+MEDIUM = {**DISCOVER, "options": {"n": 24, "ig_steps": 10, "seed": 3}}  # seconds, but not over before the kill
 
 
 def wait_for(get, done, *, timeout: float, every: float = 0.2):
@@ -118,6 +119,24 @@ def test_planted_discover_over_http_matches_the_cli(service, tmp_path):
     assert manifest["command"][:4] == ["circuits", "discover", "--out", str(store.runs_dir / job_id)]
     assert {r["id"] for r in client.get("/api/runs").json()} == {job_id, again}
     assert not any(store.tmp_dir.glob(f"{job_id}*"))
+
+
+def test_evaluate_circuit_and_analyze_jobs(service):
+    client, store = service
+    run = client.get("/api/runs").json()[-1]  # the first run of this module
+    body = {"kind": "evaluate-circuit", "circuit": run["id"]}
+    evaluated = client.post("/api/jobs", json=body).json()["id"]
+    analysed = client.post("/api/jobs", json={"kind": "analyze", "task": "greater-than", "model": "planted", "circuit": "planted",
+                                              "options": {"n": 8, "candidates": 4, "top_k": 3}}).json()["id"]
+    jobs = wait_for(lambda: [job_of(client, i) for i in (evaluated, analysed)],
+                    lambda js: all(j["state"] in FINAL for j in js), timeout=240, every=0.5)
+    assert [j["state"] for j in jobs] == ["done", "done"], [j["error"] for j in jobs]
+    assert jobs[0]["result"]["faithfulness"] == run["faithfulness"]  # the run's circuit, re-evaluated exactly
+    assert "report.html" in client.get(f"/api/jobs/{analysed}/files").json()
+    page = client.get(f"/api/jobs/{analysed}/files/report.html")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert str(store.outputs_dir / analysed) in client.get(f"/api/jobs/{analysed}?log=true").json()["log"]
+    assert client.get(f"/api/jobs/{analysed}/files/../summary.json").status_code == 404
 
 
 def test_ten_jobs_at_once_all_finish_once(service):
@@ -235,7 +254,7 @@ def test_kill_9_then_restart_fails_or_requeues(tmp_path):
     root = tmp_path / "store"
     server = Server(root)
     try:
-        killed = server.json("POST", "/api/jobs", DISCOVER)["id"]
+        killed = server.json("POST", "/api/jobs", LONG)["id"]
         job = wait_for(lambda: server.json("GET", f"/api/jobs/{killed}"), lambda j: j["progress"] or j["state"] in FINAL,
                        timeout=120)
         assert job["state"] == "running", job
@@ -253,7 +272,7 @@ def test_kill_9_then_restart_fails_or_requeues(tmp_path):
         assert job["state"] == "failed" and job["error"] == "interrupted"
         assert not (root / "runs" / killed).exists() and list((root / "tmp").glob("[0-9a-f]*")) == []
         assert Store(root).integrity() == "ok"
-        requeued = server.json("POST", "/api/jobs", DISCOVER)["id"]
+        requeued = server.json("POST", "/api/jobs", MEDIUM)["id"]
         job = wait_for(lambda: server.json("GET", f"/api/jobs/{requeued}"), lambda j: j["progress"] or j["state"] in FINAL,
                        timeout=120)
         assert job["state"] == "running", job
@@ -264,7 +283,7 @@ def test_kill_9_then_restart_fails_or_requeues(tmp_path):
     server = Server(root, "--requeue")
     try:
         assert server.health["recovered"]["queued"] == [requeued]
-        job = wait_for(lambda: server.json("GET", f"/api/jobs/{requeued}"), lambda j: j["state"] in FINAL, timeout=180)
+        job = wait_for(lambda: server.json("GET", f"/api/jobs/{requeued}"), lambda j: j["state"] in FINAL, timeout=300)
         assert job["state"] == "done" and job["attempts"] == 2, job
         assert (root / "runs" / requeued / "manifest.json").is_file()
         assert Store(root).integrity() == "ok"

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 LOG_LIMIT = 64_000
@@ -166,5 +166,8 @@ def job_outcome(spec: Dict[str, Any], out_folder: Optional[str], progress: Optio
 
     args = command_line(spec, out_folder)
     shown = command_line(spec, shown_out) if shown_out is not None and out_folder is not None else None
-    return run_command(spec["command"], args, progress=progress, wants_json=spec.get("kind") in WANTS_JSON,
-                       shown_args=shown)
+    outcome = run_command(spec["command"], args, progress=progress, wants_json=spec.get("kind") in WANTS_JSON,
+                          shown_args=shown)
+    if shown is None:
+        return outcome
+    return replace(outcome, stdout=outcome.stdout.replace(str(out_folder), str(shown_out)))  # the folder it will be
