@@ -13,9 +13,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from circuits.errors import CircuitsError
 from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve, reference_outputs
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.ranking import evaluation_mask
 from circuits.select import MODES, Selection, target_faithfulness, threshold, top_k
 
-__all__ = ["SelectionSpec", "DiscoveryResult", "discover", "select", "kept_edge_scores", "top_components"]
+__all__ = ["SelectionSpec", "DiscoveryResult", "discover", "select", "method_granularity", "kept_edge_scores",
+           "top_components"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,15 @@ class DiscoveryResult:
     @property
     def edges_kept(self) -> int:
         return self.selection.edges_kept
+
+    @property
+    def granularity(self) -> str:
+        return self.selection.granularity
+
+    @property
+    def complete(self) -> bool:
+        """False when the method's search stopped early (its budget ran out)."""
+        return bool(self.scores.info.get("complete", True)) if isinstance(self.scores.info, Mapping) else True
 
     def kept_edges(self) -> Dict[str, float]:
         return kept_edge_scores(self.scores, self.selection.keep_mask)
@@ -114,15 +125,22 @@ def top_components(scores: Scores, keep_mask, n: int = 15) -> List[Tuple[str, fl
 
 
 def select(spec: SelectionSpec, scores: Scores, evaluator: CircuitEvaluator, *, curve: Optional[Curve] = None,
-           progress: Optional[Progress] = None) -> Selection:
-    """Apply ``spec`` to ``scores``; the target search reuses the curve's points and the evaluator's cache."""
+           progress: Optional[Progress] = None, granularity: str = "edge") -> Selection:
+    """Apply ``spec`` to ``scores`` (``k`` counts edges or nodes, by ``granularity``); the target search
+    reuses the curve's points and the evaluator's cache."""
     if spec.mode == "top-k":
-        return top_k(scores, int(spec.value))
+        return top_k(scores, int(spec.value), granularity=granularity)
     if spec.mode == "threshold":
-        return threshold(scores, float(spec.value))
+        return threshold(scores, float(spec.value), granularity=granularity)
     known = {p.k: p.faithfulness for p in curve.points} if curve is not None else None
     return target_faithfulness(evaluator.engine, evaluator.dataset, evaluator.metric_fn, scores, evaluator.reference,
-                               float(spec.value), progress=progress, evaluator=evaluator, known=known)
+                               float(spec.value), progress=progress, evaluator=evaluator, known=known,
+                               granularity=granularity)
+
+
+def method_granularity(method) -> str:
+    """``"node"`` for a method that scores nodes (its circuits are chosen by node), else ``"edge"``."""
+    return "node" if getattr(method, "granularity", "edge") == "node" else "edge"
 
 
 def _stage(progress: Progress, name: str) -> Progress:
@@ -142,12 +160,14 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         metric: the task's single-position metric ``metric(logits [b, V], dataset) -> [b]``.
         method: a scoring method (``method.score(engine, dataset, metric, options, progress=...)``).
         options: the method's options; ``ablation`` and ``batch_size`` also drive faithfulness.
-        selection: how to choose the circuit.  fractions: the curve's edge fractions.
+        selection: how to choose the circuit; a method with ``granularity = "node"`` is selected by node
+            (``k`` and the curve's fractions count heads and MLPs).  fractions: the curve's fractions.
         curve: measure the curve (CPR, CMD); the target search then starts from its points.
         progress: ``progress(done, total, message)`` for each long step.
     """
     progress = progress or no_progress
     timings: Dict[str, float] = {}
+    granularity = method_granularity(method)
 
     t = time.perf_counter()
     scores = method.score(engine, dataset, metric, options, progress=_stage(progress, "scoring"))
@@ -165,15 +185,17 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     found_curve = None
     if curve:
         t = time.perf_counter()
-        found_curve = faithfulness_curve(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curve"))
+        found_curve = faithfulness_curve(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curve"),
+                                         granularity=granularity)
         timings["curve"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chosen = select(selection, scores, evaluator, curve=found_curve, progress=_stage(progress, "selection"))
+    chosen = select(selection, scores, evaluator, curve=found_curve, progress=_stage(progress, "selection"),
+                    granularity=granularity)
     timings["selection"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    faith = evaluator.faithfulness(chosen.keep_mask)
+    faith = evaluator.faithfulness(evaluation_mask(chosen.keep_mask, graph, granularity))
     timings["faithfulness"] = time.perf_counter() - t
     chosen = replace(chosen, faithfulness=faith.f)
 

@@ -67,6 +67,7 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "faithfulness": faith.f,
         "edges_kept": sel.edges_kept,
         "edges_total": result.edges_total,
+        "granularity": sel.granularity,
         "cpr": None if curve is None else curve.cpr,
         "cmd": None if curve is None else curve.cmd,
         **dict(run),
@@ -79,6 +80,7 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "selection": {"mode": sel.mode, "value": sel.value, "k": sel.k, "edges_kept": sel.edges_kept,
                       "evaluations": sel.evaluations, "reached": sel.reached},
         "forward_passes": result.forward_passes,
+        **_budget(result.scores.info),
         "circuit_evaluations": result.circuit_evaluations,
         "method_info": dict(result.scores.info),
         "curve": [] if curve is None else [
@@ -88,6 +90,17 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "versions": package_versions(),
     }
     return manifest
+
+
+def _budget(info: Mapping[str, Any]) -> Dict[str, Any]:
+    """``complete`` and the budget used, for a method whose search can stop early (empty otherwise)."""
+    if not isinstance(info, Mapping) or "complete" not in info:
+        return {}
+    out: Dict[str, Any] = {"complete": bool(info["complete"])}
+    for key in ("passes_used", "max_passes"):
+        if key in info:
+            out[key] = info[key]
+    return out
 
 
 def circuit_graph(result, metadata: Mapping[str, Any]):
@@ -117,8 +130,8 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     t = time.perf_counter()
     manifest = build_manifest(result, run, timings)
     sel = result.selection
-    metadata = {k: manifest.get(k) for k in ("task", "model", "method", "n", "seed", "ablation", "faithfulness",
-                                             "edges_kept", "edges_total", "cpr", "cmd")}
+    metadata = {k: manifest.get(k) for k in ("task", "model", "method", "granularity", "n", "seed", "ablation",
+                                             "faithfulness", "edges_kept", "edges_total", "cpr", "cmd")}
     metadata.update(selection=sel.mode, k=sel.k)
     G = circuit_graph(result, metadata)
 

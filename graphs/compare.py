@@ -19,14 +19,15 @@ from circuits.graphs.build import edge_names
 SCORES_FILE = "scores.tsv"
 HEADER = "edge\tscore"
 
-__all__ = ["SCORES_FILE", "compare", "overlap", "auroc", "load_scores", "write_scores"]
+__all__ = ["SCORES_FILE", "compare", "granularity", "overlap", "auroc", "load_scores", "write_scores"]
 
 
 def compare(a: nx.DiGraph, b: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None) -> dict:
     """How well circuit ``a`` matches reference circuit ``b``.
 
     Returns ``{"nodes": {precision, recall, jaccard}, "edges": {precision, recall, jaccard,
-    auroc}}``. Nodes are compared by component name, edges by full edge name (a head's
+    auroc}, "granularity"}`` (``a``'s: for a node circuit, the node figures are the ones that
+    measure it; its edges are all those among its nodes). Nodes are compared by component name, edges by full edge name (a head's
     q, k and v inputs count apart). ``auroc`` is None unless ``scores`` (every scored edge
     of ``a``'s run, name -> score) is given; then it is the AUROC of ``|score|`` as a
     classifier of membership in ``b``'s edges over all scored edges (see :func:`auroc`).
@@ -35,7 +36,12 @@ def compare(a: nx.DiGraph, b: nx.DiGraph, *, scores: Optional[Mapping[str, float
     edges["auroc"] = None
     if scores is not None:
         edges["auroc"] = auroc(scores, edge_names(b))
-    return {"nodes": overlap(set(a.nodes), set(b.nodes)), "edges": edges}
+    return {"nodes": overlap(set(a.nodes), set(b.nodes)), "edges": edges, "granularity": granularity(a)}
+
+
+def granularity(G: nx.DiGraph) -> str:
+    """``"node"`` for a circuit chosen by node (a node method's), else ``"edge"`` (older files say nothing)."""
+    return "node" if G.graph.get("granularity") == "node" else "edge"
 
 
 def overlap(found: set, reference: set) -> dict[str, float]:

@@ -13,6 +13,7 @@ from circuits import names
 from circuits.cli import app
 from circuits.cli.commands_core import MODEL_HELP, parse_mlp_layers, resolve_task
 from circuits.errors import CircuitsError
+from circuits.scores import DEFAULT_MAX_PASSES
 
 
 class ProgressBars:
@@ -79,12 +80,16 @@ def discover(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (must be empty unless --force)."),
     n: int = typer.Option(100, "--n", help="Number of prompts."),
     seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge with |score| >= T (then prune)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune); for a node method (activation-patching), the K nodes."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge (node, for a node method) with |score| >= T (then prune)."),
     target: Optional[float] = typer.Option(None, "--target-faithfulness",
                                            help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode is given]."),
     ablation: str = typer.Option("corrupted", "--ablation", help="Patched edges carry the corrupted run (corrupted) or the clean mean (mean)."),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
+    max_passes: int = typer.Option(DEFAULT_MAX_PASSES, "--max-passes",
+                                   help="path-patching: budget of patched forward passes; a search that runs out returns the edges found so far."),
+    path_threshold: float = typer.Option(0.02, "--path-threshold",
+                                         help="path-patching: explore a sender's inputs when its edge moves the metric by at least this fraction of the full effect."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
@@ -103,6 +108,10 @@ def discover(
         raise CircuitsError(f"--batch-size must be 0 (all prompts) or more (got {batch_size})")
     if ig_steps < 1:
         raise CircuitsError(f"--ig-steps must be at least 1 (got {ig_steps})")
+    if max_passes < 1:
+        raise CircuitsError(f"--max-passes must be at least 1 (got {max_passes})")
+    if not 0 <= path_threshold < float("inf"):
+        raise CircuitsError(f"--path-threshold must be a number >= 0 (got {path_threshold})")
     check_out_dir(out, force)
     task_obj = resolve_task(task, task_file)
     from circuits.registry import get_method
@@ -126,7 +135,7 @@ def discover(
     timings["dataset"] = time.perf_counter() - t
 
     options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
-                             batch_size=batch_size)
+                            threshold=path_threshold, max_passes=max_passes, batch_size=batch_size)
     bars = ProgressBars()
     try:
         result = run_discovery(engine, dataset, task_obj.metric, method_obj, options, spec, progress=bars)
@@ -137,10 +146,22 @@ def discover(
     written = write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection
-    typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
-               f"({sel.mode} {sel.value:g}, k = {sel.k}), faithfulness {result.faithfulness.f:.3f}")
+    if sel.granularity == "node":
+        from circuits.ranking import kept_nodes
+
+        nodes = int(kept_nodes(sel.keep_mask, engine.graph)[1:].sum())
+        typer.echo(f"{run['task']} on {model} with {method}: {nodes} of {engine.graph.n_senders - 1} nodes kept "
+                   f"({sel.edges_kept} edges among them; {sel.mode} {sel.value:g}), faithfulness {result.faithfulness.f:.3f}")
+    else:
+        typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
+                   f"({sel.mode} {sel.value:g}, k = {sel.k}), faithfulness {result.faithfulness.f:.3f}")
     if result.curve is not None:
         typer.echo(f"CPR {result.curve.cpr:.3f}, CMD {result.curve.cmd:.3f}")
+    if not result.complete:
+        info = result.scores.info
+        typer.echo(f"warning: {method} stopped at its budget ({info.get('passes_used')} of --max-passes "
+                   f"{info.get('max_passes')} passes) before exploring every receiver that passed --path-threshold; "
+                   "the circuit has the edges found so far (raise --max-passes to search further)", err=True)
     if not sel.reached:
         typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
     if not written.svg:

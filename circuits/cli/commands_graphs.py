@@ -43,7 +43,7 @@ def export_command(
 def compare_command(
     a: Path = typer.Argument(..., metavar="A", help="The found circuit: a run folder (its scores.tsv gives the AUROC) or a circuit.json."),
     b: Path = typer.Argument(..., metavar="B", help="The reference circuit: a run folder or a circuit.json-shaped file."),
-    as_json: bool = typer.Option(False, "--json", help='Print {"nodes": {...}, "edges": {...}} as one JSON object.'),
+    as_json: bool = typer.Option(False, "--json", help='Print {"nodes": {...}, "edges": {...}, "granularity": ...} as one JSON object.'),
 ) -> None:
     """Precision, recall and Jaccard of circuit A against reference B (nodes and edges), and the edge-score AUROC."""
     from circuits.graphs.build import edge_names, load_circuit
@@ -63,5 +63,7 @@ def compare_command(
         auroc = row.get("auroc")
         auroc_text = "-" if auroc is None else f"{auroc:.3f}"
         typer.echo(f"{part:6} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['jaccard']:>7.3f} {auroc_text:>7}")
+    if result["granularity"] == "node":
+        typer.echo("(A is a node circuit: compare its nodes; its edges are every edge among them)")
     if scores is None:
         typer.echo(f"(no AUROC: A is not a run folder with {SCORES_FILE})")
