@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 import torch
 
 from circuits.ablation import chunks, prepare, reference
+from circuits.dataset import repeat_positions
 from circuits.methods.attribution import parse_neuron_layers, top_neurons
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 
@@ -63,7 +64,7 @@ class ActivationPatching:
             ref = reference(engine, part, options.ablation, means=means, hidden_layers=layers)
             with torch.no_grad():
                 clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True, capture_hidden=layers)
-                ref_resid = self._reference_resid(engine, ref.outputs)
+                ref_resid = self._reference_resid(engine, ref.outputs, options.ablation, clean)
                 base = metric(clean.logits, part).sum()
                 weight = 1.0 / n
 
@@ -117,11 +118,14 @@ class ActivationPatching:
                           edit_mid=lambda l, resid: resid + shift if l == layer else resid)
 
     @staticmethod
-    def _reference_resid(engine, ref_outputs: torch.Tensor) -> List[torch.Tensor]:
-        """The residual streams [b, p, d] at each layer's input (and the final one) made of the reference
-        outputs ``ref_outputs`` [S, b, p, d] plus the attention biases: the corrupted run's own residual
-        streams, or the dataset's mean residual streams (the same for every batch)."""
+    def _reference_resid(engine, ref_outputs: torch.Tensor, ablation: str, clean) -> List[torch.Tensor]:
+        """The residual streams [b, p, d] at each layer's input (and the final one) that residual-position
+        patches take: zeros for ``zero``; otherwise the reference outputs ``ref_outputs`` [S, b, p, d] summed
+        with the attention biases, which is the corrupted run's own residual stream, or the dataset's mean
+        one (per position, or over positions), the same whatever the batch size."""
         g, w = engine.graph, engine.w
+        if ablation == "zero":
+            return [torch.zeros_like(r) for r in clean.resid_pre]
         out = []
         for layer in range(w.n_layers + 1):
             n = g.senders_before_heads(layer) if layer < w.n_layers else g.n_senders
@@ -139,7 +143,7 @@ class ActivationPatching:
         """Mean metric change when each neuron in ``idx`` alone takes its reference value: [len(idx)]."""
         k, b = len(idx), len(part)
         tokens = part.clean.to(engine.device).repeat(k, 1)
-        answer = part.answer_pos.repeat(k)
+        answer = repeat_positions(part.answer_pos, k)
         cols = idx.repeat_interleave(b)
         ref_vals = ref_hidden[:, :, idx].permute(2, 0, 1).reshape(k * b, -1)  # [k*b, p]
 
