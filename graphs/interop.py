@@ -8,7 +8,9 @@ EAP-IG (hannamw/EAP-IG, ``Graph.to_json`` / ``Graph.from_json``) stores a whole 
 
 Its node and edge names are ours (``a0.h1->a9.h1<q>``, ``m3->logits``), so a circuit maps one to
 one: kept edges are ``in_graph``, and every scored edge of the run (``scores.tsv``) keeps its
-score. Older EAP-IG files give a node as a bare boolean; both are read. EAP-IG's optional
+score. Our run's metadata (task, model, method, f) rides along under a top-level ``metadata``
+key, which EAP-IG's and MIB's loaders ignore (they read only ``cfg``, ``nodes`` and ``edges``).
+Older EAP-IG files give a node as a bare boolean; both are read. EAP-IG's optional
 ``neurons`` masks are over each node's output dimensions (d_model), not MLP neurons, so our
 neuron nodes are not written there; an edge we name at neuron level is written as its MLP's edge.
 
@@ -30,7 +32,7 @@ import networkx as nx
 from circuits import names
 from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
-from circuits.graphs.build import build_graph, edge_names
+from circuits.graphs.build import build_graph, edge_names, jsonable
 
 MIB_CAPS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 IMPORTANCES_FILE = "importances.json"
@@ -105,7 +107,11 @@ def to_eap_ig(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
         entry = {"score": edge_score[name]} if with_scores else {}
         entry["in_graph"] = name in kept
         edges[name] = entry
-    return {"cfg": config, "nodes": nodes, "edges": edges}
+    out: dict[str, Any] = {"cfg": config, "nodes": nodes, "edges": edges}
+    meta = {k: v for k, v in G.graph.items() if k != "eap_ig_cfg"}
+    if meta:  # our run's metadata (task, model, method, f...); EAP-IG's readers ignore other keys
+        out["metadata"] = jsonable(meta)
+    return out
 
 
 def eap_ig_scores(data: Mapping[str, Any]) -> dict[str, float]:
@@ -135,7 +141,8 @@ def from_eap_ig(data: Mapping[str, Any]) -> nx.DiGraph:
         if isinstance(info, dict) and _number(info.get("score")):
             node_scores[str(name)] = float(info["score"])
     cfg = data.get("cfg") if isinstance(data.get("cfg"), dict) else {}
-    meta: dict[str, Any] = {"eap_ig_cfg": dict(cfg)}
+    given = data.get("metadata")
+    meta: dict[str, Any] = {**(given if isinstance(given, dict) else {}), "eap_ig_cfg": dict(cfg)}
     for key in ("n_layers", "n_heads", "d_model"):
         if isinstance(cfg.get(key), int):
             meta[key] = cfg[key]

@@ -32,7 +32,7 @@ LEFT = 74.0  # room for the row labels
 TOP = 34.0  # room for the title
 BOTTOM = 30.0
 
-__all__ = ["Box", "Row", "Layout", "layout", "node_info"]
+__all__ = ["Box", "Row", "Layout", "layout", "node_info", "first_neurons"]
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,17 @@ def layout(nodes: Mapping[str, Mapping[str, Any]] | Iterable[str], *, n_heads: O
         columns.append((block_x(pos) + (n_heads + 0.5) * col_w, f"MLP{suffix}"))
     return Layout(width=round(width, 1), height=round(height, 1), boxes=boxes, rows=tuple(rows),
                   columns=tuple(columns), n_heads=n_heads)
+
+
+def first_neurons(lay: Layout) -> set[str]:
+    """The neuron boxes that start a line beside their MLP (the ones a connector joins to the MLP)."""
+    first: dict[tuple, Box] = {}
+    for box in lay.boxes.values():
+        if box.kind == "neuron":
+            key = (box.layer, box.y)
+            if key not in first or box.x < first[key].x:
+                first[key] = box
+    return {b.name for b in first.values()}
 
 
 def _sort_key(item: tuple[names.Node, Optional[int]]) -> tuple:

@@ -22,7 +22,7 @@ import networkx as nx
 
 from circuits import names
 from circuits.graphs.dot import MAX_WIDTH, MIN_WIDTH, NEGATIVE, POSITIVE
-from circuits.graphs.layout import Box, Layout, layout
+from circuits.graphs.layout import Box, Layout, first_neurons, layout
 
 FILL = {"input": "#e6e6e6", "logits": "#e6e6e6", "head": "#fdf1d6", "mlp": "#dcebf7", "neuron": "#e8f4e8"}
 PORT = {"q": -0.32, "k": 0.0, "v": 0.32}  # port offset, as a fraction of the head's width
@@ -113,6 +113,7 @@ def _nodes(G: nx.DiGraph, lay: Layout, node_level: bool) -> list[str]:
     scores = [abs(float(G.nodes[n].get("score"))) for n in G.nodes if _number(G.nodes[n].get("score"))]
     max_abs = max(scores, default=0.0)
     out = ['<g font-size="10" text-anchor="middle">']
+    linked = first_neurons(lay)
     for n in sorted(lay.boxes, key=lambda n: (lay.boxes[n].y, lay.boxes[n].x)):
         box, data = lay.boxes[n], G.nodes[n]
         score = data.get("score")
@@ -120,7 +121,7 @@ def _nodes(G: nx.DiGraph, lay: Layout, node_level: bool) -> list[str]:
         fill = FILL.get(box.kind, "#ffffff")
         if node_level and _number(score) and max_abs > 0 and box.kind not in ("input", "logits"):
             fill = _shade(NEGATIVE if score < 0 else POSITIVE, abs(float(score)) / max_abs)
-        if box.kind == "neuron":
+        if n in linked:
             parent = lay.boxes.get(names.format_node(names.mlp(box.layer)))
             if parent is not None:
                 out.append(f'<line x1="{_f(parent.x + parent.w / 2)}" y1="{_f(parent.y)}" x2="{_f(box.x - box.w / 2)}" '

@@ -78,7 +78,7 @@
     parts.push('<g id="edges"></g><g id="bedges"></g><g id="nodes">');
     NODES.forEach(function (n, i) {
       var link = "";
-      if (n.kind === "neuron" && n.parent && byName[n.parent] !== undefined) {
+      if (n.link && n.parent && byName[n.parent] !== undefined) {
         var p = NODES[byName[n.parent]];
         link = '<line class="nlink" x1="' + (p.x + p.w / 2) + '" y1="' + p.y + '" x2="' + (n.x - n.w / 2) + '" y2="' + n.y + '"/>';
       }

@@ -24,7 +24,7 @@ from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
 from circuits.graphs.build import edge_names, jsonable
 from circuits.graphs.compare import SCORES_FILE, load_scores, overlap
-from circuits.graphs.layout import layout
+from circuits.graphs.layout import first_neurons, layout
 from circuits.graphs.svg import title_of
 
 MANIFEST_FILE = "manifest.json"
@@ -78,6 +78,7 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
     order = sorted(lay.boxes, key=lambda n: (lay.boxes[n].y, lay.boxes[n].x))
     index = {n: i for i, n in enumerate(order)}
 
+    linked = first_neurons(lay)
     out_sum: dict[str, float] = {}
     for name, value in all_scores.items():
         src = names.format_node(parsed[name].src)
@@ -93,7 +94,7 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
             "out_sum": out_sum.get(n),
             "top_neurons": attrs.get("top_neurons"), "neurons": attrs.get("neurons"),
             "parent": attrs.get("parent") or (f"m{box.layer}" if box.kind == "neuron" else None),
-            "kept": n in G,
+            "kept": n in G, "link": n in linked,
         })
     ranked = sorted(all_scores.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
     edges = [[index[names.format_node(parsed[n].src)], index[names.format_node(parsed[n].dst)],

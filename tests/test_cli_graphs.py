@@ -159,3 +159,7 @@ def test_export_html_eap_ig_and_mib(run_dir, reference):
     proc = run_cli("export", str(run_dir / "circuit.json"), "-f", "mib")
     assert proc.returncode == 0, proc.stderr
     assert (run_dir / "mib" / "greater-than_model" / "importances.json").is_file()
+    eap = run_dir / "circuit.eap-ig.json"  # an EAP-IG file carries every score: it exports to MIB by itself
+    proc = run_cli("export", str(eap), "-f", "mib", "--out", str(run_dir / "from-eap"))
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads((run_dir / "from-eap" / "greater-than_model" / "importances.json").read_text())["edges"]) == set(SCORES)

@@ -146,6 +146,7 @@ def test_eap_ig_round_trip_keeps_names_scores_and_kept_flags(tmp_path):
     scores = all_scores()
     data = json.loads(write_eap_ig(G, tmp_path / "g.json", scores=scores).read_text())
     assert data["cfg"] == {"n_layers": 2, "n_heads": 4, "parallel_attn_mlp": False}
+    assert data["metadata"] == META
     assert set(data["edges"]) == set(scores)
     assert all(set(v) == {"score", "in_graph"} for v in data["edges"].values())
     assert {n for n, v in data["edges"].items() if v["in_graph"]} == set(PLANTED)

@@ -52,6 +52,10 @@ def export_command(
     if fmt.value == "mib" and target.exists() and not target.is_dir():
         raise CircuitsError(f"--out {target} is a file; the mib export writes a folder")
     scores, manifest = run_inputs(source) if fmt.value in ("html", "eap-ig", "mib") else (None, None)
+    if scores is None and fmt.value in ("html", "eap-ig", "mib") and "eap_ig_cfg" in G.graph:
+        from circuits.graphs.interop import eap_ig_scores  # an EAP-IG file carries every edge's score itself
+
+        scores = eap_ig_scores(json.loads(source.read_text(encoding="utf-8"))) or None
     other = load_circuit(compare_with) if compare_with is not None else None
     written = export(G, fmt.value, target, scores=scores, manifest=manifest, compare=other,
                      compare_label=compare_with.name if compare_with is not None else "B", mib_caps=mib_caps)
