@@ -337,7 +337,8 @@
     if (D.chosen.faithfulness !== null && D.chosen.faithfulness !== undefined) {
       var x = cx(D.chosen.edges), y = cy(D.chosen.faithfulness);
       parts.push('<circle id="chosen" class="chosen" cx="' + x.toFixed(1) + '" cy="' + y.toFixed(1) + '" r="5.5"><title>chosen circuit</title></circle>' +
-        '<text class="tick" x="' + (x + 8).toFixed(1) + '" y="' + (y + 14).toFixed(1) + '">chosen: ' + D.chosen.edges + " edges, f = " + fmt(D.chosen.faithfulness) + "</text>");
+        '<text class="tick" x="' + (x > CW * 0.55 ? x - 8 : x + 8).toFixed(1) + '" y="' + (y + 16).toFixed(1) +
+        '" text-anchor="' + (x > CW * 0.55 ? "end" : "start") + '">chosen: ' + D.chosen.edges + " edges, f = " + fmt(D.chosen.faithfulness) + "</text>");
     }
     parts.push('<line id="k-marker" class="marker" x1="0" x2="0" y1="' + M.t + '" y2="' + (CH - M.b) + '"/>');
     curve.innerHTML = parts.join("");
