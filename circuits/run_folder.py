@@ -127,6 +127,8 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     for key in ("n_layers", "n_heads"):
         if isinstance(getattr(shape, key, None), int):
             metadata[key] = getattr(shape, key)
+    if isinstance(run.get("d_model"), int):
+        metadata["d_model"] = run["d_model"]
     G = circuit_graph(result, metadata)
 
     all_scores = result.scores.edge_dict()

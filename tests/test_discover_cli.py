@@ -135,6 +135,7 @@ def test_circuit_json_and_scores(eap_run):
     H = load_circuit(run)
     assert len(edge_names(H)) == m["edges_kept"]
     assert H.graph["task"] == "greater-than" and H.graph["n"] == 12 and H.graph["seed"] == 1
+    assert (H.graph["n_layers"], H.graph["n_heads"], H.graph["d_model"]) == (2, 4, 64)  # what EAP-IG's cfg needs
     scores = load_scores(run)
     assert len(scores) == EDGES_2x4 and edge_names(H) <= set(scores)
     report = (run / "report.md").read_text()

@@ -145,6 +145,9 @@ def discover(
         bars.close()
     run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
            "method": method, "metric": metric, "n": len(dataset), "seed": seed, "device": device}
+    d_model = getattr(getattr(engine, "w", None), "d_model", None)
+    if isinstance(d_model, int):
+        run["d_model"] = d_model  # EAP-IG's graph files need it (cfg.d_model)
     write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection

@@ -59,6 +59,9 @@ def export_command(
     other = load_circuit(compare_with) if compare_with is not None else None
     written = export(G, fmt.value, target, scores=scores, manifest=manifest, compare=other,
                      compare_label=compare_with.name if compare_with is not None else "B", mib_caps=mib_caps)
+    if fmt.value in ("eap-ig", "mib") and "d_model" not in G.graph and "d_model" not in (G.graph.get("eap_ig_cfg") or {}):
+        typer.echo("warning: the circuit does not record d_model (a run made before it was recorded); "
+                   "EAP-IG's Graph.from_json needs cfg.d_model: add it to the file's cfg", err=True)
     typer.echo(str(written))
 
 
