@@ -13,7 +13,7 @@ Nothing here prints or writes files.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional
 
 import torch
@@ -44,6 +44,8 @@ class Selection:
     evaluations the search made (0 for the other modes).  reached: False when no k reached the target.
     granularity: ``"edge"`` (k counts edges) or ``"node"`` (k counts heads and MLPs; the mask keeps every
     edge among the kept nodes, ``input`` and ``logits``).
+    neurons: MLP layer -> bool [d_mlp] of the neurons kept in MLPs the circuit keeps only in part
+    (their other neurons carry reference activations); an MLP not in the map is kept or dropped whole.
     """
 
     keep_mask: Tensor
@@ -55,6 +57,7 @@ class Selection:
     evaluations: int = 0
     reached: bool = True
     granularity: str = "edge"
+    neurons: Mapping[int, Tensor] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- top-k and threshold
@@ -169,13 +172,15 @@ def search_smallest_k(f: Callable[[int], float], n_edges: int, target: float,
 
 def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Tensor, target: float = 0.9, *,
                         batch_size: int = 0, progress: Optional[Progress] = None, evaluator=None,
-                        known: Optional[Mapping[int, float]] = None, granularity: str = "edge") -> Selection:
+                        known: Optional[Mapping[int, float]] = None, granularity: str = "edge",
+                        neurons: Optional[Mapping[int, Tensor]] = None) -> Selection:
     """The smallest top-``k`` circuit (``k`` edges pruned, or ``k`` nodes) whose faithfulness is at least
     ``target`` (see :func:`search_smallest_k`).
 
     ``evaluator``: a :class:`circuits.faithfulness.CircuitEvaluator` to share its cache (built
     from ``engine``, ``dataset``, ``metric`` and ``reference`` if not given).  ``known``: k -> f
-    already computed for these scores (e.g. the curve's points).
+    already computed for these scores (e.g. the curve's points).  ``neurons``: MLPs reduced to
+    these neurons (MLP layer -> bool [d_mlp]) in every circuit tried.
     """
     _check_granularity(granularity)
     if not math.isfinite(target):
@@ -190,7 +195,8 @@ def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Tens
         )
 
     def f(k: int) -> float:
-        return evaluator.faithfulness(evaluation_mask(circuit_mask(scores, k, granularity), graph, granularity)).f
+        mask = evaluation_mask(circuit_mask(scores, k, granularity), graph, granularity)
+        return (evaluator.faithfulness(mask, neurons) if neurons else evaluator.faithfulness(mask)).f
 
     result = search_smallest_k(f, n_units(graph, granularity), target, known=known, progress=progress)
     return _selection(scores, result.k, granularity, faithfulness=result.f, mode="target-faithfulness",

@@ -31,6 +31,7 @@ DISCOVER = {"kind": "discover", "task": "greater-than", "model": "planted", "met
             "options": {"n": 12, "seed": 3}}
 LONG = {"kind": "discover", "task": "greater-than", "model": "planted", "method": "eap-ig",
         "options": {"n": 400, "ig_steps": 60, "batch_size": 20}}  # minutes: long enough to stop it midway
+MEDIUM = {**DISCOVER, "options": {"n": 24, "ig_steps": 10, "seed": 3}}  # seconds, but not over before the kill
 
 
 def wait_for(get, done, *, timeout: float, every: float = 0.2):
@@ -114,6 +115,8 @@ def test_planted_discover_over_http_matches_the_cli(service, tmp_path):
     assert job["worker"]["loaded_models"] == ["planted"]
     for name in ("circuit.json", "scores.tsv"):
         assert client.get(f"/api/runs/{again}/files/{name}").content == (tmp_path / "cli" / name).read_bytes(), name
+    page = client.get(f"/api/runs/{job_id}/files/circuit.html")  # the viewer, served as one of the run's files
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     manifest = client.get(f"/api/runs/{job_id}").json()["manifest"]
     assert manifest["command"][:4] == ["circuits", "discover", "--out", str(store.runs_dir / job_id)]
     assert {r["id"] for r in client.get("/api/runs").json()} == {job_id, again}
@@ -122,7 +125,12 @@ def test_planted_discover_over_http_matches_the_cli(service, tmp_path):
 
 def test_evaluate_circuit_and_analyze_jobs(service):
     client, store = service
-    run = client.get("/api/runs").json()[-1]  # the first run of this module
+    runs = client.get("/api/runs").json()
+    if not runs:  # run alone (-k): make the run the first test makes
+        made = client.post("/api/jobs", json=DISCOVER).json()["id"]
+        wait_for(lambda: job_of(client, made), lambda j: j["state"] in FINAL, timeout=240)
+        runs = client.get("/api/runs").json()
+    run = runs[-1]  # the oldest
     body = {"kind": "evaluate-circuit", "circuit": run["id"]}
     evaluated = client.post("/api/jobs", json=body).json()["id"]
     analysed = client.post("/api/jobs", json={"kind": "analyze", "task": "greater-than", "model": "planted", "circuit": "planted",
@@ -136,6 +144,12 @@ def test_evaluate_circuit_and_analyze_jobs(service):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert str(store.outputs_dir / analysed) in client.get(f"/api/jobs/{analysed}?log=true").json()["log"]
     assert client.get(f"/api/jobs/{analysed}/files/../summary.json").status_code == 404
+    # a user error in a job (a model that is nowhere) fails it with the CLI's one-line message
+    failing = client.post("/api/jobs", json={"kind": "evaluate", "task": "greater-than", "model": "nobody/no-such-model",
+                                             "options": {"n": 4}}).json()["id"]
+    job = wait_for(lambda: job_of(client, failing), lambda j: j["state"] in FINAL, timeout=120)
+    assert job["state"] == "failed" and "nobody/no-such-model" in job["error"] and "\n" not in job["error"], job
+    assert "Traceback" not in (client.get(f"/api/jobs/{failing}?log=true").json()["log"] or "")
 
 
 def test_ten_jobs_at_once_all_finish_once(service):
@@ -253,7 +267,7 @@ def test_kill_9_then_restart_fails_or_requeues(tmp_path):
     root = tmp_path / "store"
     server = Server(root)
     try:
-        killed = server.json("POST", "/api/jobs", DISCOVER)["id"]
+        killed = server.json("POST", "/api/jobs", LONG)["id"]
         job = wait_for(lambda: server.json("GET", f"/api/jobs/{killed}"), lambda j: j["progress"] or j["state"] in FINAL,
                        timeout=120)
         assert job["state"] == "running", job
@@ -271,7 +285,7 @@ def test_kill_9_then_restart_fails_or_requeues(tmp_path):
         assert job["state"] == "failed" and job["error"] == "interrupted"
         assert not (root / "runs" / killed).exists() and list((root / "tmp").glob("[0-9a-f]*")) == []
         assert Store(root).integrity() == "ok"
-        requeued = server.json("POST", "/api/jobs", DISCOVER)["id"]
+        requeued = server.json("POST", "/api/jobs", MEDIUM)["id"]
         job = wait_for(lambda: server.json("GET", f"/api/jobs/{requeued}"), lambda j: j["progress"] or j["state"] in FINAL,
                        timeout=120)
         assert job["state"] == "running", job
@@ -282,7 +296,7 @@ def test_kill_9_then_restart_fails_or_requeues(tmp_path):
     server = Server(root, "--requeue")
     try:
         assert server.health["recovered"]["queued"] == [requeued]
-        job = wait_for(lambda: server.json("GET", f"/api/jobs/{requeued}"), lambda j: j["state"] in FINAL, timeout=180)
+        job = wait_for(lambda: server.json("GET", f"/api/jobs/{requeued}"), lambda j: j["state"] in FINAL, timeout=300)
         assert job["state"] == "done" and job["attempts"] == 2, job
         assert (root / "runs" / requeued / "manifest.json").is_file()
         assert Store(root).integrity() == "ok"
