@@ -13,14 +13,15 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from circuits.errors import CircuitsError
 from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve, reference_outputs
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
-from circuits.select import MODES, Selection, target_faithfulness, threshold, top_k
+from circuits.select import MODES, Selection, own_circuit, target_faithfulness, threshold, top_k
 
 __all__ = ["SelectionSpec", "DiscoveryResult", "discover", "select", "kept_edge_scores", "top_components"]
 
 
 @dataclass(frozen=True)
 class SelectionSpec:
-    """How to choose the circuit: ``mode`` in ``top-k``, ``threshold``, ``target-faithfulness`` and its ``value``."""
+    """How to choose the circuit: ``mode`` in ``top-k``, ``threshold``, ``target-faithfulness`` and its ``value``,
+    or ``acdc``: the circuit the method kept itself (ACDC's kept set; ``value`` unused)."""
 
     mode: str = "target-faithfulness"
     value: float = 0.9
@@ -120,6 +121,8 @@ def select(spec: SelectionSpec, scores: Scores, evaluator: CircuitEvaluator, *, 
         return top_k(scores, int(spec.value))
     if spec.mode == "threshold":
         return threshold(scores, float(spec.value))
+    if spec.mode == "acdc":
+        return own_circuit(scores)
     known = {p.k: p.faithfulness for p in curve.points} if curve is not None else None
     return target_faithfulness(evaluator.engine, evaluator.dataset, evaluator.metric_fn, scores, evaluator.reference,
                                float(spec.value), progress=progress, evaluator=evaluator, known=known)

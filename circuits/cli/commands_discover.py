@@ -49,7 +49,8 @@ def _check_ablation(ablation: str) -> str:
     return ablation
 
 
-def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Optional[float]):
+def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Optional[float], default: Optional[str] = None):
+    """The selection mode given on the command line, else the method's own default (``acdc``), else F = 0.9."""
     from circuits.discover import SelectionSpec
 
     given = [(flag, v) for flag, v in (("--top-k", top_k), ("--threshold", threshold), ("--target-faithfulness", target))
@@ -60,6 +61,8 @@ def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Op
         return SelectionSpec("top-k", top_k)
     if threshold is not None:
         return SelectionSpec("threshold", threshold)
+    if target is None and default == "acdc":
+        return SelectionSpec("acdc", 0.0)
     return SelectionSpec("target-faithfulness", 0.9 if target is None else target)
 
 
@@ -75,18 +78,23 @@ def _load(model: str, device: str):
 def discover(
     task: Optional[str] = typer.Argument(None, help="Task name (see `circuits tasks list`)."),
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-    method: str = typer.Option(..., "--method", help="Scoring method: eap, eap-ig, activation-patching, path-patching."),
+    method: str = typer.Option(..., "--method", help="Scoring method: eap, eap-ig, activation-patching, path-patching, acdc."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (must be empty unless --force)."),
     n: int = typer.Option(100, "--n", help="Number of prompts."),
     seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge with |score| >= T (then prune)."),
     target: Optional[float] = typer.Option(None, "--target-faithfulness",
-                                           help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode is given]."),
+                                           help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode "
+                                                "is given; acdc keeps its own circuit]."),
     ablation: str = typer.Option("corrupted", "--ablation", help="Patched edges carry the corrupted run (corrupted) or the clean mean (mean)."),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
+    tau: float = typer.Option(0.01, "--tau", help="acdc: remove an edge when patching it moves the mean metric by less than TAU."),
+    acdc_order: str = typer.Option("reverse", "--acdc-order",
+                                   help="acdc: senders of a receiver latest first (reverse, as ACDC's code) or input first (normal)."),
+    max_tests: int = typer.Option(0, "--max-tests", help="acdc: stop after N edge tests (0: no limit); the run is then marked incomplete."),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
@@ -94,7 +102,6 @@ def discover(
     """Score every edge, keep a faithful circuit, and write it (JSON, DOT, SVG, scores, manifest, report) to --out."""
     from circuits.run_folder import check_out_dir
 
-    spec = _selection_spec(top_k, threshold, target)
     _check_ablation(ablation)
     neuron_layers = parse_mlp_layers(neurons) or ()
     if n < 1:
@@ -108,11 +115,17 @@ def discover(
     from circuits.registry import get_method
 
     method_obj = get_method(method)
+    spec = _selection_spec(top_k, threshold, target, getattr(method_obj, "default_selection", None))
 
     from circuits.discover import discover as run_discovery
     from circuits.run_folder import write_run
     from circuits.scores import MethodOptions
 
+    from circuits.methods.acdc import check_options
+
+    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
+                             batch_size=batch_size, tau=tau, acdc_order=acdc_order, max_tests=max_tests)
+    check_options(options)  # --tau, --acdc-order, --max-tests: refused before the model loads, whatever the method
     timings = {}
     t = time.perf_counter()
     loaded, engine = _load(model, device)
@@ -125,8 +138,6 @@ def discover(
     dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
     timings["dataset"] = time.perf_counter() - t
 
-    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
-                             batch_size=batch_size)
     bars = ProgressBars()
     try:
         result = run_discovery(engine, dataset, task_obj.metric, method_obj, options, spec, progress=bars)
@@ -137,10 +148,15 @@ def discover(
     written = write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection
+    how = f"acdc, tau {sel.value:g}: {sel.k} kept before pruning" if sel.mode == "acdc" else f"{sel.mode} {sel.value:g}, k = {sel.k}"
     typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
-               f"({sel.mode} {sel.value:g}, k = {sel.k}), faithfulness {result.faithfulness.f:.3f}")
+               f"({how}), faithfulness {result.faithfulness.f:.3f}")
     if result.curve is not None:
         typer.echo(f"CPR {result.curve.cpr:.3f}, CMD {result.curve.cmd:.3f}")
+    info = result.scores.info
+    if info.get("complete") is False:
+        typer.echo(f"warning: {method} stopped early after {info.get('edge_tests', '?')} edge tests (--max-tests); "
+                   "untested edges were kept and score 0", err=True)
     if not sel.reached:
         typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
     if not written.svg:
