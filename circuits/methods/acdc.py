@@ -23,7 +23,7 @@ every test restarts the forward pass at layer ``l`` from the clean run (``start_
 ``start_resid``, ``start_outputs``).  Many candidate edges of the receiver are tested in one pass:
 the batch is repeated once per candidate, and the copies differ only in that receiver's keep
 column (``Patch.column_keep``).  Copy ``j`` assumes a decision for each earlier candidate of its
-pass (the one made last at this receiver: runs of removals and runs of keeps both batch well) and
+pass (the decision made last: runs of removals and runs of keeps both batch well) and
 removes candidate ``j``; its result is used only while the actual decisions match those
 assumptions, and the search resumes after the first mismatch.  So every decision is measured on
 exactly the circuit the plain one-edge-at-a-time loop would measure it on, and the kept set is
@@ -49,6 +49,7 @@ from circuits.scores import MethodOptions, Progress, Scores, no_progress
 ORDERS = ("reverse", "normal")
 MAX_COPIES = 64  # candidate edges per batched pass at most
 MEMORY_BUDGET = 1 << 30  # bytes of the replicated buffers one batched pass may hold (about)
+LOGIT_ROWS_BUDGET = 1 << 22  # logits entries (rows x vocabulary) per pass: larger batches leave the cache and run slower
 
 
 def check_options(options: MethodOptions) -> None:
@@ -135,7 +136,8 @@ class BatchedTests:
         w, g = self.engine.w, self.engine.graph
         rows = max(p.tokens.numel() for p in self.parts)
         per_copy = rows * w.d_model * w.W_E.element_size() * (3 * g.n_senders + 6 * w.n_heads)
-        return max(1, min(MAX_COPIES, MEMORY_BUDGET // max(per_copy, 1)))
+        logits = max(len(p.part) for p in self.parts) * w.W_U.shape[-1]
+        return max(1, min(MAX_COPIES, MEMORY_BUDGET // max(per_copy, 1), LOGIT_ROWS_BUDGET // max(logits, 1)))
 
     def _repeated(self, p: _Part, c: int, layer: int):
         key = (c, layer)
@@ -193,6 +195,7 @@ class ACDC:
         n_tests, tested, skipped, complete = 0, 0, 0, True
         tau, limit = float(options.tau), int(options.max_tests)
         receivers = list(range(g.n_receivers - 1, -1, -1))
+        guess = True  # the decision the next candidate is assumed to get: the last one made
         for done, r in enumerate(receivers):
             if limit and n_tests >= limit:
                 complete = False
@@ -203,7 +206,7 @@ class ACDC:
                 progress(done + 1, len(receivers), f"acdc: {n_tests} edge tests, {len(receivers) - done - 1} receivers left")
                 continue
             cands = sender_order(g, r, options.acdc_order)
-            i, guess = 0, True  # guess: the next candidate is removed (the last decision made here)
+            i = 0
             while i < len(cands):
                 if limit and n_tests >= limit:
                     complete = False
