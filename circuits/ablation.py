@@ -1,4 +1,12 @@
-"""What a patched edge carries instead of its clean value: corrupted or mean activations."""
+"""What a patched edge carries instead of its clean value.
+
+- ``corrupted``: the corrupted twin's activations (counterfactual ablation, the default);
+- ``mean``: the clean activations' mean over the prompts, **per position** (each position keeps
+  its own mean; the prompts of a dataset have equal length);
+- ``mean-positions``: the clean activations' mean over the prompts *and* the positions (one
+  vector per sender, the same at every position);
+- ``zero``: zeros (the input embedding included).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,7 +18,8 @@ from torch import Tensor
 from circuits.dataset import PromptDataset
 from circuits.errors import CircuitsError
 
-ABLATIONS = ("corrupted", "mean")
+ABLATIONS = ("corrupted", "mean", "mean-positions", "zero")
+STATIC = ("mean", "mean-positions", "zero")  # the same reference for every prompt
 
 
 def check_ablation(ablation: str) -> None:
@@ -48,18 +57,37 @@ def dataset_means(engine, dataset: PromptDataset, *, hidden_layers: Sequence[int
     return Reference(outs / n, {k: v / n for k, v in hidden.items()})
 
 
+def static_reference(engine, dataset: PromptDataset, ablation: str, *, hidden_layers: Sequence[int] = (),
+                     batch_size: int = 0) -> Optional[Reference]:
+    """The one reference every prompt shares (batch dimension 1) for ``mean``, ``mean-positions`` and
+    ``zero``; None for ``corrupted`` (each prompt has its own)."""
+    check_ablation(ablation)
+    if ablation == "corrupted":
+        return None
+    if ablation == "zero":
+        w, p = engine.w, int(dataset.clean.shape[1])
+        zeros = torch.zeros(engine.graph.n_senders, 1, p, w.d_model, dtype=w.W_E.dtype, device=engine.device)
+        return Reference(zeros, {l: torch.zeros(1, p, w.d_mlp, dtype=w.W_E.dtype, device=engine.device)
+                                 for l in hidden_layers})
+    means = dataset_means(engine, dataset, hidden_layers=hidden_layers, batch_size=batch_size)
+    if ablation == "mean-positions":
+        means = Reference(means.outputs.mean(2, keepdim=True).expand_as(means.outputs),
+                          {k: v.mean(1, keepdim=True).expand_as(v) for k, v in means.hidden.items()})
+    return means
+
+
 def reference(engine, part: PromptDataset, ablation: str = "corrupted", *, means: Optional[Reference] = None,
               hidden_layers: Sequence[int] = ()) -> Reference:
     """Activations that patched edges (and neurons) carry for the prompts in ``part``.
 
-    ``corrupted``: the corrupted prompts' own activations.  ``mean``: ``means`` (from
-    ``dataset_means`` over the whole dataset) broadcast to the batch.
+    ``corrupted``: the corrupted prompts' own activations.  ``mean``, ``mean-positions``, ``zero``:
+    ``means`` (from :func:`prepare` over the whole dataset) broadcast to the batch.
     """
     check_ablation(ablation)
     b = len(part)
-    if ablation == "mean":
+    if ablation in STATIC:
         if means is None:
-            raise ValueError("mean ablation needs the dataset's means (dataset_means)")
+            raise ValueError(f"{ablation} ablation needs the dataset's shared reference (ablation.prepare)")
         return Reference(means.outputs.expand(-1, b, -1, -1).contiguous(),
                          {k: v.expand(b, -1, -1) for k, v in means.hidden.items()})
     with torch.no_grad():
@@ -68,8 +96,5 @@ def reference(engine, part: PromptDataset, ablation: str = "corrupted", *, means
 
 
 def prepare(engine, dataset: PromptDataset, ablation: str, *, hidden_layers: Sequence[int] = (), batch_size: int = 0) -> Optional[Reference]:
-    """The dataset means when ``ablation`` is ``mean`` (None otherwise), checked up front."""
-    check_ablation(ablation)
-    if ablation == "mean":
-        return dataset_means(engine, dataset, hidden_layers=hidden_layers, batch_size=batch_size)
-    return None
+    """The shared reference of ``mean``, ``mean-positions`` and ``zero`` (None for ``corrupted``), checked up front."""
+    return static_reference(engine, dataset, ablation, hidden_layers=hidden_layers, batch_size=batch_size)

@@ -58,13 +58,13 @@ class Trace:
     mlp_in: List[Tensor] = field(default_factory=list)  # per layer normalized MLP input [b, p, d]
     ln1: List[tuple] = field(default_factory=list)  # per layer (xhat, scale) of the attention norm
     ln2: List[tuple] = field(default_factory=list)
-    final_in: Optional[Tensor] = None  # normalized final residual at the answer positions [b, d]
+    final_in: Optional[Tensor] = None  # normalized final residual at the answer positions [b, d] or [b, k, d]
     lnf: Optional[tuple] = None
 
 
 @dataclass(frozen=True)
 class RunResult:
-    logits: Tensor  # [b, V] at the answer positions
+    logits: Tensor  # [b, V] at the answer positions ([b, k, V] for an answer_pos of [b, k])
     outputs: Optional[Tensor] = None  # [S, b, p, d] when collected
     trace: Optional[Trace] = None
     resid_pre: Optional[List[Tensor]] = None  # per layer [b, p, d], then the final residual (when asked)
@@ -163,9 +163,10 @@ class GraphEngine:
         return scores.masked_fill(~mask, float("-inf")).softmax(-1)
 
     def unembed(self, resid: Tensor, answer_pos: Tensor, trace: Optional[Trace] = None) -> Tensor:
-        """Logits [b, V] at the answer positions from the final residual stream [b, p, d]."""
+        """Logits at the answer positions from the final residual stream [b, p, d]: [b, V] for
+        ``answer_pos`` [b], [b, k, V] for ``answer_pos`` [b, k]."""
         w = self.w
-        last = resid[torch.arange(resid.shape[0], device=resid.device), answer_pos.to(resid.device)]
+        last = resid[_rows(answer_pos, resid.device), answer_pos.to(resid.device)]
         y, xhat, scale = self._norm(last, w.lnf_w, w.lnf_b)
         if trace is not None:
             y.retain_grad()
@@ -253,7 +254,7 @@ class GraphEngine:
         """One forward pass.
 
         Args:
-            tokens: [b, p] token ids.  answer_pos: [b] positions whose logits are returned.
+            tokens: [b, p] token ids.  answer_pos: [b] (or [b, k]) positions whose logits are returned.
             patch: edge patching.
             collect: return every sender's output [S, b, p, d].
             trace: keep q/k/v and normalized inputs with gradients retained (see ``receiver_grads``).
@@ -394,9 +395,17 @@ class GraphEngine:
         return self.w.n_layers - len(trace.q)
 
     def logits_grad(self, trace: Trace, answer_pos: Tensor, shape) -> Tensor:
-        """d metric / d (final residual stream) [b, p, d]: non-zero at the answer positions only."""
+        """d metric / d (final residual stream) [b, p, d]: non-zero at the answer positions only
+        (``answer_pos`` [b] or [b, k]; a position named twice gets both gradients)."""
         xhat, scale = trace.lnf
         g = self.norm_vjp(trace.final_in.grad, xhat, scale, self.w.lnf_w)
         full = torch.zeros(shape, dtype=g.dtype, device=g.device)
-        full[torch.arange(shape[0], device=g.device), answer_pos.to(g.device)] = g
+        pos = answer_pos.to(g.device)
+        full.index_put_((_rows(pos, g.device).expand_as(pos), pos), g, accumulate=True)
         return full
+
+
+def _rows(answer_pos: Tensor, device) -> Tensor:
+    """Row indices that broadcast against ``answer_pos`` [b] or [b, k]."""
+    rows = torch.arange(answer_pos.shape[0], device=device)
+    return rows if answer_pos.ndim == 1 else rows[:, None]

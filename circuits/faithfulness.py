@@ -25,20 +25,18 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from circuits.ablation import ABLATIONS, check_ablation, chunks, dataset_means
+from circuits.ablation import ABLATIONS, chunks, static_reference
 from circuits.ablation import reference as ablation_reference
 from circuits.dataset import PromptDataset
 from circuits.engine import GraphEngine, Patch
-from circuits.scores import Progress, Scores, no_progress
+from circuits.scores import Metric, Progress, Scores, no_progress
 
 FRACTIONS: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-Metric = Callable[[Tensor, PromptDataset], Tensor]
 
 __all__ = [
     "FRACTIONS", "ABLATIONS", "reference_outputs", "circuit_metric", "Faithfulness", "faithfulness",
@@ -50,12 +48,13 @@ def reference_outputs(engine: GraphEngine, dataset: PromptDataset, *, ablation: 
                       batch_size: int = 0) -> Tensor:
     """The values patched edges carry: sender outputs [S, n, p, d] on the engine's device.
 
-    ``corrupted``: the corrupted prompts' outputs.  ``mean``: the clean outputs' mean over the
-    prompts, per position (``circuits.ablation.dataset_means``), broadcast (a view, no copy) to every prompt.
+    ``corrupted``: the corrupted prompts' outputs.  ``mean``, ``mean-positions``, ``zero``: the one
+    reference all prompts share (``circuits.ablation.static_reference``), broadcast (a view, no copy)
+    to every prompt.
     """
-    check_ablation(ablation)
-    if ablation == "mean":
-        return dataset_means(engine, dataset, batch_size=batch_size).outputs.expand(-1, len(dataset), -1, -1)
+    shared = static_reference(engine, dataset, ablation, batch_size=batch_size)
+    if shared is not None:
+        return shared.outputs.expand(-1, len(dataset), -1, -1)
     parts = [ablation_reference(engine, part, "corrupted").outputs for part in chunks(dataset, batch_size)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 

@@ -71,6 +71,7 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "cmd": None if curve is None else curve.cmd,
         **dict(run),
         "ablation": opts.ablation,
+        "metric": run.get("metric", "task"),
         "options": {"ig_steps": opts.ig_steps, "neurons": list(opts.neurons), "top_neurons": opts.top_neurons,
                     "threshold": opts.threshold, "batch_size": opts.batch_size, "tau": opts.tau,
                     "acdc_order": opts.acdc_order, "max_tests": opts.max_tests},
@@ -123,7 +124,7 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     t = time.perf_counter()
     manifest = build_manifest(result, run, timings)
     sel = result.selection
-    metadata = {k: manifest.get(k) for k in ("task", "model", "method", "n", "seed", "ablation", "faithfulness",
+    metadata = {k: manifest.get(k) for k in ("task", "model", "method", "metric", "n", "seed", "ablation", "faithfulness",
                                              "edges_kept", "edges_total", "cpr", "cmd")}
     metadata.update(selection=sel.mode, k=sel.k)
     G = circuit_graph(result, metadata)

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from circuits.graph import ComputationalGraph
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+    from circuits.dataset import PromptDataset
 
 # progress(step_done, steps_total, message): long methods call it; the CLI draws a bar.
 Progress = Callable[[int, int, str], None]
@@ -18,8 +23,9 @@ def no_progress(done: int, total: int, message: str) -> None:
 class MethodOptions:
     """Options shared by the scoring methods (each uses the ones that apply to it).
 
-    ablation: ``corrupted`` (counterfactual: the corrupted prompts' activations) or ``mean``
-        (the clean activations' mean over the dataset, per position).
+    ablation: one of ``circuits.ablation.ABLATIONS``: ``corrupted`` (counterfactual: the corrupted
+        prompts' activations), ``mean`` (the clean activations' mean over the prompts, per position),
+        ``mean-positions`` (their mean over the prompts and the positions) or ``zero``.
     ig_steps: integration steps of EAP-IG.
     neurons: MLP layers whose neurons are scored, e.g. ``("m10", "m11")``.
     top_neurons: how many neurons per MLP to report.
@@ -75,8 +81,10 @@ class Scores:
         return out
 
 
-# metric(logits at the answer positions [b, V], dataset) -> per-prompt metric [b]
-Metric = Callable[[Any, Any], Any]
+# metric(logits, dataset) -> per-prompt metric [b] (a differentiable tensor).  ``logits`` are
+# ``GraphEngine.run(...).logits`` at ``dataset.answer_pos``: [b, V] for an answer_pos of [b],
+# [b, k, V] for one of [b, k].  The one Metric type: other modules import it from here.
+Metric = Callable[["Tensor", "PromptDataset"], "Tensor"]
 
 
 class Method(Protocol):

@@ -5,8 +5,9 @@ A task turns a tokenizer into a ``PromptDataset`` and scores logits:
 - ``name`` and ``description``: shown by ``circuits tasks list``.
 - ``build(tokenizer, *, n, seed, data=None) -> PromptDataset``: ``n`` clean/corrupted pairs,
   sampled with ``seed``; ``data`` is an optional file of prompts.
-- ``metric(logits, dataset) -> Tensor[n]``: the single-position, differentiable metric,
-  read from ``logits`` [n, vocab] at ``dataset.answer_pos``.  Methods and faithfulness use it.
+- ``metric(logits, dataset) -> Tensor[n]``: the differentiable metric, read from ``logits``
+  [n, vocab] at ``dataset.answer_pos`` [n] (or [n, k, vocab] when ``answer_pos`` is [n, k]:
+  several scored positions, e.g. teacher-forced answer tokens).  Methods and faithfulness use it.
 - ``evaluate(forward, dataset) -> dict[str, Tensor[n]]`` (optional): the task's reported
   metrics, given ``forward(tokens) -> logits [n, seq, vocab]``.  It may run extra forwards
   (e.g. teacher forcing).  Without it, ``{"metric": metric(...)}`` is reported.
@@ -38,10 +39,12 @@ class Task:
 
 
 def answer_logits(logits, dataset: PromptDataset):
-    """Logits [n, seq, vocab] -> [n, vocab] at each prompt's answer position."""
+    """Logits [n, seq, vocab] -> [n, vocab] at each prompt's answer position ([n, k, vocab] for k positions)."""
     import torch
 
-    return logits[torch.arange(logits.shape[0]), dataset.answer_pos]
+    pos = dataset.answer_pos
+    rows = torch.arange(logits.shape[0])
+    return logits[rows if pos.ndim == 1 else rows[:, None], pos]
 
 
 def evaluate(task, forward: Forward, dataset: PromptDataset) -> Dict[str, Any]:

@@ -33,10 +33,12 @@ def setup(tmp_path_factory, one_thread):
     return engine, task, task.build(tok, n=5, seed=2)
 
 
-def plain_acdc(engine, data, metric, tau: float, order: str):
+def plain_acdc(engine, data, metric, tau: float, order: str, ablation: str = "corrupted"):
     """ACDC written out: one full patched forward per edge test, every test on the current circuit."""
     g = engine.graph
     ref = engine.run(data.corrupted, data.answer_pos, collect=True).outputs
+    if ablation == "zero":
+        ref = torch.zeros_like(ref)
 
     def mean_metric(keep):
         return float(metric(engine.run(data.clean, data.answer_pos, patch=Patch(keep, ref)).logits, data).double().mean())
@@ -66,15 +68,22 @@ def plain_acdc(engine, data, metric, tau: float, order: str):
     return keep > 0, effects
 
 
-@pytest.mark.parametrize("order", ["reverse", pytest.param("normal", marks=pytest.mark.slow)])
-def test_acdc_matches_the_plain_loop(setup, order):
+@pytest.mark.parametrize("order, metric_name, ablation", [
+    ("reverse", "task", "corrupted"),
+    ("reverse", "kl", "zero"),
+    pytest.param("normal", "task", "corrupted", marks=pytest.mark.slow),
+])
+def test_acdc_matches_the_plain_loop(setup, order, metric_name, ablation):
+    from circuits.metrics import build_metric
+
     engine, task, data = setup
-    everything = get_method("acdc").score(engine, data, task.metric, MethodOptions(tau=0.0, acdc_order=order))
+    metric = build_metric(metric_name, task, engine, data)
+    everything = get_method("acdc").score(engine, data, metric, MethodOptions(tau=0.0, acdc_order=order, ablation=ablation))
     sizes = sorted(abs(v) for v in everything.edge_scores[engine.graph.valid_mask()].tolist())  # tau 0: all kept
     tau = sizes[len(sizes) * 3 // 4]  # removes most edges, keeps some: both kinds of decision happen
-    kept, effects = plain_acdc(engine, data, task.metric, tau=tau, order=order)
+    kept, effects = plain_acdc(engine, data, metric, tau=tau, order=order, ablation=ablation)
     assert min(abs(abs(v) - tau) for v in effects.values()) > 1e-8, "a decision sits on the threshold"
-    result = get_method("acdc").score(engine, data, task.metric, MethodOptions(tau=tau, acdc_order=order))
+    result = get_method("acdc").score(engine, data, metric, MethodOptions(tau=tau, acdc_order=order, ablation=ablation))
     assert torch.equal(result.extra["kept_mask"], kept)
     assert 0 < int(kept.sum()) < int(engine.graph.valid_mask().sum())
     assert result.info["edge_tests"] == len(effects)

@@ -180,7 +180,7 @@ def test_conflicting_selection_modes_are_refused(tmp_path, flags):
 
 
 @pytest.mark.parametrize("flags,fragment", [
-    (["--ablation", "zero"], "--ablation"),
+    (["--ablation", "resample"], "--ablation"),
     (["--neurons", "a0.h1"], "--neurons"),
     (["--target-faithfulness", "1.5"], "--target-faithfulness"),
     (["--n", "0"], "--n"),

@@ -157,7 +157,7 @@ def test_reference_outputs(toy):
     assert mean.shape == clean.shape
     torch.testing.assert_close(mean, clean.mean(1, keepdim=True).expand_as(clean))
     with pytest.raises(CircuitsError, match="ablation"):
-        reference_outputs(engine, ds, ablation="zero")
+        reference_outputs(engine, ds, ablation="resample")
 
 
 def test_evaluator_caches_masks(toy):

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from circuits.analysis.files import figure, save_png, write_csv
 from circuits.analysis.runs import Runs, batches, collect_runs
+from circuits.dataset import repeat_positions
 
 __all__ = ["NeuronReport", "neuron_effects", "joint_effect", "attribution", "top_neurons", "output_directions",
            "plot_directions", "plot_joint", "write_neurons"]
@@ -45,7 +46,7 @@ def _patched_metric(engine, part, metric, resid_next: Tensor, layer: int, delta_
     """Metric [k, b] with ``delta_out`` [k, b, p, d] added to the MLP's output (restart at layer + 1)."""
     k, b = delta_out.shape[:2]
     resid = (resid_next[None] + delta_out).reshape(k * b, *delta_out.shape[2:])
-    run = engine.run(part.clean.to(engine.device).repeat(k, 1), part.answer_pos.repeat(k),
+    run = engine.run(part.clean.to(engine.device).repeat(k, 1), repeat_positions(part.answer_pos, k),
                      start_layer=layer + 1, start_resid=resid)
     expanded = part.subset(list(range(b)) * k) if k > 1 else part
     return metric(run.logits, expanded).double().view(k, b)

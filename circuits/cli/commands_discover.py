@@ -41,6 +41,12 @@ class ProgressBars:
         self.bar = None
 
 
+ABLATION_HELP = ("What patched edges carry: corrupted (the corrupted run), mean (the clean mean over prompts, per "
+                 "position), mean-positions (over prompts and positions) or zero.")
+METRIC_HELP = ("Metric to score and select with: task (the task's own) or kl (KL divergence of the patched "
+               "next-token distribution from the clean one at the answer positions).")
+
+
 def _check_ablation(ablation: str) -> str:
     from circuits.ablation import ABLATIONS
 
@@ -87,7 +93,8 @@ def discover(
     target: Optional[float] = typer.Option(None, "--target-faithfulness",
                                            help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode "
                                                 "is given; acdc keeps its own circuit]."),
-    ablation: str = typer.Option("corrupted", "--ablation", help="Patched edges carry the corrupted run (corrupted) or the clean mean (mean)."),
+    ablation: str = typer.Option("corrupted", "--ablation", help=ABLATION_HELP),
+    metric: str = typer.Option("task", "--metric", help=METRIC_HELP),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
@@ -100,9 +107,11 @@ def discover(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
 ) -> None:
     """Score every edge, keep a faithful circuit, and write it (JSON, DOT, SVG, scores, manifest, report) to --out."""
+    from circuits.metrics import build_metric, check_metric
     from circuits.run_folder import check_out_dir
 
     _check_ablation(ablation)
+    check_metric(metric)
     neuron_layers = parse_mlp_layers(neurons) or ()
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
@@ -119,9 +128,8 @@ def discover(
 
     from circuits.discover import discover as run_discovery
     from circuits.run_folder import write_run
-    from circuits.scores import MethodOptions
-
     from circuits.methods.acdc import check_options
+    from circuits.scores import MethodOptions
 
     options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
                              batch_size=batch_size, tau=tau, acdc_order=acdc_order, max_tests=max_tests)
@@ -140,11 +148,12 @@ def discover(
 
     bars = ProgressBars()
     try:
-        result = run_discovery(engine, dataset, task_obj.metric, method_obj, options, spec, progress=bars)
+        metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch_size)
+        result = run_discovery(engine, dataset, metric_fn, method_obj, options, spec, progress=bars)
     finally:
         bars.close()
     run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
-           "method": method, "n": len(dataset), "seed": seed, "device": device}
+           "method": method, "metric": metric, "n": len(dataset), "seed": seed, "device": device}
     written = write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection
@@ -178,7 +187,8 @@ def evaluate_circuit(
     seed: Optional[int] = typer.Option(None, "--seed", help="Prompt seed [default: the circuit's seed, else 0]."),
     task: Optional[str] = typer.Option(None, "--task", help="Task [default: the circuit's task]."),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
-    ablation: Optional[str] = typer.Option(None, "--ablation", help="corrupted or mean [default: the circuit's, else corrupted]."),
+    ablation: Optional[str] = typer.Option(None, "--ablation", help="corrupted, mean, mean-positions or zero [default: the circuit's, else corrupted]."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="task or kl [default: the circuit's, else task]."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -203,21 +213,26 @@ def evaluate_circuit(
     n = n if n is not None else int(meta.get("n") or 100)
     seed = seed if seed is not None else int(meta.get("seed") or 0)
     ablation = _check_ablation(ablation or meta.get("ablation") or "corrupted")
+    from circuits.metrics import build_metric, check_metric
+
+    metric = check_metric(metric or meta.get("metric") or "task")
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
 
     loaded, engine = _load(model, device)
     keep = _keep_mask(G, engine.graph, model)
     dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
-    faith = faithfulness(engine, dataset, task_obj.metric, keep, ablation=ablation, batch_size=batch_size)
+    metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch_size)
+    faith = faithfulness(engine, dataset, metric_fn, keep, ablation=ablation, batch_size=batch_size)
     result = {"faithfulness": faith.f, "edges": int(keep.sum()), "metric_full": faith.m_full,
               "metric_empty": faith.m_empty, "metric_circuit": faith.m_circuit, "n": len(dataset), "seed": seed,
-              "model": model, "task": getattr(task_obj, "name", task_name), "ablation": ablation}
+              "model": model, "task": getattr(task_obj, "name", task_name), "ablation": ablation, "metric": metric}
     if as_json:
         from circuits.graphs.build import jsonable
 
         typer.echo(json.dumps(jsonable(result)))
         return
-    typer.echo(f"{result['task']} on {model}: {result['edges']} edges, {len(dataset)} prompts (seed {seed}, {ablation} ablation)")
+    typer.echo(f"{result['task']} on {model}: {result['edges']} edges, {len(dataset)} prompts (seed {seed}, "
+               f"{ablation} ablation, metric {metric})")
     typer.echo(f"  faithfulness     {faith.f:.4f}")
     typer.echo(f"  metric: model {faith.m_full:+.4f}, circuit {faith.m_circuit:+.4f}, all edges patched {faith.m_empty:+.4f}")

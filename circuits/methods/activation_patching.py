@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 import torch
 
 from circuits.ablation import chunks, prepare, reference
+from circuits.dataset import repeat_positions
 from circuits.methods.attribution import parse_neuron_layers, top_neurons
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 
@@ -99,6 +100,10 @@ class ActivationPatching:
         """Residual streams the residual-position patches take their values from."""
         if ablation == "mean":
             return [r.mean(0, keepdim=True).expand_as(r) for r in clean.resid_pre]
+        if ablation == "mean-positions":
+            return [r.mean((0, 1), keepdim=True).expand_as(r) for r in clean.resid_pre]
+        if ablation == "zero":
+            return [torch.zeros_like(r) for r in clean.resid_pre]
         return engine.run(part.corrupted.to(engine.device), part.answer_pos, keep_resid=True).resid_pre
 
     @staticmethod
@@ -112,7 +117,7 @@ class ActivationPatching:
         """Mean metric change when each neuron in ``idx`` alone takes its reference value: [len(idx)]."""
         k, b = len(idx), len(part)
         tokens = part.clean.to(engine.device).repeat(k, 1)
-        answer = part.answer_pos.repeat(k)
+        answer = repeat_positions(part.answer_pos, k)
         cols = idx.repeat_interleave(b)
         ref_vals = ref_hidden[:, :, idx].permute(2, 0, 1).reshape(k * b, -1)  # [k*b, p]
 
