@@ -26,7 +26,9 @@ after ``--path-patching-budget`` seconds it stops and its full time is projected
 nodes queued and the measured cost of a pass), ``faithfulness`` (one circuit: the top 1% of
 edges by EAP) and ``eap_peer_style`` (EAP the way EAP-IG's and auto-circuit's code computes
 it: TransformerLens's per-head flags and hooks that store every sender's output and every
-receiver input's gradient).
+receiver input's gradient), ``acdc`` and ``acdc_naive`` (20 prompts, the first ``--acdc-tests``
+edge tests with tau 0: ours, and ACDC the way its code runs, one hooked full forward per test;
+see ``bench_acdc.py``).
 
 Then EAP and forward+backward against the number of prompts and the model's depth.
 Results go to ``--out`` (bench.json), written atomically.
@@ -247,6 +249,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--path-patching-budget", type=float, default=None,
                     help="seconds after which path patching's search stops and its full time is projected "
                          "(default 300; none with --quick; 0: never stop)")
+    ap.add_argument("--acdc-tests", type=int, default=None,
+                    help=f"edge-test budget of the two ACDC rows (default {ACDC_TESTS['full']}; {ACDC_TESTS['quick']} with --quick)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds allowed per measurement (default: none)")
     return ap.parse_args(argv)
 
@@ -270,7 +274,7 @@ def main(argv=None) -> int:
     pp_budget = args.path_patching_budget if args.path_patching_budget is not None else (0 if args.quick else 300)
     cfg = dict(preset["model"])
     acdc_n = min(ACDC_PROMPTS, n)
-    acdc_tests = ACDC_TESTS["quick" if args.quick else "full"]
+    acdc_tests = args.acdc_tests or ACDC_TESTS["quick" if args.quick else "full"]
     t_start = time.perf_counter()
     load_start = loadavg()
     folder = model_folder(cfg, args.seed)

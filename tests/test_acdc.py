@@ -107,6 +107,10 @@ def test_acdc_batches_tests(setup, monkeypatch):
     assert torch.equal(batched.extra["kept_mask"], single.extra["kept_mask"])
     assert torch.allclose(batched.edge_scores, single.edge_scores, atol=1e-9)
     assert batched.info["passes"] < single.info["passes"] / 3
+    monkeypatch.undo()
+    parts = get_method("acdc").score(engine, data, task.metric, MethodOptions(tau=0.002, batch_size=2))  # 3 parts
+    assert torch.equal(parts.extra["kept_mask"], batched.extra["kept_mask"])
+    assert torch.allclose(parts.edge_scores, batched.edge_scores, atol=1e-9)
 
 
 def test_max_tests_stops_the_search(setup):

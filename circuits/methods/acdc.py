@@ -140,13 +140,19 @@ class BatchedTests:
         return max(1, min(MAX_COPIES, MEMORY_BUDGET // max(per_copy, 1), LOGIT_ROWS_BUDGET // max(logits, 1)))
 
     def _repeated(self, p: _Part, c: int, layer: int):
+        """The part's tokens, prompts, reference, earlier outputs and residual at ``layer``, repeated ``c`` times
+        (cached for the next pass when the dataset is one part; with ``--batch-size`` parts, rebuilt each pass)."""
+        n_before = self.engine.graph.senders_before_heads(layer)
+        if c == 1:
+            return p.tokens, p.part, p.ref, p.outputs[:n_before], p.resid_pre[layer]
         key = (c, layer)
         if key not in p.repeated:
             p.repeated.clear()  # one shape at a time: the buffers are large
-            n_before = self.engine.graph.senders_before_heads(layer)
-            expanded = p.part.subset(list(range(len(p.part))) * c) if c > 1 else p.part
-            p.repeated[key] = (p.tokens.repeat(c, 1), expanded, p.ref.repeat(1, c, 1, 1),
-                               p.outputs[:n_before].repeat(1, c, 1, 1), p.resid_pre[layer].repeat(c, 1, 1))
+            value = (p.tokens.repeat(c, 1), p.part.subset(list(range(len(p.part))) * c), p.ref.repeat(1, c, 1, 1),
+                     p.outputs[:n_before].repeat(1, c, 1, 1), p.resid_pre[layer].repeat(c, 1, 1))
+            if len(self.parts) > 1:
+                return value
+            p.repeated[key] = value
         return p.repeated[key]
 
     def __call__(self, keep: torch.Tensor, receiver: int, columns: torch.Tensor) -> torch.Tensor:
