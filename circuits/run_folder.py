@@ -75,6 +75,7 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "options": {"ig_steps": opts.ig_steps, "neurons": list(opts.neurons), "top_neurons": opts.top_neurons,
                     "threshold": opts.threshold, "batch_size": opts.batch_size, "tau": opts.tau,
                     "acdc_order": opts.acdc_order, "max_tests": opts.max_tests},
+        "neurons_kept": _neuron_lists(sel),
         "metric_full": faith.m_full,
         "metric_empty": faith.m_empty,
         "metric_circuit": faith.m_circuit,
@@ -97,6 +98,13 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
     return manifest
 
 
+def _neuron_lists(selection) -> Dict[str, list]:
+    """``{"m10": [kept neuron indices]}`` of the selection's reduced MLPs (empty when none)."""
+    from circuits.neurons import neuron_lists
+
+    return neuron_lists(getattr(selection, "neurons", None))
+
+
 def circuit_graph(result, metadata: Mapping[str, Any]):
     """The circuit's networkx graph: kept edges with scores, node scores and top neurons, and ``metadata``."""
     from circuits.graphs.build import build_graph
@@ -104,7 +112,8 @@ def circuit_graph(result, metadata: Mapping[str, Any]):
     scores = result.scores
     kept = result.kept_edges()
     top = {k: list(v) for k, v in scores.neuron_scores.items()} or None
-    return build_graph(kept, node_scores=dict(scores.node_scores) or None, top_neurons=top, metadata=metadata)
+    return build_graph(kept, node_scores=dict(scores.node_scores) or None, top_neurons=top, metadata=metadata,
+                       neurons=_neuron_lists(result.selection) or None)
 
 
 def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,

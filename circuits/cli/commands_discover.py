@@ -17,7 +17,10 @@ from circuits.errors import CircuitsError
 
 class ProgressBars:
     """A ``Progress`` callback drawing tqdm bars on stderr (only on a terminal): a new bar whenever
-    the total changes or the count goes back."""
+    the total changes or the count goes back.  ``ProgressBars.sink``, when set (by the service's
+    worker), also receives every report."""
+
+    sink = None  # Optional[Callable[[int, int, str], None]]
 
     def __init__(self) -> None:
         self.bar = None
@@ -27,6 +30,8 @@ class ProgressBars:
     def __call__(self, done: int, total: int, message: str) -> None:
         from tqdm import tqdm
 
+        if ProgressBars.sink is not None:
+            ProgressBars.sink(done, total, message)
         if self.bar is None or total != self.total or done < self.done:
             self.close()
             self.bar = tqdm(total=total, desc=message, file=sys.stderr, leave=False, disable=None, dynamic_ncols=True)
@@ -97,6 +102,8 @@ def discover(
     metric: str = typer.Option("task", "--metric", help=METRIC_HELP),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
+    keep_neurons: Optional[int] = typer.Option(None, "--keep-neurons",
+                                               help="Keep each --neurons MLP through its K top-scored neurons only (the others are patched)."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
     tau: float = typer.Option(0.01, "--tau", help="acdc: remove an edge when patching it moves the mean metric by less than TAU."),
     acdc_order: str = typer.Option("reverse", "--acdc-order",
@@ -113,6 +120,18 @@ def discover(
     _check_ablation(ablation)
     check_metric(metric)
     neuron_layers = parse_mlp_layers(neurons) or ()
+    from circuits.registry import get_method
+
+    method_obj = get_method(method)
+    spec = _selection_spec(top_k, threshold, target, getattr(method_obj, "default_selection", None))
+    if keep_neurons is not None:
+        if not neuron_layers:
+            raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
+        if keep_neurons < 1:
+            raise CircuitsError(f"--keep-neurons must be at least 1 (got {keep_neurons})")
+        from dataclasses import replace
+
+        spec = replace(spec, keep_neurons=keep_neurons)
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
     if batch_size < 0:
@@ -121,14 +140,10 @@ def discover(
         raise CircuitsError(f"--ig-steps must be at least 1 (got {ig_steps})")
     check_out_dir(out, force)
     task_obj = resolve_task(task, task_file)
-    from circuits.registry import get_method
-
-    method_obj = get_method(method)
-    spec = _selection_spec(top_k, threshold, target, getattr(method_obj, "default_selection", None))
 
     from circuits.discover import discover as run_discovery
-    from circuits.run_folder import write_run
     from circuits.methods.acdc import check_options
+    from circuits.run_folder import write_run
     from circuits.scores import MethodOptions
 
     options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
@@ -146,6 +161,8 @@ def discover(
     dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
     timings["dataset"] = time.perf_counter() - t
 
+    if keep_neurons is not None and keep_neurons > engine.w.d_mlp:
+        raise CircuitsError(f"--keep-neurons {keep_neurons}: this model's MLPs have {engine.w.d_mlp} neurons; pass fewer")
     bars = ProgressBars()
     try:
         metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch_size)
@@ -160,6 +177,11 @@ def discover(
     how = f"acdc, tau {sel.value:g}: {sel.k} kept before pruning" if sel.mode == "acdc" else f"{sel.mode} {sel.value:g}, k = {sel.k}"
     typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
                f"({how}), faithfulness {result.faithfulness.f:.3f}")
+    if sel.neurons:
+        from circuits.neurons import neuron_lists
+
+        typer.echo("neurons kept: " + ", ".join(f"{mlp} {len(idx)} of {engine.w.d_mlp}"
+                                                for mlp, idx in neuron_lists(sel.neurons).items()))
     if result.curve is not None:
         typer.echo(f"CPR {result.curve.cpr:.3f}, CMD {result.curve.cmd:.3f}")
     info = result.scores.info
@@ -179,6 +201,52 @@ def _keep_mask(G, graph, model: str):
     return graph.keep_mask(edge_names(G), model=model)
 
 
+def _reduce_request(G, neurons: Optional[str], keep_neurons: Optional[int]) -> tuple:
+    """The MLP layers ``evaluate-circuit --neurons ... --keep-neurons K`` reduces, checked against the circuit."""
+    layers = parse_mlp_layers(neurons) or ()
+    if keep_neurons is None:
+        if layers:
+            raise CircuitsError("--neurons needs --keep-neurons K: how many top neurons each MLP keeps")
+        return ()
+    if not layers:
+        raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
+    if keep_neurons < 1:
+        raise CircuitsError(f"--keep-neurons must be at least 1 (got {keep_neurons})")
+    for layer in layers:
+        if f"m{layer}" not in G:
+            raise CircuitsError(f"--neurons m{layer}: the circuit has no m{layer} to reduce; name one of its MLPs")
+    return layers
+
+
+def _save_circuit(G, path: Path, neurons: dict, f: float, **meta) -> None:
+    """Write the evaluated circuit (its edges, the neurons it was evaluated with) as circuit.json-shaped JSON."""
+    import copy
+
+    from circuits.graphs.build import add_neurons, write_json
+
+    out = copy.deepcopy(G)
+    out.graph.update(meta, faithfulness=f)
+    for n in [n for n, d in out.nodes(data=True) if d.get("kind") == "neuron"]:
+        out.remove_node(n)
+    for _, data in out.nodes(data=True):
+        data.pop("neurons", None)
+    out.graph.pop("neurons", None)
+    if neurons:
+        add_neurons(out, neurons)
+    try:
+        write_json(out, path)
+    except OSError as exc:
+        raise CircuitsError(f"cannot write --save {path} ({exc.strerror or exc}); pass a writable file path") from None
+
+
+def _circuit_neurons(G, engine):
+    """The saved circuit's reduced MLPs as bool masks, checked against the model."""
+    from circuits.graphs.build import circuit_neurons
+    from circuits.neurons import neuron_masks
+
+    return neuron_masks(circuit_neurons(G), n_layers=engine.w.n_layers, d_mlp=engine.w.d_mlp)
+
+
 @app.command("evaluate-circuit")
 def evaluate_circuit(
     circuit: Path = typer.Argument(..., metavar="CIRCUIT_JSON_OR_RUN", help="A circuit.json file, or a run folder that holds one."),
@@ -191,12 +259,18 @@ def evaluate_circuit(
     metric: Optional[str] = typer.Option(None, "--metric", help="task or kl [default: the circuit's, else task]."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
+    neurons: Optional[str] = typer.Option(None, "--neurons", help="Reduce these MLPs of the circuit (e.g. m10) to their top neurons; needs --keep-neurons."),
+    keep_neurons: Optional[int] = typer.Option(None, "--keep-neurons", help="How many neurons each --neurons MLP keeps (top |score|)."),
+    neuron_method: str = typer.Option("eap", "--neuron-method", help="Method whose neuron scores rank the neurons (eap, eap-ig, activation-patching)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the evaluated circuit (with its neurons) to this .json file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Recompute a saved circuit's faithfulness, independently of discovery.
 
     The circuit's edges are used as given (not pruned).  Task, n, seed and ablation default to
     the ones recorded in the circuit, so a run folder's faithfulness is reproduced exactly.
+    MLPs the circuit keeps through some neurons only (``m10.n123`` nodes) are evaluated that way;
+    ``--neurons m10 --keep-neurons 10`` reduces m10 to its 10 top-scored neurons first.
     """
     from circuits.faithfulness import faithfulness
     from circuits.graphs.build import load_circuit
@@ -218,15 +292,35 @@ def evaluate_circuit(
     metric = check_metric(metric or meta.get("metric") or "task")
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
+    reduce_layers = _reduce_request(G, neurons, keep_neurons)
 
     loaded, engine = _load(model, device)
     keep = _keep_mask(G, engine.graph, model)
+    neuron_masks = _circuit_neurons(G, engine)
     dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
     metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch_size)
-    faith = faithfulness(engine, dataset, metric_fn, keep, ablation=ablation, batch_size=batch_size)
+    if reduce_layers:
+        from circuits.neurons import score_top_neurons
+
+        if keep_neurons > engine.w.d_mlp:
+            raise CircuitsError(f"--keep-neurons {keep_neurons}: this model's MLPs have {engine.w.d_mlp} neurons; pass fewer")
+        from circuits.registry import get_method
+
+        get_method(neuron_method)  # an unknown name is a one-line error before any work
+        neuron_masks.update(score_top_neurons(engine, dataset, metric_fn, reduce_layers, keep_neurons,
+                                              method=neuron_method, ablation=ablation, batch_size=batch_size))
+    faith = faithfulness(engine, dataset, metric_fn, keep, ablation=ablation, batch_size=batch_size,
+                         neurons=neuron_masks)
+    from circuits.neurons import neuron_lists
+
+    if save is not None:
+        _save_circuit(G, save, neuron_lists(neuron_masks), faith.f, model=model, task=getattr(task_obj, "name", task_name),
+                      n=len(dataset), seed=seed, ablation=ablation, metric=metric)
+
     result = {"faithfulness": faith.f, "edges": int(keep.sum()), "metric_full": faith.m_full,
               "metric_empty": faith.m_empty, "metric_circuit": faith.m_circuit, "n": len(dataset), "seed": seed,
-              "model": model, "task": getattr(task_obj, "name", task_name), "ablation": ablation, "metric": metric}
+              "model": model, "task": getattr(task_obj, "name", task_name), "ablation": ablation, "metric": metric,
+              "neurons_kept": neuron_lists(neuron_masks)}
     if as_json:
         from circuits.graphs.build import jsonable
 
@@ -235,4 +329,8 @@ def evaluate_circuit(
     typer.echo(f"{result['task']} on {model}: {result['edges']} edges, {len(dataset)} prompts (seed {seed}, "
                f"{ablation} ablation, metric {metric})")
     typer.echo(f"  faithfulness     {faith.f:.4f}")
+    for mlp, idx in result["neurons_kept"].items():
+        typer.echo(f"  {mlp} reduced to {len(idx)} of {engine.w.d_mlp} neurons")
+    if save is not None:
+        typer.echo(f"  circuit written to {save}")
     typer.echo(f"  metric: model {faith.m_full:+.4f}, circuit {faith.m_circuit:+.4f}, all edges patched {faith.m_empty:+.4f}")
