@@ -171,7 +171,10 @@ def discover(
         bars.close()
     run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
            "method": method, "metric": metric, "n": len(dataset), "seed": seed, "device": device}
-    written = write_run(out, result, run, timings=timings, force=force)
+    d_model = getattr(getattr(engine, "w", None), "d_model", None)
+    if isinstance(d_model, int):
+        run["d_model"] = d_model  # EAP-IG's graph files need it (cfg.d_model)
+    write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection
     how = f"acdc, tau {sel.value:g}: {sel.k} kept before pruning" if sel.mode == "acdc" else f"{sel.mode} {sel.value:g}, k = {sel.k}"
@@ -190,8 +193,6 @@ def discover(
                    "untested edges were kept and score 0", err=True)
     if not sel.reached:
         typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
-    if not written.svg:
-        typer.echo("hint: install graphviz (apt-get install graphviz / brew install graphviz) to get circuit.svg", err=True)
     typer.echo(str(out))
 
 
