@@ -162,7 +162,10 @@ def discover(
         bars.close()
     run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
            "method": method, "metric": metric, "n": len(dataset), "seed": seed, "device": device}
-    written = write_run(out, result, run, timings=timings, force=force)
+    d_model = getattr(getattr(engine, "w", None), "d_model", None)
+    if isinstance(d_model, int):
+        run["d_model"] = d_model  # EAP-IG's graph files need it (cfg.d_model)
+    write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection
     typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
@@ -176,8 +179,6 @@ def discover(
         typer.echo(f"CPR {result.curve.cpr:.3f}, CMD {result.curve.cmd:.3f}")
     if not sel.reached:
         typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
-    if not written.svg:
-        typer.echo("hint: install graphviz (apt-get install graphviz / brew install graphviz) to get circuit.svg", err=True)
     typer.echo(str(out))
 
 
