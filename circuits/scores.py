@@ -37,6 +37,10 @@ class MethodOptions:
     max_passes: path patching's budget of patched forward passes (each over every prompt); the
         search stops there and reports ``info["complete"] = False``.
     batch_size: prompts per forward pass (0: all at once).
+    tau: ACDC's threshold: an edge whose patching moves the mean metric by less than ``tau`` is removed.
+    acdc_order: ACDC's sender order within a receiver: ``reverse`` (latest sender first, as ACDC's
+        code) or ``normal`` (compute order).
+    max_tests: ACDC stops after this many edge tests (0: no limit).
     """
 
     ablation: str = "corrupted"
@@ -46,6 +50,9 @@ class MethodOptions:
     threshold: float = 0.02
     max_passes: int = DEFAULT_MAX_PASSES
     batch_size: int = 0
+    tau: float = 0.01
+    acdc_order: str = "reverse"
+    max_tests: int = 0
 
 
 @dataclass(frozen=True)
