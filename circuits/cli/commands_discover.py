@@ -13,6 +13,7 @@ from circuits import names
 from circuits.cli import app
 from circuits.cli.commands_core import MODEL_HELP, parse_mlp_layers, resolve_task
 from circuits.errors import CircuitsError
+from circuits.scores import DEFAULT_MAX_PASSES
 
 
 class ProgressBars:
@@ -60,7 +61,8 @@ def _check_ablation(ablation: str) -> str:
     return ablation
 
 
-def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Optional[float]):
+def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Optional[float], default: Optional[str] = None):
+    """The selection mode given on the command line, else the method's own default (``acdc``), else F = 0.9."""
     from circuits.discover import SelectionSpec
 
     given = [(flag, v) for flag, v in (("--top-k", top_k), ("--threshold", threshold), ("--target-faithfulness", target))
@@ -71,6 +73,8 @@ def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Op
         return SelectionSpec("top-k", top_k)
     if threshold is not None:
         return SelectionSpec("threshold", threshold)
+    if target is None and default == "acdc":
+        return SelectionSpec("acdc", 0.0)
     return SelectionSpec("target-faithfulness", 0.9 if target is None else target)
 
 
@@ -109,36 +113,47 @@ def _batch_size(text: str, max_memory: Optional[str]):
 def discover(
     task: Optional[str] = typer.Argument(None, help="Task name (see `circuits tasks list`)."),
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-    method: str = typer.Option(..., "--method", help="Scoring method: eap, eap-ig, activation-patching, path-patching."),
+    method: str = typer.Option(..., "--method", help="Scoring method: eap, eap-ig, activation-patching, path-patching, acdc."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (must be empty unless --force)."),
     n: int = typer.Option(100, "--n", help="Number of prompts."),
     seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge with |score| >= T (then prune)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune); for a node method (activation-patching), the K nodes."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge (node, for a node method) with |score| >= T (then prune)."),
     target: Optional[float] = typer.Option(None, "--target-faithfulness",
-                                           help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode is given]."),
+                                           help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode "
+                                                "is given; acdc keeps its own circuit]."),
     ablation: str = typer.Option("corrupted", "--ablation", help=ABLATION_HELP),
     metric: str = typer.Option("task", "--metric", help=METRIC_HELP),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
+    max_passes: int = typer.Option(DEFAULT_MAX_PASSES, "--max-passes",
+                                   help="path-patching: budget of patched forward passes; a search that runs out returns the edges found so far."),
+    path_threshold: float = typer.Option(0.02, "--path-threshold",
+                                         help="path-patching: explore a sender's inputs when its edge moves the metric by at least this fraction of the full effect."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
     keep_neurons: Optional[int] = typer.Option(None, "--keep-neurons",
                                                help="Keep each --neurons MLP through its K top-scored neurons only (the others are patched)."),
     batch_size: str = typer.Option("0", "--batch-size", help=BATCH_HELP),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
     dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    tau: float = typer.Option(0.01, "--tau", help="acdc: remove an edge when patching it moves the mean metric by less than TAU."),
+    acdc_order: str = typer.Option("reverse", "--acdc-order",
+                                   help="acdc: senders of a receiver latest first (reverse, as ACDC's code) or input first (normal)."),
+    max_tests: int = typer.Option(0, "--max-tests", help="acdc: stop after N edge tests (0: no limit); the run is then marked incomplete."),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
 ) -> None:
     """Score every edge, keep a faithful circuit, and write it (JSON, DOT, SVG, scores, manifest, report) to --out."""
+    from circuits.metrics import build_metric, check_metric
     from circuits.run_folder import check_out_dir
 
-    from circuits.metrics import build_metric, check_metric
-
-    spec = _selection_spec(top_k, threshold, target)
     _check_ablation(ablation)
     check_metric(metric)
     neuron_layers = parse_mlp_layers(neurons) or ()
+    from circuits.registry import get_method
+
+    method_obj = get_method(method)
+    spec = _selection_spec(top_k, threshold, target, getattr(method_obj, "default_selection", None))
     if keep_neurons is not None:
         if not neuron_layers:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
@@ -155,16 +170,22 @@ def discover(
     parse_dtype(dtype)
     if ig_steps < 1:
         raise CircuitsError(f"--ig-steps must be at least 1 (got {ig_steps})")
+    if max_passes < 1:
+        raise CircuitsError(f"--max-passes must be at least 1 (got {max_passes})")
+    if not 0 <= path_threshold < float("inf"):
+        raise CircuitsError(f"--path-threshold must be a number >= 0 (got {path_threshold})")
     check_out_dir(out, force)
     task_obj = resolve_task(task, task_file)
-    from circuits.registry import get_method
-
-    method_obj = get_method(method)
 
     from circuits.discover import discover as run_discovery
+    from circuits.methods.acdc import check_options
     from circuits.run_folder import write_run
     from circuits.scores import MethodOptions
 
+    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
+                            threshold=path_threshold, max_passes=max_passes, batch_size=batch or 0, tau=tau,
+                            acdc_order=acdc_order, max_tests=max_tests)
+    check_options(options)  # --tau, --acdc-order, --max-tests: refused before the model loads, whatever the method
     timings = {}
     t = time.perf_counter()
     tokenizer, engine = _load(model, device, dtype)
@@ -189,8 +210,9 @@ def discover(
         extra = {"cache_bytes": auto.cache_bytes}
         typer.echo(f"--batch-size auto: {batch} prompts per batch ({auto.bytes_per_prompt / 2 ** 20:.1f} MiB per prompt "
                    f"measured on {auto.probe_prompts}; budget {auto.max_memory / 2 ** 30:.2f} GiB)", err=True)
-    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
-                             batch_size=batch)
+    from dataclasses import replace as with_batch
+
+    options = with_batch(options, batch_size=batch)
     bars = ProgressBars()
     try:
         metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch)
@@ -200,11 +222,22 @@ def discover(
     run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
            "method": method, "metric": metric, "n": len(dataset), "seed": seed, "device": device, "dtype": dtype,
            "batch_size": batch, "batch_size_auto": None if auto is None else auto.manifest()}
-    written = write_run(out, result, run, timings=timings, force=force)
+    d_model = getattr(getattr(engine, "w", None), "d_model", None)
+    if isinstance(d_model, int):
+        run["d_model"] = d_model  # EAP-IG's graph files need it (cfg.d_model)
+    write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection
-    typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
-               f"({sel.mode} {sel.value:g}, k = {sel.k}), faithfulness {result.faithfulness.f:.3f}")
+    how = f"acdc, tau {sel.value:g}: {sel.k} kept before pruning" if sel.mode == "acdc" else f"{sel.mode} {sel.value:g}, k = {sel.k}"
+    if sel.granularity == "node":
+        from circuits.ranking import kept_nodes
+
+        nodes = int(kept_nodes(sel.keep_mask, engine.graph)[1:].sum())
+        typer.echo(f"{run['task']} on {model} with {method}: {nodes} of {engine.graph.n_senders - 1} nodes kept "
+                   f"({sel.edges_kept} edges among them; {sel.mode} {sel.value:g}), faithfulness {result.faithfulness.f:.3f}")
+    else:
+        typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
+                   f"({how}), faithfulness {result.faithfulness.f:.3f}")
     if sel.neurons:
         from circuits.neurons import neuron_lists
 
@@ -212,10 +245,16 @@ def discover(
                                                 for mlp, idx in neuron_lists(sel.neurons).items()))
     if result.curve is not None:
         typer.echo(f"CPR {result.curve.cpr:.3f}, CMD {result.curve.cmd:.3f}")
+    info = result.scores.info
+    if info.get("complete") is False and "passes_used" in info:
+        typer.echo(f"warning: {method} stopped at its budget ({info.get('passes_used')} of --max-passes "
+                   f"{info.get('max_passes')} passes) before exploring every receiver that passed --path-threshold; "
+                   "the circuit has the edges found so far (raise --max-passes to search further)", err=True)
+    elif info.get("complete") is False:
+        typer.echo(f"warning: {method} stopped early after {info.get('edge_tests', '?')} edge tests (--max-tests); "
+                   "untested edges were kept and score 0", err=True)
     if not sel.reached:
         typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
-    if not written.svg:
-        typer.echo("hint: install graphviz (apt-get install graphviz / brew install graphviz) to get circuit.svg", err=True)
     typer.echo(str(out))
 
 
