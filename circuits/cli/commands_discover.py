@@ -17,7 +17,10 @@ from circuits.errors import CircuitsError
 
 class ProgressBars:
     """A ``Progress`` callback drawing tqdm bars on stderr (only on a terminal): a new bar whenever
-    the total changes or the count goes back."""
+    the total changes or the count goes back.  ``ProgressBars.sink``, when set (by the service's
+    worker), also receives every report."""
+
+    sink = None  # Optional[Callable[[int, int, str], None]]
 
     def __init__(self) -> None:
         self.bar = None
@@ -27,6 +30,8 @@ class ProgressBars:
     def __call__(self, done: int, total: int, message: str) -> None:
         from tqdm import tqdm
 
+        if ProgressBars.sink is not None:
+            ProgressBars.sink(done, total, message)
         if self.bar is None or total != self.total or done < self.done:
             self.close()
             self.bar = tqdm(total=total, desc=message, file=sys.stderr, leave=False, disable=None, dynamic_ncols=True)
