@@ -15,16 +15,22 @@ from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulne
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 from circuits.select import MODES, Selection, target_faithfulness, threshold, top_k
 
-__all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "holdout_count", "split_holdout", "kept_edge_scores",
-           "top_components"]
+__all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "reduced_mlps", "holdout_count",
+           "split_holdout", "kept_edge_scores", "top_components"]
 
 
 @dataclass(frozen=True)
 class SelectionSpec:
-    """How to choose the circuit: ``mode`` in ``top-k``, ``threshold``, ``target-faithfulness`` and its ``value``."""
+    """How to choose the circuit: ``mode`` in ``top-k``, ``threshold``, ``target-faithfulness`` and its ``value``.
+
+    ``keep_neurons``: when > 0, each MLP whose neurons the method scores (``MethodOptions.neurons``)
+    is kept through its ``keep_neurons`` top neurons only (by ``|neuron score|``), in every circuit
+    the run measures (the curve, the target search and the chosen circuit).
+    """
 
     mode: str = "target-faithfulness"
     value: float = 0.9
+    keep_neurons: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -35,6 +41,8 @@ class SelectionSpec:
             raise CircuitsError(f"--threshold must be >= 0 (got {self.value})")
         if self.mode == "target-faithfulness" and not 0 < self.value <= 1:
             raise CircuitsError(f"--target-faithfulness must be in (0, 1] (got {self.value})")
+        if self.keep_neurons < 0 or self.keep_neurons != int(self.keep_neurons):
+            raise CircuitsError(f"--keep-neurons must be a whole number >= 1 (got {self.keep_neurons})")
 
 
 @dataclass(frozen=True)
@@ -160,15 +168,44 @@ def top_components(scores: Scores, keep_mask, n: int = 15) -> List[Tuple[str, fl
 
 
 def select(spec: SelectionSpec, scores: Scores, evaluator: CircuitEvaluator, *, curve: Optional[Curve] = None,
-           progress: Optional[Progress] = None) -> Selection:
-    """Apply ``spec`` to ``scores``; the target search reuses the curve's points and the evaluator's cache."""
+           progress: Optional[Progress] = None, neurons=None) -> Selection:
+    """Apply ``spec`` to ``scores``; the target search reuses the curve's points and the evaluator's cache.
+
+    ``neurons`` (MLP layer -> bool [d_mlp]): reduced MLPs, measured that way by the target search;
+    the selection records those of them that stay in the circuit.
+    """
     if spec.mode == "top-k":
-        return top_k(scores, int(spec.value))
-    if spec.mode == "threshold":
-        return threshold(scores, float(spec.value))
-    known = {p.k: p.faithfulness for p in curve.points} if curve is not None else None
-    return target_faithfulness(evaluator.engine, evaluator.dataset, evaluator.metric_fn, scores, evaluator.reference,
-                               float(spec.value), progress=progress, evaluator=evaluator, known=known)
+        chosen = top_k(scores, int(spec.value))
+    elif spec.mode == "threshold":
+        chosen = threshold(scores, float(spec.value))
+    else:
+        known = {p.k: p.faithfulness for p in curve.points} if curve is not None else None
+        chosen = target_faithfulness(evaluator.engine, evaluator.dataset, evaluator.metric_fn, scores,
+                                     evaluator.reference, float(spec.value), progress=progress, evaluator=evaluator,
+                                     known=known, neurons=neurons)
+    if neurons:
+        chosen = replace(chosen, neurons=_neurons_in_circuit(neurons, chosen.keep_mask, scores.graph))
+    return chosen
+
+
+def _neurons_in_circuit(neurons, keep_mask, graph) -> dict:
+    """The neuron masks of the MLPs that the (pruned) circuit keeps (an MLP with a kept outgoing edge)."""
+    import torch
+
+    keep = torch.as_tensor(keep_mask).detach().cpu().bool()
+    return {layer: mask for layer, mask in neurons.items() if bool(keep[graph.mlp_sender(layer)].any())}
+
+
+def reduced_mlps(spec: SelectionSpec, options: MethodOptions, scores: Scores, engine) -> dict:
+    """MLP layer -> bool [d_mlp] of the top ``spec.keep_neurons`` neurons of each MLP in ``options.neurons``."""
+    from circuits.methods.attribution import parse_neuron_layers
+    from circuits.neurons import top_neuron_masks
+
+    if not spec.keep_neurons:
+        return {}
+    layers = parse_neuron_layers(options.neurons, engine.w.n_layers)
+    return top_neuron_masks(scores.neuron_scores, layers, int(spec.keep_neurons), d_mlp=engine.w.d_mlp,
+                            method=scores.method)
 
 
 def _stage(progress: Progress, name: str) -> Progress:
@@ -185,7 +222,7 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
 
     Args:
         engine: a :class:`circuits.engine.GraphEngine`.  dataset: the task's :class:`PromptDataset`.
-        metric: the task's single-position metric ``metric(logits [b, V], dataset) -> [b]``.
+        metric: a :data:`circuits.scores.Metric`, ``metric(logits [b, V] or [b, k, V], dataset) -> [b]``.
         method: a scoring method (``method.score(engine, dataset, metric, options, progress=...)``).
         options: the method's options; ``ablation`` and ``batch_size`` also drive faithfulness.
         selection: how to choose the circuit.  fractions: the curve's edge fractions.
@@ -196,6 +233,11 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     """
     progress = progress or no_progress
     timings: Dict[str, float] = {}
+    if selection.keep_neurons:
+        if not options.neurons:
+            raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
+        if options.top_neurons < selection.keep_neurons:
+            options = replace(options, top_neurons=int(selection.keep_neurons))
 
     t = time.perf_counter()
     scores = method.score(engine, dataset, metric, options, progress=_stage(progress, "scoring"))
@@ -207,21 +249,25 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
 
     t = time.perf_counter()
     reference = reference_outputs(engine, dataset, ablation=options.ablation, batch_size=options.batch_size)
-    evaluator = CircuitEvaluator(engine, dataset, metric, reference, batch_size=options.batch_size)
+    evaluator = CircuitEvaluator(engine, dataset, metric, reference, batch_size=options.batch_size,
+                                 ablation=options.ablation)
+    neurons = reduced_mlps(selection, options, scores, engine)
     timings["reference"] = time.perf_counter() - t
 
     found_curve = None
     if curve:
         t = time.perf_counter()
-        found_curve = faithfulness_curve(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curve"))
+        found_curve = faithfulness_curve(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curve"),
+                                         neurons=neurons)
         timings["curve"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chosen = select(selection, scores, evaluator, curve=found_curve, progress=_stage(progress, "selection"))
+    chosen = select(selection, scores, evaluator, curve=found_curve, progress=_stage(progress, "selection"),
+                    neurons=neurons)
     timings["selection"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    faith = evaluator.faithfulness(chosen.keep_mask)
+    faith = evaluator.faithfulness(chosen.keep_mask, chosen.neurons)
     timings["faithfulness"] = time.perf_counter() - t
     chosen = replace(chosen, faithfulness=faith.f)
 
@@ -229,10 +275,12 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     if heldout is not None and len(heldout):
         t = time.perf_counter()
         ref_held = reference_outputs(engine, heldout, ablation=options.ablation, batch_size=options.batch_size)
-        ev_held = CircuitEvaluator(engine, heldout, metric, ref_held, batch_size=options.batch_size)
-        held_curve = faithfulness_curve(ev_held, scores, fractions, progress=_stage(progress, "held-out curve")) \
-            if curve else None
-        held = HeldOut(n=len(heldout), faithfulness=ev_held.faithfulness(chosen.keep_mask), curve=held_curve)
+        ev_held = CircuitEvaluator(engine, heldout, metric, ref_held, batch_size=options.batch_size,
+                                   ablation=options.ablation)
+        held_curve = faithfulness_curve(ev_held, scores, fractions, progress=_stage(progress, "held-out curve"),
+                                        neurons=neurons) if curve else None
+        held = HeldOut(n=len(heldout), faithfulness=ev_held.faithfulness(chosen.keep_mask, chosen.neurons),
+                       curve=held_curve)
         timings["heldout"] = time.perf_counter() - t
 
     passes = scores.info.get("forward_passes") if isinstance(scores.info, Mapping) else None

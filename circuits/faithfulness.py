@@ -34,6 +34,7 @@ from circuits.ablation import ABLATIONS, chunks, static_reference
 from circuits.ablation import reference as ablation_reference
 from circuits.dataset import PromptDataset
 from circuits.engine import GraphEngine, Patch
+from circuits.neurons import HiddenReference, NeuronMasks, hidden_edit, hidden_reference, masks_key
 from circuits.scores import Metric, Progress, Scores, no_progress
 
 FRACTIONS: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -60,8 +61,13 @@ def reference_outputs(engine: GraphEngine, dataset: PromptDataset, *, ablation: 
 
 
 def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, keep_mask, reference: Tensor,
-                   *, batch_size: int = 0) -> float:
-    """The metric's mean over the prompts with every edge outside ``keep_mask`` [S, R] patched to ``reference``."""
+                   *, batch_size: int = 0, neurons: Optional[NeuronMasks] = None,
+                   hidden_reference: Optional[HiddenReference] = None) -> float:
+    """The metric's mean over the prompts with every edge outside ``keep_mask`` [S, R] patched to ``reference``.
+
+    ``neurons`` (MLP layer -> bool [d_mlp]) reduces those MLPs: their other neurons carry
+    ``hidden_reference[layer]`` [n, p, d_mlp] (see :mod:`circuits.neurons`).
+    """
     keep = torch.as_tensor(keep_mask).to(device=engine.device, dtype=reference.dtype)
     g = engine.graph
     if tuple(keep.shape) != (g.n_senders, g.n_receivers):
@@ -69,9 +75,12 @@ def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, 
     total, start = 0.0, 0
     with torch.no_grad():
         for part in chunks(dataset, batch_size):
-            ref = reference[:, start:start + len(part)]
+            rows = slice(start, start + len(part))
+            ref = reference[:, rows]
             start += len(part)
-            result = engine.run(part.clean.to(engine.device), part.answer_pos, patch=Patch(keep=keep, reference=ref))
+            edit = hidden_edit(neurons, hidden_reference or {}, rows)
+            result = engine.run(part.clean.to(engine.device), part.answer_pos, patch=Patch(keep=keep, reference=ref),
+                                edit_hidden=edit)
             total += float(metric(result.logits, part).double().sum())
     return total / len(dataset)
 
@@ -94,29 +103,44 @@ def _ratio(m_circuit: float, m_full: float, m_empty: float) -> float:
 
 class CircuitEvaluator:
     """Faithfulness of many circuits on one dataset: ``m(N)`` and ``m(empty)`` are computed once and
-    every circuit's metric is cached by its (pruned) mask, so repeated masks cost nothing.
+    every circuit's metric is cached by its (pruned) mask and neuron masks, so repeated circuits cost nothing.
 
     ``runs`` counts the metric evaluations actually made (each is ``ceil(n / batch_size)`` forwards).
     Masks are cached by a hash of their contents, so the cache stays small on large graphs.
+    ``ablation`` says what reduced MLPs' other neurons carry (their hidden reference activations are
+    computed the first time a circuit reduces that MLP; it should match ``reference``).
     """
 
     def __init__(self, engine: GraphEngine, dataset: PromptDataset, metric: Metric, reference: Tensor,
-                 *, batch_size: int = 0):
+                 *, batch_size: int = 0, ablation: str = "corrupted"):
         self.engine, self.dataset, self.metric_fn = engine, dataset, metric
-        self.reference, self.batch_size = reference, batch_size
+        self.reference, self.batch_size, self.ablation = reference, batch_size, ablation
         self.valid = engine.graph.valid_mask()
         self._cache: Dict[bytes, float] = {}
+        self._hidden: HiddenReference = {}
         self.runs = 0
 
-    def metric(self, keep_mask) -> float:
+    def hidden_reference(self, layers) -> HiddenReference:
+        """Reference hidden activations of these MLP layers (computed once each)."""
+        missing = [layer for layer in layers if layer not in self._hidden]
+        if missing:
+            self._hidden.update(hidden_reference(self.engine, self.dataset, missing, ablation=self.ablation,
+                                                 batch_size=self.batch_size))
+        return self._hidden
+
+    def metric(self, keep_mask, neurons: Optional[NeuronMasks] = None) -> float:
         keep = torch.as_tensor(keep_mask).detach().cpu()
         keep = keep.bool() if keep.dtype == torch.bool or bool(((keep == 0) | (keep == 1)).all()) else keep.float()
         if keep.dtype == torch.bool:
             keep = keep & self.valid  # entries outside the graph are never read; normalize them for the cache key
-        key = hashlib.blake2b(bytes([keep.dtype == torch.bool]) + keep.numpy().tobytes(), digest_size=20).digest()
+        neurons = {int(k): torch.as_tensor(v).bool().cpu() for k, v in (neurons or {}).items()}
+        key = hashlib.blake2b(bytes([keep.dtype == torch.bool]) + keep.numpy().tobytes() + masks_key(neurons),
+                              digest_size=20).digest()
         if key not in self._cache:
+            hidden = self.hidden_reference(sorted(neurons)) if neurons else None
             self._cache[key] = circuit_metric(self.engine, self.dataset, self.metric_fn, keep, self.reference,
-                                              batch_size=self.batch_size)
+                                              batch_size=self.batch_size, neurons=neurons or None,
+                                              hidden_reference=hidden)
             self.runs += 1
         return self._cache[key]
 
@@ -128,19 +152,24 @@ class CircuitEvaluator:
     def m_empty(self) -> float:
         return self.metric(torch.zeros_like(self.valid))
 
-    def faithfulness(self, keep_mask) -> Faithfulness:
+    def faithfulness(self, keep_mask, neurons: Optional[NeuronMasks] = None) -> Faithfulness:
+        """f of the circuit ``keep_mask`` [S, R], with the MLPs in ``neurons`` reduced to their kept neurons."""
         m_full, m_empty = self.m_full, self.m_empty
-        m_c = self.metric(keep_mask)
+        m_c = self.metric(keep_mask, neurons)
         return Faithfulness(m_full=m_full, m_empty=m_empty, m_circuit=m_c, f=_ratio(m_c, m_full, m_empty))
 
 
 def faithfulness(engine: GraphEngine, dataset: PromptDataset, metric: Metric, keep_mask,
                  reference: Optional[Tensor] = None, *, ablation: str = "corrupted",
-                 batch_size: int = 0) -> Faithfulness:
-    """Faithfulness of one circuit (three patched evaluations; ``reference`` is built from ``ablation`` if not given)."""
+                 batch_size: int = 0, neurons: Optional[NeuronMasks] = None) -> Faithfulness:
+    """Faithfulness of one circuit (three patched evaluations; ``reference`` is built from ``ablation`` if not given).
+
+    ``neurons``: MLP layer -> bool [d_mlp]; those MLPs are kept through these neurons only.
+    """
     if reference is None:
         reference = reference_outputs(engine, dataset, ablation=ablation, batch_size=batch_size)
-    return CircuitEvaluator(engine, dataset, metric, reference, batch_size=batch_size).faithfulness(keep_mask)
+    evaluator = CircuitEvaluator(engine, dataset, metric, reference, batch_size=batch_size, ablation=ablation)
+    return evaluator.faithfulness(keep_mask, neurons)
 
 
 @dataclass(frozen=True)
@@ -176,8 +205,11 @@ def normalized_area(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: Sequence[float] = FRACTIONS,
-                       *, progress: Optional[Progress] = None) -> Curve:
-    """f of the top-``ceil(fraction * E)`` edges by ``|score|`` (each pruned) for each fraction, with CPR and CMD."""
+                       *, progress: Optional[Progress] = None, neurons: Optional[NeuronMasks] = None) -> Curve:
+    """f of the top-``ceil(fraction * E)`` edges by ``|score|`` (each pruned) for each fraction, with CPR and CMD.
+
+    ``neurons``: MLPs reduced to these neurons in every circuit of the curve (``discover --keep-neurons``).
+    """
     from circuits.select import prune, top_k_mask
 
     progress = progress or no_progress
@@ -194,7 +226,8 @@ def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: S
     for i, x in enumerate(xs):
         k = edges_for_fraction(x, n_edges)
         mask = prune(top_k_mask(scores, k), graph)
-        points.append(CurvePoint(fraction=x, k=k, edges=int(mask.sum()), faithfulness=evaluator.faithfulness(mask).f))
+        f = evaluator.faithfulness(mask, neurons) if neurons else evaluator.faithfulness(mask)
+        points.append(CurvePoint(fraction=x, k=k, edges=int(mask.sum()), faithfulness=f.f))
         progress(3 + i, total, "faithfulness curve")
     ys = [p.faithfulness for p in points]
     return Curve(points=tuple(points), cpr=normalized_area(xs, ys), cmd=normalized_area(xs, [abs(1 - y) for y in ys]))

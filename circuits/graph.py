@@ -134,8 +134,10 @@ class ComputationalGraph:
     def keep_mask(self, edge_names: Iterable[str], *, model: str = ""):
         """Bool [senders, receivers] mask of the named edges (a saved circuit on this graph).
 
-        Raises ``CircuitsError`` naming the first edge that is malformed, joins neurons (the graph's
-        nodes are input, heads, MLPs and logits) or is not in this graph (a circuit of another model).
+        An edge named at neuron level (``a5.h1->m10.n123``) is read as its MLP's edge (``a5.h1->m10``);
+        which neurons a reduced MLP keeps is the circuit's ``neurons`` (``circuits.neurons``).
+        Raises ``CircuitsError`` naming the first edge that is malformed or is not in this graph
+        (a circuit of another model).
         """
         import torch
 
@@ -148,12 +150,9 @@ class ComputationalGraph:
                 edge = names.parse_edge(name)
             except names.NameError_ as exc:
                 raise CircuitsError(f"the circuit has a bad edge: {exc}") from None
-            if "neuron" in (edge.src.kind, edge.dst.kind):
-                raise CircuitsError(
-                    f"edge {name} joins neurons, but circuits are edges between input, heads, MLPs and logits; "
-                    "name the MLP (m10), not its neurons (m10.n42)")
+            src, dst = (names.mlp(n.layer) if n.kind == "neuron" else n for n in (edge.src, edge.dst))
             try:
-                s, r = self.edge_index(name)
+                s, r = self.edge_index(names.format_edge(names.Edge(src, dst, edge.qkv)))
             except KeyError:
                 raise CircuitsError(
                     f"edge {name} is not in the graph{where} ({self.n_layers} layers x {self.n_heads} heads, "

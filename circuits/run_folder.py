@@ -74,6 +74,7 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "metric": run.get("metric", "task"),
         "options": {"ig_steps": opts.ig_steps, "neurons": list(opts.neurons), "top_neurons": opts.top_neurons,
                     "threshold": opts.threshold, "batch_size": opts.batch_size},
+        "neurons_kept": _neuron_lists(sel),
         "metric_full": faith.m_full,
         "metric_empty": faith.m_empty,
         "metric_circuit": faith.m_circuit,
@@ -103,6 +104,13 @@ def _heldout_fields(held) -> Dict[str, Any]:
             "metric_circuit_heldout": held.faithfulness.m_circuit}
 
 
+def _neuron_lists(selection) -> Dict[str, list]:
+    """``{"m10": [kept neuron indices]}`` of the selection's reduced MLPs (empty when none)."""
+    from circuits.neurons import neuron_lists
+
+    return neuron_lists(getattr(selection, "neurons", None))
+
+
 def circuit_graph(result, metadata: Mapping[str, Any]):
     """The circuit's networkx graph: kept edges with scores, node scores and top neurons, and ``metadata``."""
     from circuits.graphs.build import build_graph
@@ -110,7 +118,8 @@ def circuit_graph(result, metadata: Mapping[str, Any]):
     scores = result.scores
     kept = result.kept_edges()
     top = {k: list(v) for k, v in scores.neuron_scores.items()} or None
-    return build_graph(kept, node_scores=dict(scores.node_scores) or None, top_neurons=top, metadata=metadata)
+    return build_graph(kept, node_scores=dict(scores.node_scores) or None, top_neurons=top, metadata=metadata,
+                       neurons=_neuron_lists(result.selection) or None)
 
 
 def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,

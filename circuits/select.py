@@ -10,7 +10,7 @@ Nothing here prints or writes files.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -37,6 +37,8 @@ class Selection:
     (``target-faithfulness`` computes it; the other modes leave None).  mode: one of :data:`MODES`;
     value: the mode's parameter (k, the threshold or the target).  evaluations: new faithfulness
     evaluations the search made (0 for the other modes).  reached: False when no k reached the target.
+    neurons: MLP layer -> bool [d_mlp] of the neurons kept in MLPs the circuit keeps only in part
+    (their other neurons carry reference activations); an MLP not in the map is kept or dropped whole.
     """
 
     keep_mask: Tensor
@@ -47,6 +49,7 @@ class Selection:
     value: float
     evaluations: int = 0
     reached: bool = True
+    neurons: Mapping[int, Tensor] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- pruning
@@ -204,12 +207,14 @@ def search_smallest_k(f: Callable[[int], float], n_edges: int, target: float,
 
 def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Tensor, target: float = 0.9, *,
                         batch_size: int = 0, progress: Optional[Progress] = None, evaluator=None,
-                        known: Optional[Mapping[int, float]] = None) -> Selection:
+                        known: Optional[Mapping[int, float]] = None,
+                        neurons: Optional[Mapping[int, Tensor]] = None) -> Selection:
     """The smallest top-``k`` circuit (pruned) whose faithfulness is at least ``target`` (see :func:`search_smallest_k`).
 
     ``evaluator``: a :class:`circuits.faithfulness.CircuitEvaluator` to share its cache (built
     from ``engine``, ``dataset``, ``metric`` and ``reference`` if not given).  ``known``: k -> f
-    already computed for these scores (e.g. the curve's points).
+    already computed for these scores (e.g. the curve's points).  ``neurons``: MLPs reduced to
+    these neurons (MLP layer -> bool [d_mlp]) in every circuit tried.
     """
     from circuits.faithfulness import CircuitEvaluator
 
@@ -225,7 +230,8 @@ def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Tens
         )
 
     def f(k: int) -> float:
-        return evaluator.faithfulness(prune(top_k_mask(scores, k), graph)).f
+        mask = prune(top_k_mask(scores, k), graph)
+        return (evaluator.faithfulness(mask, neurons) if neurons else evaluator.faithfulness(mask)).f
 
     result = search_smallest_k(f, graph.n_edges, target, known=known, progress=progress)
     mask = prune(top_k_mask(scores, result.k), graph)

@@ -11,6 +11,12 @@ Node attributes: ``kind``, ``layer``, ``head``, ``neuron``, ``position`` (None f
 Edge attributes: ``qkv`` (sorted letters, ``[]`` for non-head receivers), ``scores``
 (letter -> score, or ``{"": score}``), ``score`` (their sum) and ``names`` (sorted full
 edge names). ``G.graph`` holds the run's metadata.
+
+**Reduced MLPs.** A circuit may keep an MLP through some of its neurons only. The MLP keeps
+its MLP-level edges (``a5.h1->m10``) and its node lists the kept neurons (``neurons``:
+``[123, ...]``); each kept neuron is a node ``m10.n123`` (kind ``neuron``, ``parent: "m10"``)
+without edges, and ``G.graph["neurons"]`` maps ``"m10"`` to the same list. When reading,
+an edge named at neuron level (``a5.h1->m10.n123``) is the MLP's edge plus that neuron.
 """
 from __future__ import annotations
 
@@ -29,8 +35,8 @@ from circuits.errors import CircuitsError
 CIRCUIT_FILE = "circuit.json"
 
 __all__ = [
-    "CIRCUIT_FILE", "build_graph", "node_attributes", "edge_names", "to_node_link", "from_node_link",
-    "load_circuit", "write_json", "jsonable",
+    "CIRCUIT_FILE", "build_graph", "node_attributes", "edge_names", "circuit_neurons", "add_neurons",
+    "to_node_link", "from_node_link", "load_circuit", "write_json", "jsonable",
 ]
 
 
@@ -40,12 +46,15 @@ def build_graph(
     node_scores: Optional[Mapping[str, float]] = None,
     top_neurons: Optional[Mapping[str, Sequence[tuple[int, float]]]] = None,
     metadata: Optional[Mapping[str, Any]] = None,
+    neurons: Optional[Mapping[str, Sequence[int]]] = None,
 ) -> nx.DiGraph:
     """The graph of a circuit from its kept edges (edge name -> score).
 
     The nodes are the ends of the kept edges; ``node_scores`` and ``top_neurons`` (keyed by
-    component name) only annotate them. Raises :class:`CircuitsError` on a name outside the
-    grammar, two spellings of one edge, or a score that is not a finite number.
+    component name) only annotate them. ``neurons`` (``{"m10": [123, ...]}``) reduces those MLPs
+    to these neurons (see the module docstring; a neuron's score comes from ``top_neurons``).
+    Raises :class:`CircuitsError` on a name outside the grammar, two spellings of one edge, or a
+    score that is not a finite number.
     """
     G = nx.DiGraph()
     G.graph.update(dict(metadata or {}))
@@ -71,7 +80,57 @@ def build_graph(
         data["qkv"] = sorted(k for k in data["scores"] if k)
         data["score"] = float(sum(data["scores"].values()))
         data["names"] = sorted(data["names"] + [name])
+    if neurons:
+        add_neurons(G, neurons, top_neurons=top)
     return G
+
+
+def add_neurons(G: nx.DiGraph, neurons: Mapping[str, Sequence[int]], *,
+                top_neurons: Optional[Mapping[str, Sequence[tuple[int, float]]]] = None) -> None:
+    """Reduce MLPs of ``G`` (in place) to the given neurons: ``{"m10": [123, ...]}`` (see the module docstring).
+
+    Each MLP must be a node of ``G`` (an MLP outside the circuit has no neurons to keep).
+    """
+    recorded = dict(G.graph.get("neurons") or {})
+    for raw, idx in neurons.items():
+        node = _parse_node(raw)
+        mlp_name = names.format_node(node)
+        if node.kind != "mlp":
+            raise CircuitsError(f"neurons are listed per MLP, like {{\"m10\": [123]}}; {raw!r} is not an MLP")
+        if mlp_name not in G:
+            raise CircuitsError(f"neurons of {mlp_name} are given, but {mlp_name} has no edge in the circuit; "
+                                "keep its edges or leave its neurons out")
+        kept = sorted(set(_neuron_index(i, mlp_name) for i in idx) | set(G.nodes[mlp_name].get("neurons") or ()))
+        scores = {int(i): float(v) for i, v in ((top_neurons or {}).get(mlp_name) or ())}
+        G.nodes[mlp_name]["neurons"] = kept
+        for i in kept:
+            n = names.format_node(names.neuron(node.layer, i))
+            if n not in G:
+                G.add_node(n, **node_attributes(names.neuron(node.layer, i), scores.get(i)))
+        recorded[mlp_name] = kept
+    G.graph["neurons"] = dict(sorted(recorded.items(), key=lambda kv: _node_key(kv[0])))
+
+
+def circuit_neurons(G: nx.DiGraph) -> dict[str, list[int]]:
+    """The circuit's reduced MLPs and their kept neurons, ``{"m10": [123, ...]}``: the union of
+    ``G.graph["neurons"]``, the MLP nodes' ``neurons`` lists and the neuron nodes (``m10.n123``)."""
+    out: dict[str, set[int]] = {}
+    for raw, idx in (G.graph.get("neurons") or {}).items():
+        mlp_name = names.format_node(_parse_node(raw))
+        out.setdefault(mlp_name, set()).update(_neuron_index(i, mlp_name) for i in (idx or ()))
+    for n, data in G.nodes(data=True):
+        node = _parse_node(n)
+        if node.kind == "mlp" and data.get("neurons"):
+            out.setdefault(n, set()).update(_neuron_index(i, n) for i in data["neurons"])
+        elif node.kind == "neuron":
+            out.setdefault(names.format_node(names.mlp(node.layer)), set()).add(int(node.index))
+    return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: _node_key(kv[0]))}
+
+
+def _neuron_index(value: Any, mlp_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CircuitsError(f"{mlp_name}'s neurons must be whole numbers >= 0 (got {value!r})")
+    return int(value)
 
 
 def node_attributes(
@@ -83,6 +142,7 @@ def node_attributes(
         "layer": node.layer,
         "head": node.head,
         "neuron": node.index if node.kind == "neuron" else None,
+        **({"parent": names.format_node(names.mlp(node.layer))} if node.kind == "neuron" else {}),
         "position": None,
         "score": None if score is None else float(score),
         "top_neurons": None if top_neurons is None else [[int(i), float(s)] for i, s in top_neurons],
@@ -171,7 +231,49 @@ def from_node_link(data: Any) -> nx.DiGraph:
         if not isinstance(entry, dict) or not isinstance(entry.get("source"), str) or not isinstance(entry.get("target"), str):
             raise CircuitsError(f"edge {i} needs string 'source' and 'target'; {fix}")
         _add_loaded_edge(G, entry)
+    _lift_neuron_edges(G)
+    neurons = circuit_neurons(G)
+    if neurons:
+        add_neurons(G, neurons)
     return G
+
+
+def _lift_neuron_edges(G: nx.DiGraph) -> None:
+    """Read edges named at neuron level (``a5.h1->m10.n123``) as the MLP's edge plus that neuron."""
+    lifted = [(u, v) for u, v in G.edges if "neuron" in (_parse_node(u).kind, _parse_node(v).kind)]
+    for u, v in lifted:
+        data = G.edges[u, v]
+        G.remove_edge(u, v)
+        ends = []
+        for end in (u, v):
+            node = _parse_node(end)
+            if node.kind == "neuron":
+                mlp_name = names.format_node(names.mlp(node.layer))
+                G.graph["neurons"] = {**(G.graph.get("neurons") or {}),
+                                      mlp_name: sorted(set((G.graph.get("neurons") or {}).get(mlp_name, [])) | {node.index})}
+                ends.append(mlp_name)
+            else:
+                ends.append(end)
+        a, b = ends
+        if a == b:
+            raise CircuitsError(f"edge {u}->{v} joins two neurons of one MLP; edges join components of different layers")
+        names_ = sorted({_lift_name(n) for n in data.get("names") or []})
+        for end in (a, b):
+            if end not in G:
+                G.add_node(end, **node_attributes(_parse_node(end)))
+        if G.has_edge(a, b):
+            old = G.edges[a, b]
+            merged = sorted(set(old.get("names") or []) | set(names_))
+            scores = {**(data.get("scores") or {}), **(old.get("scores") or {})}
+            old.update(names=merged, qkv=sorted(set(old.get("qkv") or []) | set(data.get("qkv") or [])), scores=scores)
+        else:
+            G.add_edge(a, b, **{**data, "names": names_})
+
+
+def _lift_name(name: str) -> str:
+    edge = _parse_edge(name)
+    src, dst = (names.mlp(n.layer) if n.kind == "neuron" else n for n in (edge.src, edge.dst))
+    return names.format_edge(names.Edge(src, dst, edge.qkv))
 
 
 def _add_loaded_edge(G: nx.DiGraph, entry: Mapping[str, Any]) -> None:

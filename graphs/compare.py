@@ -14,7 +14,7 @@ import networkx as nx
 from circuits import names
 from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
-from circuits.graphs.build import edge_names
+from circuits.graphs.build import circuit_neurons, edge_names
 
 SCORES_FILE = "scores.tsv"
 HEADER = "edge\tscore"
@@ -30,12 +30,30 @@ def compare(a: nx.DiGraph, b: nx.DiGraph, *, scores: Optional[Mapping[str, float
     q, k and v inputs count apart). ``auroc`` is None unless ``scores`` (every scored edge
     of ``a``'s run, name -> score) is given; then it is the AUROC of ``|score|`` as a
     classifier of membership in ``b``'s edges over all scored edges (see :func:`auroc`).
+
+    Nodes are components (heads, MLPs, input, logits); a reduced MLP counts as its MLP. When
+    either circuit reduces an MLP to some of its neurons, ``"neurons"`` adds precision, recall
+    and Jaccard over the kept neurons (``m10.n123``) of the MLPs that both circuits reduce
+    (``mlps``: those MLPs); an MLP kept whole has no neuron list to compare.
     """
     edges = overlap(edge_names(a), edge_names(b))
     edges["auroc"] = None
     if scores is not None:
         edges["auroc"] = auroc(scores, edge_names(b))
-    return {"nodes": overlap(set(a.nodes), set(b.nodes)), "edges": edges}
+    out = {"nodes": overlap(_components(a), _components(b)), "edges": edges}
+    na, nb = circuit_neurons(a), circuit_neurons(b)
+    if na or nb:
+        both = sorted(set(na) & set(nb), key=lambda m: names.parse_node(m).layer)
+
+        def kept(reduced: dict) -> set:
+            return {f"{m}.n{i}" for m in both for i in reduced[m]}
+
+        out["neurons"] = {**overlap(kept(na), kept(nb)), "mlps": both}
+    return out
+
+
+def _components(G: nx.DiGraph) -> set:
+    return {n for n in G.nodes if names.parse_node(n).kind != "neuron"}
 
 
 def overlap(found: set, reference: set) -> dict[str, float]:

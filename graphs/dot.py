@@ -6,6 +6,8 @@ at the top. Heads are ellipses, MLPs boxes, neurons rounded boxes, ``input`` a h
 ``logits`` a double octagon. An edge's width grows with ``|score|`` (0.5 to 6 points,
 relative to the largest in the graph), its colour gives the sign (blue positive, red
 negative), and edges into heads are labelled with the inputs they feed (``q,k``).
+A reduced MLP (kept through some neurons only) says how many in its label, and each kept
+neuron (``n123``) sits in the MLP's rank, tied to it by a dashed line.
 The output depends only on the graph, so equal graphs give byte-equal files.
 """
 from __future__ import annotations
@@ -51,6 +53,11 @@ def to_dot(G: nx.DiGraph) -> str:
     edges = sorted(G.edges(data=True), key=lambda e: (_order_key(e[0]), _order_key(e[1])))
     for u, v, data in edges:
         lines.append(f"  {quote(u)} -> {quote(v)} [{_attrs(_edge_style(data, max_abs))}];")
+    tie = {"style": "dashed", "dir": "none", "color": "#7f9f7f", "constraint": "false"}
+    for n in order:
+        parent = G.nodes[n].get("parent")
+        if (G.nodes[n].get("kind") or names.parse_node(n).kind) == "neuron" and parent in G:
+            lines.append(f"  {quote(parent)} -> {quote(n)} [{_attrs(tie)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -88,8 +95,14 @@ def _edge_style(data: dict, max_abs: float) -> dict[str, str]:
 
 
 def _node_style(name: str, data: dict) -> dict[str, str]:
-    kind = data.get("kind") or names.parse_node(name).kind
-    style = {"label": name, **_SHAPES.get(kind, {"shape": "box"})}
+    node = names.parse_node(name)
+    kind = data.get("kind") or node.kind
+    label = name
+    if kind == "neuron":
+        label = f"n{node.index}"
+    elif kind == "mlp" and data.get("neurons"):
+        label = f"{name}\n{len(data['neurons'])} neurons"
+    style = {"label": label, **_SHAPES.get(kind, {"shape": "box"})}
     score = data.get("score")
     if isinstance(score, (int, float)):
         style["tooltip"] = f"{name}: {score:.4g}"

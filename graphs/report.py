@@ -14,7 +14,7 @@ import networkx as nx
 
 from circuits import names
 from circuits.atomic import write_atomic
-from circuits.graphs.build import edge_names
+from circuits.graphs.build import circuit_neurons, edge_names
 
 REPORT_FILE = "report.md"
 CURVE_FILE = "faithfulness_curve.png"
@@ -59,6 +59,7 @@ def write_report(
     lines += _summary(info, G) + [""]
     lines += ["## Top components", ""] + _components(top_components) + [""]
     lines += ["## Kept heads and MLPs", ""] + _kept(G) + [""]
+    lines += _neurons(G)
     lines += ["## Faithfulness curve", ""]
     drawn = plot_curve(curve, run_dir / CURVE_FILE, kept=_kept_fraction(info, G)) if curve else None
     if drawn is not None:
@@ -131,11 +132,30 @@ def _components(top: Sequence[tuple[str, float]]) -> list[str]:
 def _kept(G: nx.DiGraph) -> list[str]:
     nodes = sorted((names.parse_node(n) for n in G.nodes), key=names.node_layer_order)
     heads = [str(n) for n in nodes if n.kind == "head"]
-    mlps = [str(n) for n in nodes if n.kind in ("mlp", "neuron")]
+    reduced = circuit_neurons(G)
+    mlps = [f"{n} ({len(reduced[str(n)])} neurons)" if str(n) in reduced else str(n) for n in nodes if n.kind == "mlp"]
     return [
         f"- heads ({len(heads)}): " + (", ".join(heads) or "none"),
         f"- MLPs ({len(mlps)}): " + (", ".join(mlps) or "none"),
     ]
+
+
+def _neurons(G: nx.DiGraph) -> list[str]:
+    """The "Neurons" section: each reduced MLP's kept neurons with their scores (none: no section)."""
+    reduced = circuit_neurons(G)
+    if not reduced:
+        return []
+    lines = ["## Neurons", "",
+             "These MLPs are kept through the neurons listed only; their other neurons carry reference activations.", "",
+             "| MLP | neurons kept | neurons (score) |", "| --- | --- | --- |"]
+    for mlp_name, idx in reduced.items():
+        layer = names.parse_node(mlp_name).layer
+        cells = []
+        for i in idx:
+            score = G.nodes[names.format_node(names.neuron(layer, i))].get("score") if names.format_node(names.neuron(layer, i)) in G else None
+            cells.append(f"n{i} ({_fmt(score)})" if isinstance(score, (int, float)) else f"n{i}")
+        lines.append(f"| {mlp_name} | {len(idx)} | {_cell(', '.join(cells))} |")
+    return lines + [""]
 
 
 def _kept_fraction(info: Mapping[str, Any], G: nx.DiGraph) -> Optional[float]:

@@ -2,6 +2,8 @@
 """Write the reference circuits in graphs/references/ (node-link JSON, one file per circuit).
 
 * one file per planted model: its ground truth, from ``circuits.models.planted.ground_truth``;
+* ``planted-neurons.json``: planted's ground truth with its readout MLP m1 reduced to the 48
+  neurons that carry the task (``circuits.models.planted.task_neurons``);
 * ``hanna-gpt2.json``: the greater-than circuit Hanna et al. (2023) published for GPT-2 small.
   The paper lists nodes (heads, MLPs and the positions they act at), not edges; the edges
   here are inferred (see the file's metadata).
@@ -89,8 +91,26 @@ def planted_reference(variant: str) -> dict[str, Any]:
     return _reference(gt["edges"], gt["positions"], metadata)
 
 
-def _reference(edges: list[str], positions: dict[str, str], metadata: dict[str, Any]) -> dict[str, Any]:
-    G = build_graph({e: 1.0 for e in edges}, metadata=metadata)
+def planted_neurons_reference() -> dict[str, Any]:
+    """planted's ground truth with m1 kept through its task neurons only."""
+    from circuits.models.planted import task_neurons
+
+    gt = ground_truth("planted")
+    kept = {"m1": list(task_neurons("planted")["m1"])}
+    base = planted_reference("planted")["graph"]
+    metadata = {
+        **base,
+        "name": "planted-neurons",
+        "description": f"ground truth of planted with its readout MLP m1 reduced to its {len(kept['m1'])} task neurons",
+        "note": "The edges of planted's ground truth; m1 is kept through the neurons that map a0.h0's code to the "
+        "answer (the model's MLP 'map'), and its other neurons (decoys) carry their reference activations. "
+        "This circuit is as faithful as planted's with m1 whole. Edge scores are 1.0 (membership).",
+    }
+    return _reference(gt["edges"], gt["positions"], metadata, neurons=kept)
+
+
+def _reference(edges: list[str], positions: dict[str, str], metadata: dict[str, Any], neurons=None) -> dict[str, Any]:
+    G = build_graph({e: 1.0 for e in edges}, metadata=metadata, neurons=neurons)
     for node, position in positions.items():
         if node in G:
             G.nodes[node]["position"] = position
@@ -100,6 +120,7 @@ def _reference(edges: list[str], positions: dict[str, str], metadata: dict[str, 
 def references() -> dict[str, dict[str, Any]]:
     """Every reference circuit: file stem -> node-link data."""
     out = {name: planted_reference(name) for name in VARIANTS}
+    out["planted-neurons"] = planted_neurons_reference()
     out["hanna-gpt2"] = hanna_reference()
     return out
 

@@ -16,6 +16,10 @@ Implementation: the bridge's per-head flags make each receiver input its own hoo
 (``blocks.L.hook_q_input`` ... of shape [batch, pos, n_heads, d_model]); in the clean run each
 receiver hook adds ``corrupted_out - current_out`` of its patched senders to the residual
 stream it is given.  Nothing else is changed.
+
+Reduced MLPs (``neurons``: layer -> bool [d_mlp] of kept neurons): at ``blocks.L.mlp.hook_post``
+(the hidden activations after the non-linearity) every neuron outside the mask takes its value
+from the corrupted run; the MLP's output is then whatever the model computes from that.
 """
 from __future__ import annotations
 
@@ -109,9 +113,11 @@ def sender_activations(bridge: Any, tokens: torch.Tensor) -> dict[str, torch.Ten
 
 
 def edge_patched_logits(
-    bridge: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, patched_edges: Iterable[str]
+    bridge: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, patched_edges: Iterable[str],
+    neurons: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Logits [batch, pos, vocab] of the clean run with ``patched_edges`` carrying corrupted activations."""
+    """Logits [batch, pos, vocab] of the clean run with ``patched_edges`` carrying corrupted activations
+    (and, in each MLP of ``neurons``, the neurons outside its mask carrying their corrupted activations)."""
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     valid = set(all_edges(n_layers, n_heads))
     by_receiver: dict[tuple[str, int | None], list[names.Node]] = {}
@@ -124,8 +130,10 @@ def edge_patched_logits(
         head = edge.dst.index if edge.dst.kind == "head" else None
         by_receiver.setdefault((hook, head), []).append(edge.src)
 
+    neurons = neurons or {}
     with PerHeadFlags(bridge), torch.no_grad():
         corrupted = sender_activations(bridge, corrupted_tokens)
+        post = {layer: _hidden(bridge, corrupted_tokens, layer) for layer in neurons}
         current: dict[str, torch.Tensor] = {}
 
         def save(name: str) -> Callable:
@@ -149,9 +157,30 @@ def edge_patched_logits(
 
             return hook
 
-        hooks = [(n, save(n)) for n in _sender_hooks(n_layers)]
+        def reduce(layer: int) -> Callable:
+            def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
+                out = t.clone()
+                drop = ~neurons[layer].bool()
+                out[..., drop] = post[layer][..., drop]
+                return out
+
+            return hook
+
+        hooks = [(f"blocks.{layer}.mlp.hook_post", reduce(layer)) for layer in sorted(neurons)]
+        hooks += [(n, save(n)) for n in _sender_hooks(n_layers)]
         hooks += [(n, patch(n)) for n in dict.fromkeys(n for n, _ in by_receiver)]
         return _run(bridge, clean_tokens, hooks)
+
+
+def _hidden(bridge: Any, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """MLP ``layer``'s hidden activations [batch, pos, d_mlp] (``hook_post``) on ``tokens``."""
+    acts: dict[str, torch.Tensor] = {}
+
+    def save(t: torch.Tensor, hook: Any) -> None:
+        acts["post"] = t.detach().clone()
+
+    _run(bridge, tokens, [(f"blocks.{layer}.mlp.hook_post", save)])
+    return acts["post"]
 
 
 def hooks_left(bridge: Any) -> list[str]:

@@ -245,14 +245,22 @@ def test_evaluate_circuit_names_the_first_bad_edge(tmp_path, tiny_gpt2_dir):
     assert "2 layers x 4 heads" in err
 
 
-def test_evaluate_circuit_explains_neuron_edges(tmp_path, tiny_gpt2_dir):
+def test_evaluate_circuit_reads_neuron_edges_as_the_mlp_edge(tmp_path, tiny_gpt2_dir):
+    """``m0.n3->logits`` is the edge m0->logits with m0 reduced to neuron 3 (issue 12's contract)."""
     from circuits.graphs.build import build_graph, write_json
 
-    path = write_json(build_graph({"input->a0.h1<q>": 1.0, "m0.n3->logits": 1.0},
-                                  metadata={"task": "greater-than", "n": 4}), tmp_path / "c.json")
-    code, _, err = invoke("evaluate-circuit", str(path), "--model", str(tiny_gpt2_dir))
-    assert_user_error(code, err, "m0.n3->logits joins neurons")
-    assert "another model" not in err
+    meta = {"task": "greater-than", "n": 4}
+    neuron = write_json(build_graph({"input->a0.h1<q>": 1.0, "a0.h1->m0.n3": 1.0, "m0.n3->logits": 1.0}, metadata=meta),
+                        tmp_path / "n.json")
+    mlp = write_json(build_graph({"input->a0.h1<q>": 1.0, "a0.h1->m0": 1.0, "m0->logits": 1.0}, metadata=meta,
+                                 neurons={"m0": [3]}), tmp_path / "m.json")
+    results = []
+    for path in (neuron, mlp):
+        code, out, err = invoke("evaluate-circuit", str(path), "--model", str(tiny_gpt2_dir), "--json")
+        assert code == 0, err
+        results.append(json.loads(out))
+    assert results[0]["neurons_kept"] == {"m0": [3]} and results[0]["edges"] == 3
+    assert results[0]["faithfulness"] == results[1]["faithfulness"]
 
 
 def test_evaluate_circuit_needs_a_task(tmp_path):

@@ -31,6 +31,7 @@ DISCOVER = {"kind": "discover", "task": "greater-than", "model": "planted", "met
             "options": {"n": 12, "seed": 3}}
 LONG = {"kind": "discover", "task": "greater-than", "model": "planted", "method": "eap-ig",
         "options": {"n": 400, "ig_steps": 60, "batch_size": 20}}  # minutes: long enough to stop it midway
+MEDIUM = {**DISCOVER, "options": {"n": 24, "ig_steps": 10, "seed": 3}}  # seconds, but not over before the kill
 
 
 def wait_for(get, done, *, timeout: float, every: float = 0.2):
@@ -136,6 +137,12 @@ def test_evaluate_circuit_and_analyze_jobs(service):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert str(store.outputs_dir / analysed) in client.get(f"/api/jobs/{analysed}?log=true").json()["log"]
     assert client.get(f"/api/jobs/{analysed}/files/../summary.json").status_code == 404
+    # a user error in a job (a model that is nowhere) fails it with the CLI's one-line message
+    failing = client.post("/api/jobs", json={"kind": "evaluate", "task": "greater-than", "model": "nobody/no-such-model",
+                                             "options": {"n": 4}}).json()["id"]
+    job = wait_for(lambda: job_of(client, failing), lambda j: j["state"] in FINAL, timeout=120)
+    assert job["state"] == "failed" and "nobody/no-such-model" in job["error"] and "\n" not in job["error"], job
+    assert "Traceback" not in (client.get(f"/api/jobs/{failing}?log=true").json()["log"] or "")
 
 
 def test_ten_jobs_at_once_all_finish_once(service):
@@ -253,7 +260,7 @@ def test_kill_9_then_restart_fails_or_requeues(tmp_path):
     root = tmp_path / "store"
     server = Server(root)
     try:
-        killed = server.json("POST", "/api/jobs", DISCOVER)["id"]
+        killed = server.json("POST", "/api/jobs", LONG)["id"]
         job = wait_for(lambda: server.json("GET", f"/api/jobs/{killed}"), lambda j: j["progress"] or j["state"] in FINAL,
                        timeout=120)
         assert job["state"] == "running", job
@@ -271,7 +278,7 @@ def test_kill_9_then_restart_fails_or_requeues(tmp_path):
         assert job["state"] == "failed" and job["error"] == "interrupted"
         assert not (root / "runs" / killed).exists() and list((root / "tmp").glob("[0-9a-f]*")) == []
         assert Store(root).integrity() == "ok"
-        requeued = server.json("POST", "/api/jobs", DISCOVER)["id"]
+        requeued = server.json("POST", "/api/jobs", MEDIUM)["id"]
         job = wait_for(lambda: server.json("GET", f"/api/jobs/{requeued}"), lambda j: j["progress"] or j["state"] in FINAL,
                        timeout=120)
         assert job["state"] == "running", job
@@ -282,7 +289,7 @@ def test_kill_9_then_restart_fails_or_requeues(tmp_path):
     server = Server(root, "--requeue")
     try:
         assert server.health["recovered"]["queued"] == [requeued]
-        job = wait_for(lambda: server.json("GET", f"/api/jobs/{requeued}"), lambda j: j["state"] in FINAL, timeout=180)
+        job = wait_for(lambda: server.json("GET", f"/api/jobs/{requeued}"), lambda j: j["state"] in FINAL, timeout=300)
         assert job["state"] == "done" and job["attempts"] == 2, job
         assert (root / "runs" / requeued / "manifest.json").is_file()
         assert Store(root).integrity() == "ok"

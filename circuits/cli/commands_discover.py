@@ -104,6 +104,8 @@ def discover(
     metric: str = typer.Option("task", "--metric", help=METRIC_HELP),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
+    keep_neurons: Optional[int] = typer.Option(None, "--keep-neurons",
+                                               help="Keep each --neurons MLP through its K top-scored neurons only (the others are patched)."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
@@ -122,6 +124,14 @@ def discover(
     if holdout is not None:
         holdout_count(holdout, n)  # checked before the model loads (and again on the prompts built)
     neuron_layers = parse_mlp_layers(neurons) or ()
+    if keep_neurons is not None:
+        if not neuron_layers:
+            raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
+        if keep_neurons < 1:
+            raise CircuitsError(f"--keep-neurons must be at least 1 (got {keep_neurons})")
+        from dataclasses import replace
+
+        spec = replace(spec, keep_neurons=keep_neurons)
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
     if batch_size < 0:
@@ -155,6 +165,8 @@ def discover(
     scored, heldout = split_holdout(dataset, holdout, seed=seed)
     timings["dataset"] = time.perf_counter() - t
 
+    if keep_neurons is not None and keep_neurons > engine.w.d_mlp:
+        raise CircuitsError(f"--keep-neurons {keep_neurons}: this model's MLPs have {engine.w.d_mlp} neurons; pass fewer")
     options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
                              batch_size=batch_size)
     bars = ProgressBars()
@@ -171,6 +183,11 @@ def discover(
     sel = result.selection
     typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
                f"({sel.mode} {sel.value:g}, k = {sel.k}), faithfulness {result.faithfulness.f:.3f}")
+    if sel.neurons:
+        from circuits.neurons import neuron_lists
+
+        typer.echo("neurons kept: " + ", ".join(f"{mlp} {len(idx)} of {engine.w.d_mlp}"
+                                                for mlp, idx in neuron_lists(sel.neurons).items()))
     if result.curve is not None:
         typer.echo(f"CPR {result.curve.cpr:.3f}, CMD {result.curve.cmd:.3f}")
     if result.heldout is not None:
@@ -197,6 +214,52 @@ def _keep_mask(G, graph, model: str):
     return graph.keep_mask(edge_names(G), model=model)
 
 
+def _reduce_request(G, neurons: Optional[str], keep_neurons: Optional[int]) -> tuple:
+    """The MLP layers ``evaluate-circuit --neurons ... --keep-neurons K`` reduces, checked against the circuit."""
+    layers = parse_mlp_layers(neurons) or ()
+    if keep_neurons is None:
+        if layers:
+            raise CircuitsError("--neurons needs --keep-neurons K: how many top neurons each MLP keeps")
+        return ()
+    if not layers:
+        raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
+    if keep_neurons < 1:
+        raise CircuitsError(f"--keep-neurons must be at least 1 (got {keep_neurons})")
+    for layer in layers:
+        if f"m{layer}" not in G:
+            raise CircuitsError(f"--neurons m{layer}: the circuit has no m{layer} to reduce; name one of its MLPs")
+    return layers
+
+
+def _save_circuit(G, path: Path, neurons: dict, f: float, **meta) -> None:
+    """Write the evaluated circuit (its edges, the neurons it was evaluated with) as circuit.json-shaped JSON."""
+    import copy
+
+    from circuits.graphs.build import add_neurons, write_json
+
+    out = copy.deepcopy(G)
+    out.graph.update(meta, faithfulness=f)
+    for n in [n for n, d in out.nodes(data=True) if d.get("kind") == "neuron"]:
+        out.remove_node(n)
+    for _, data in out.nodes(data=True):
+        data.pop("neurons", None)
+    out.graph.pop("neurons", None)
+    if neurons:
+        add_neurons(out, neurons)
+    try:
+        write_json(out, path)
+    except OSError as exc:
+        raise CircuitsError(f"cannot write --save {path} ({exc.strerror or exc}); pass a writable file path") from None
+
+
+def _circuit_neurons(G, engine):
+    """The saved circuit's reduced MLPs as bool masks, checked against the model."""
+    from circuits.graphs.build import circuit_neurons
+    from circuits.neurons import neuron_masks
+
+    return neuron_masks(circuit_neurons(G), n_layers=engine.w.n_layers, d_mlp=engine.w.d_mlp)
+
+
 @app.command("evaluate-circuit")
 def evaluate_circuit(
     circuit: Path = typer.Argument(..., metavar="CIRCUIT_JSON_OR_RUN", help="A circuit.json file, or a run folder that holds one."),
@@ -211,12 +274,18 @@ def evaluate_circuit(
     metric: Optional[str] = typer.Option(None, "--metric", help="task or kl [default: the circuit's, else task]."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
+    neurons: Optional[str] = typer.Option(None, "--neurons", help="Reduce these MLPs of the circuit (e.g. m10) to their top neurons; needs --keep-neurons."),
+    keep_neurons: Optional[int] = typer.Option(None, "--keep-neurons", help="How many neurons each --neurons MLP keeps (top |score|)."),
+    neuron_method: str = typer.Option("eap", "--neuron-method", help="Method whose neuron scores rank the neurons (eap, eap-ig, activation-patching)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the evaluated circuit (with its neurons) to this .json file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Recompute a saved circuit's faithfulness, independently of discovery.
 
     The circuit's edges are used as given (not pruned).  Task, n, seed and ablation default to
     the ones recorded in the circuit, so a run folder's faithfulness is reproduced exactly.
+    MLPs the circuit keeps through some neurons only (``m10.n123`` nodes) are evaluated that way;
+    ``--neurons m10 --keep-neurons 10`` reduces m10 to its 10 top-scored neurons first.
     """
     from circuits.faithfulness import faithfulness
     from circuits.graphs.build import load_circuit
@@ -238,6 +307,7 @@ def evaluate_circuit(
     metric = check_metric(metric or meta.get("metric") or "task")
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
+    reduce_layers = _reduce_request(G, neurons, keep_neurons)
     from circuits.discover import holdout_count, split_holdout
 
     if data is None and meta.get("data"):
@@ -247,17 +317,37 @@ def evaluate_circuit(
 
     loaded, engine = _load(model, device)
     keep = _keep_mask(G, engine.graph, model)
+    neuron_masks = _circuit_neurons(G, engine)
     dataset = _build(task_obj, loaded.tokenizer, n=n, seed=seed, data=data)
     scored, heldout = split_holdout(dataset, holdout, seed=seed)
     metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch_size)
-    faith = faithfulness(engine, scored, metric_fn, keep, ablation=ablation, batch_size=batch_size)
+    if reduce_layers:
+        from circuits.neurons import score_top_neurons
+
+        if keep_neurons > engine.w.d_mlp:
+            raise CircuitsError(f"--keep-neurons {keep_neurons}: this model's MLPs have {engine.w.d_mlp} neurons; pass fewer")
+        from circuits.registry import get_method
+
+        get_method(neuron_method)  # an unknown name is a one-line error before any work
+        neuron_masks.update(score_top_neurons(engine, scored, metric_fn, reduce_layers, keep_neurons,
+                                              method=neuron_method, ablation=ablation, batch_size=batch_size))
+    faith = faithfulness(engine, scored, metric_fn, keep, ablation=ablation, batch_size=batch_size,
+                         neurons=neuron_masks)
+    from circuits.neurons import neuron_lists
+
+    if save is not None:
+        _save_circuit(G, save, neuron_lists(neuron_masks), faith.f, model=model, task=getattr(task_obj, "name", task_name),
+                      n=len(dataset), seed=seed, ablation=ablation, metric=metric)
+
     result = {"faithfulness": faith.f, "edges": int(keep.sum()), "metric_full": faith.m_full,
               "metric_empty": faith.m_empty, "metric_circuit": faith.m_circuit, "n": len(dataset),
               "n_scored": len(scored), "seed": seed, "data": None if data is None else str(data),
               "model": model, "task": getattr(task_obj, "name", task_name), "ablation": ablation, "metric": metric,
+              "neurons_kept": neuron_lists(neuron_masks),
               "n_heldout": 0 if heldout is None else len(heldout), "faithfulness_heldout": None}
     if heldout is not None:
-        held = faithfulness(engine, heldout, metric_fn, keep, ablation=ablation, batch_size=batch_size)
+        held = faithfulness(engine, heldout, metric_fn, keep, ablation=ablation, batch_size=batch_size,
+                            neurons=neuron_masks)
         result.update(faithfulness_heldout=held.f, metric_full_heldout=held.m_full,
                       metric_circuit_heldout=held.m_circuit, metric_empty_heldout=held.m_empty)
     if as_json:
@@ -270,4 +360,8 @@ def evaluate_circuit(
     typer.echo(f"  faithfulness     {faith.f:.4f}" + (f" ({len(scored)} prompts)" if heldout is not None else ""))
     if heldout is not None:
         typer.echo(f"  held-out         {result['faithfulness_heldout']:.4f} ({len(heldout)} prompts)")
+    for mlp, idx in result["neurons_kept"].items():
+        typer.echo(f"  {mlp} reduced to {len(idx)} of {engine.w.d_mlp} neurons")
+    if save is not None:
+        typer.echo(f"  circuit written to {save}")
     typer.echo(f"  metric: model {faith.m_full:+.4f}, circuit {faith.m_circuit:+.4f}, all edges patched {faith.m_empty:+.4f}")

@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from transformers import GPT2LMHeadModel
 
-__all__ = ["VARIANTS", "Variant", "build_planted", "ground_truth", "planted_checkpoint", "variant_for_spec"]
+__all__ = ["VARIANTS", "Variant", "build_planted", "ground_truth", "planted_checkpoint", "task_neurons", "variant_for_spec"]
 
 VERSION = 1
 OFFSET = 8.0  # the answer distribution peaks OFFSET years after YY
@@ -223,6 +223,23 @@ def ground_truth(variant: str) -> dict[str, Any]:
         "nodes": sorted(nodes, key=lambda n: names.node_layer_order(names.parse_node(n))),
         "positions": dict(v.positions),
     }
+
+
+def task_neurons(variant: str) -> dict[str, tuple[int, ...]]:
+    """The neurons of each MLP that carry the task (its maps' neurons), e.g. ``{"m1": (3, 17, ...)}``.
+
+    Every other neuron of those MLPs is a decoy.  Rebuilds the variant's static weights (a
+    second or so; no forward pass), so the indices are the ones ``build_planted`` uses.
+    """
+    from circuits import names
+    from circuits.models.tokenizers import gpt2_tokenizer
+
+    builder = _Builder(variant_for_spec(variant), gpt2_tokenizer())
+    builder.static_weights()
+    out: dict[str, list[int]] = {}
+    for m, idx in builder.map_neurons.items():
+        out.setdefault(names.format_node(names.mlp(m.layer)), []).extend(idx)
+    return {k: tuple(sorted(set(v))) for k, v in sorted(out.items())}
 
 
 def _edge_key(edge: Any) -> tuple:
@@ -484,6 +501,10 @@ class _Builder:
     # ---- writing
     def write_static(self, model: "GPT2LMHeadModel") -> None:
         """Every weight except the maps' output rows and the unembedding (fitted in ``fit``)."""
+        _load(model, self.static_weights())
+
+    def static_weights(self) -> dict[str, "torch.Tensor"]:
+        """The state dict ``write_static`` loads (it also fills ``map_neurons``)."""
         import torch
 
         v, d, dh = self.v, self.d, self.v.d_head
@@ -507,7 +528,7 @@ class _Builder:
         sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"] = self.ln("ln_f")
         sd["lm_head.weight"] = torch.zeros(50257, d, dtype=torch.float64)
         assert dh * v.n_heads == d
-        _load(model, sd)
+        return sd
 
     def fit(self, model: "GPT2LMHeadModel") -> None:
         """Fit the maps' output weights layer by layer, then the unembedding, on real forward passes."""
