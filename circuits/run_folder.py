@@ -1,7 +1,8 @@
 """A discovery run's folder: every file written atomically, ``manifest.json`` last.
 
 Files: ``circuit.json`` (node-link graph of the kept edges), ``circuit.dot``, ``circuit.svg``
-(when GraphViz's ``dot`` is installed), ``scores.tsv`` (every edge's score), ``report.md``
+(drawn by :mod:`circuits.graphs.svg`, no GraphViz), ``circuit.html`` (the interactive viewer),
+``scores.tsv`` (every edge's score), ``report.md``
 (with ``faithfulness_curve.png``) and ``manifest.json`` (the run's settings, versions,
 timings and results).  Nothing here prints.
 """
@@ -18,7 +19,7 @@ from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
 
 MANIFEST_FILE = "manifest.json"
-RUN_FILES = ("circuit.json", "circuit.dot", "circuit.svg", "scores.tsv", "report.md", "faithfulness_curve.png", MANIFEST_FILE)
+RUN_FILES = ("circuit.json", "circuit.dot", "circuit.svg", "circuit.html", "scores.tsv", "report.md", "faithfulness_curve.png", MANIFEST_FILE)
 PACKAGES = ("circuits", "torch", "transformer_lens", "transformers", "networkx")
 
 __all__ = ["MANIFEST_FILE", "RUN_FILES", "WrittenRun", "check_out_dir", "package_versions", "build_manifest",
@@ -29,7 +30,7 @@ __all__ = ["MANIFEST_FILE", "RUN_FILES", "WrittenRun", "check_out_dir", "package
 class WrittenRun:
     folder: Path
     files: Tuple[Path, ...]
-    svg: bool  # False when GraphViz is missing
+    svg: bool  # always True: circuit.svg no longer needs GraphViz
     manifest: Mapping[str, Any]
 
 
@@ -131,7 +132,8 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     from circuits.graphs.build import CIRCUIT_FILE, jsonable, write_json
     from circuits.graphs.compare import SCORES_FILE, write_scores
     from circuits.graphs.dot import to_dot
-    from circuits.graphs.export import render_svg
+    from circuits.graphs.svg import to_svg
+    from circuits.graphs.viewer import HTML_FILE, viewer_html
     from circuits.graphs.report import CURVE_FILE, write_report
 
     folder = check_out_dir(folder, force)
@@ -143,15 +145,20 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
                                              "edges_kept", "edges_total", "cpr", "cmd", "data", "holdout", "n_heldout",
                                              "faithfulness_heldout")}
     metadata.update(selection=sel.mode, k=sel.k)
+    shape = getattr(result.scores, "graph", None)
+    for key in ("n_layers", "n_heads"):
+        if isinstance(getattr(shape, key, None), int):
+            metadata[key] = getattr(shape, key)
+    if isinstance(run.get("d_model"), int):
+        metadata["d_model"] = run["d_model"]
     G = circuit_graph(result, metadata)
 
-    written = [write_scores(result.scores.edge_dict(), folder / SCORES_FILE)]
+    all_scores = result.scores.edge_dict()
+    written = [write_scores(all_scores, folder / SCORES_FILE)]
     written.append(write_json(G, folder / CIRCUIT_FILE))
-    dot_text = to_dot(G)
-    written.append(write_atomic(folder / "circuit.dot", dot_text))
-    svg = render_svg(dot_text)
-    if svg is not None:
-        written.append(write_atomic(folder / "circuit.svg", svg))
+    written.append(write_atomic(folder / "circuit.dot", to_dot(G)))
+    written.append(write_atomic(folder / "circuit.svg", to_svg(G)))
+    written.append(write_atomic(folder / HTML_FILE, viewer_html(G, scores=all_scores, manifest=jsonable(manifest))))
     curve = result.curve.pairs() if result.curve is not None else None
     written.append(write_report(folder, G=G, manifest=manifest, curve=curve, top_components=result.top_components()))
     if curve and (folder / CURVE_FILE).is_file():
@@ -163,4 +170,4 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
         stale = folder / name
         if stale not in written and stale.is_file():
             stale.unlink()
-    return WrittenRun(folder=folder, files=tuple(written), svg=svg is not None, manifest=manifest)
+    return WrittenRun(folder=folder, files=tuple(written), svg=True, manifest=manifest)

@@ -25,6 +25,11 @@ with ``u0`` YY's units digit: a year in another decade is decided by its tens di
 ``evaluate`` reports the same PD (so ``discover``'s m(N) is ``evaluate``'s PD), and
 ``CS = p(YY+1) - p(YY-1)`` with ``p(y) = P(tens) x P(units | tens)`` (teacher-forced for every
 tens digit, since YY +- 1 may lie in the next or the previous decade).
+
+The prompt form is a :class:`YearTemplate` (class attribute ``template``): its text, its
+centuries, the corrupted start year and its direction.  ``direction="less"`` flips the sign of
+PD and CS (the correct years are those below YY), so the model's expected behaviour is positive
+for every template.  ``circuits.tasks.greater_than_family`` holds the paper's other templates.
 """
 from __future__ import annotations
 
@@ -33,9 +38,10 @@ import io
 import json
 import random
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from circuits.dataset import PromptDataset
 from circuits.errors import CircuitsError
@@ -43,11 +49,51 @@ from circuits.errors import CircuitsError
 CENTURIES = tuple(range(11, 18))
 YEARS = tuple(range(2, 99))
 TEMPLATE = "The {noun} lasted from the year {xx}{yy:02d} to the year {xx}"
-_PROMPT_RE = re.compile(r"The (?P<noun>.+?) lasted from the year (?P<xx>\d\d)(?P<yy>\d\d) to the year (?P=xx)\s*$")
+NOUNS_FILE = "greater_than_nouns.txt"
+DIRECTIONS = ("greater", "less")
 
 
-def load_nouns() -> List[str]:
-    text = (resources.files("circuits.tasks") / "greater_than_nouns.txt").read_text(encoding="utf-8")
+@dataclass(frozen=True)
+class YearTemplate:
+    """One prompt form: ``text`` with ``{noun}``, ``{xx}{yy:02d}`` (the start year) and ``{xx}`` after it.
+
+    ``direction``: ``greater`` (the correct continuations are above YY) or ``less`` (below YY).
+    ``corrupt_yy``: the start year's YY in the corrupted twin.  ``words``: the file of fillers for
+    ``{noun}`` (None: the text has no noun).  ``source``: where the template comes from.
+    """
+
+    text: str = TEMPLATE
+    direction: str = "greater"
+    centuries: Tuple[int, ...] = CENTURIES
+    corrupt_yy: int = 1
+    words: Optional[str] = NOUNS_FILE
+    source: str = "Hanna, Liu & Variengien (2023), the task they study"
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS or "{xx}{yy:02d}" not in self.text:
+            raise ValueError(f"bad year template {self.text!r} ({self.direction})")
+
+    def prompt(self, noun: str, xx: int, yy: int) -> str:
+        return self.text.format(noun=noun, xx=xx, yy=yy)
+
+    def regex(self) -> "re.Pattern[str]":
+        """Parses a prompt written with this template (leading spaces optional)."""
+        out, seen_year = [], False
+        for part in re.split(r"(\{noun\}|\{xx\}\{yy:02d\}|\{xx\})", self.text.lstrip()):
+            if part == "{noun}":
+                out.append(r"(?P<noun>.+?)")
+            elif part == "{xx}{yy:02d}":
+                out.append(r"(?P<xx>\d{1,2})(?P<yy>\d\d)")
+                seen_year = True
+            elif part == "{xx}":
+                out.append(r"(?P=xx)" if seen_year else r"(?P<xx>\d{1,2})")
+            else:
+                out.append(re.escape(part))
+        return re.compile(r"\s*" + "".join(out) + r"\s*$")
+
+
+def load_nouns(words: str = NOUNS_FILE) -> List[str]:
+    text = (resources.files("circuits.tasks") / words).read_text(encoding="utf-8")
     words = [w for line in text.splitlines() if not line.startswith("#") for w in line.split()]
     return list(dict.fromkeys(words))
 
@@ -86,15 +132,15 @@ class Vocabulary:
         """`` XXYY`` must tokenize as exactly `` XX`` then ``YY``."""
         return _ids(self.tokenizer, f" {xx}{yy:02d}") == _ids(self.tokenizer, f" {xx}") + _ids(self.tokenizer, f"{yy:02d}")
 
-    def valid_years(self) -> Dict[int, List[int]]:
+    def valid_years(self, centuries: Tuple[int, ...] = CENTURIES) -> Dict[int, List[int]]:
         """Century -> valid YY values, with the first and last valid year of each century dropped."""
         result = {}
-        for xx in CENTURIES:
+        for xx in centuries:
             ok = [yy for yy in YEARS if self.valid(xx, yy)]
             if len(ok) > 2:
                 result[xx] = ok[1:-1]
         if not result:
-            raise CircuitsError("no year in 11xx..17xx splits into ' XX' + 'YY' with this tokenizer")
+            raise CircuitsError(f"no year in {centuries[0]}xx..{centuries[-1]}xx splits into ' XX' + 'YY' with this tokenizer")
         return result
 
 
@@ -127,17 +173,17 @@ def _read_records(path: Path) -> List[Dict[str, Any]]:
         raise CircuitsError(f"{path} is not a valid CSV file: {exc}") from exc
 
 
-def _parse_record(rec: Dict[str, Any], where: str) -> tuple[str, int, int]:
+def _parse_record(rec: Dict[str, Any], where: str, template: YearTemplate = YearTemplate()) -> tuple[str, int, int]:
     """A record gives either ``clean`` (the prompt text) or ``noun``, ``century``/``XX`` and ``year``/``YY``."""
     text = rec.get("clean") or rec.get("prompt") or rec.get("text")
     if text:
-        m = _PROMPT_RE.search(str(text).replace("<|endoftext|>", ""))
+        m = template.regex().search(str(text).replace("<|endoftext|>", ""))
         if not m:
-            raise CircuitsError(f"{where}: prompt does not follow the template '{TEMPLATE}': {text!r}")
-        noun, xx, yy = m["noun"], int(m["xx"]), int(m["yy"])
+            raise CircuitsError(f"{where}: prompt does not follow the template '{template.text.strip()}': {text!r}")
+        noun, xx, yy = m.groupdict().get("noun") or "", int(m["xx"]), int(m["yy"])
     else:
         try:
-            noun = str(rec["noun"]).strip()
+            noun = str(rec["noun"]).strip() if template.words else ""
             if "year" in rec and len(str(rec["year"]).strip()) == 4:
                 year = str(rec["year"]).strip()
                 xx, yy = int(year[:2]), int(year[2:])
@@ -145,7 +191,7 @@ def _parse_record(rec: Dict[str, Any], where: str) -> tuple[str, int, int]:
                 xx, yy = int(rec.get("century", rec.get("XX"))), int(rec.get("yy", rec.get("YY")))
         except (KeyError, TypeError, ValueError) as exc:
             raise CircuitsError(f"{where}: needs a 'clean' prompt or 'noun', 'century' and 'yy' fields") from exc
-    if not noun or not 10 <= xx <= 99 or yy not in YEARS:
+    if (template.words and not noun) or not 1 <= xx <= 99 or yy not in YEARS:
         raise CircuitsError(f"{where}: year {xx}{yy:02d} is out of range: the century must have two digits and YY be in {YEARS[0]:02d}..{YEARS[-1]}")
     return noun, xx, yy
 
@@ -155,6 +201,7 @@ class GreaterThan:
 
     name = "greater-than"
     description = "Years after the start year: 'The war lasted from the year 1732 to the year 17' -> 33..99"
+    template = YearTemplate()
 
     # ------------------------------------------------------------------ prompts
     def build(self, tokenizer, *, n: int = 100, seed: int = 0, data: Optional[Path] = None) -> PromptDataset:
@@ -164,18 +211,20 @@ class GreaterThan:
             raise CircuitsError(f"--n must be at least 1 (got {n})")
         vocab = Vocabulary(tokenizer)
         if data is not None:
-            triples = [_parse_record(r, f"{data}:{i + 1}") for i, r in enumerate(_read_records(Path(data)))][:n]
+            triples = [_parse_record(r, f"{data}:{i + 1}", self.template) for i, r in enumerate(_read_records(Path(data)))][:n]
             if not triples:
                 raise CircuitsError(f"{data} holds no prompts")
         else:
             triples = self._sample(tokenizer, vocab, n=n, seed=seed)
         bos = bos_id(tokenizer)
         clean, corrupted, meta = [], [], []
+        tpl, bad = self.template, self.template.corrupt_yy
         for noun, xx, yy in triples:
-            if not vocab.valid(xx, yy) or not vocab.valid(xx, 1):
-                raise CircuitsError(f"year {xx}{yy:02d} does not split into ' {xx}' + '{yy:02d}' with this tokenizer; pick another year")
-            c = [bos] + _ids(tokenizer, TEMPLATE.format(noun=noun, xx=xx, yy=yy))
-            k = [bos] + _ids(tokenizer, TEMPLATE.format(noun=noun, xx=xx, yy=1))
+            if not vocab.valid(xx, yy) or not vocab.valid(xx, bad):
+                year = f"{xx}{yy:02d}" if not vocab.valid(xx, yy) else f"{xx}{bad:02d} (the corrupted start year)"
+                raise CircuitsError(f"year {year} does not split into ' {xx}' + its last two digits with this tokenizer; pick another year")
+            c = [bos] + _ids(tokenizer, tpl.prompt(noun, xx, yy))
+            k = [bos] + _ids(tokenizer, tpl.prompt(noun, xx, bad))
             clean.append(c)
             corrupted.append(k)
             meta.append({"noun": noun, "century": xx, "yy": yy, "year": xx * 100 + yy})
@@ -184,7 +233,8 @@ class GreaterThan:
             raise CircuitsError(f"greater-than prompts tokenize to different lengths {sorted(lengths)}; use nouns that are one token each")
         seq = len(clean[0])
         info = {"mode": vocab.mode, "year_ids": vocab.year_ids, "digit_ids": vocab.digit_ids,
-                "yy_pos": self._yy_pos(tokenizer, triples[0], bos), "prompt_len": seq}
+                "yy_pos": self._yy_pos(tokenizer, triples[0], bos), "direction": tpl.direction,
+                "prompt_len": seq}
         if vocab.mode == "token":
             answer_pos = torch.full((len(clean),), seq - 1, dtype=torch.long)
         else:  # teacher-force the true tens digit: positions seq - 1 (tens) and seq (units | tens)
@@ -198,22 +248,21 @@ class GreaterThan:
             answer_pos=answer_pos, metadata=meta, task=self.name, info=info,
         )
 
-    @staticmethod
-    def _yy_pos(tokenizer, triple, bos: int) -> int:
+    def _yy_pos(self, tokenizer, triple, bos: int) -> int:
         """Position of the (first) YY token, found by tokenizing the prompt up to the start year."""
         noun, xx, yy = triple
-        prefix = TEMPLATE.format(noun=noun, xx=xx, yy=yy).split(f"{xx}{yy:02d}")[0] + f"{xx}"
+        prefix = self.template.text.split("{yy:02d}")[0].format(noun=noun, xx=xx)
         return 1 + len(_ids(tokenizer, prefix))
 
-    @staticmethod
-    def _sample(tokenizer, vocab: Vocabulary, *, n: int, seed: int) -> List[tuple[str, int, int]]:
-        nouns = [w for w in load_nouns() if len(_ids(tokenizer, " " + w)) == 1]
+    def _sample(self, tokenizer, vocab: Vocabulary, *, n: int, seed: int) -> List[tuple[str, int, int]]:
+        words = self.template.words
+        nouns = [w for w in load_nouns(words) if len(_ids(tokenizer, " " + w)) == 1] if words else [""]
         if not nouns:  # the tokenizer splits every noun: keep the nouns whose length is the most common one
             by_len: Dict[int, List[str]] = {}
-            for w in load_nouns():
+            for w in load_nouns(words):
                 by_len.setdefault(len(_ids(tokenizer, " " + w)), []).append(w)
             nouns = max(by_len.values(), key=len)
-        years = vocab.valid_years()
+        years = vocab.valid_years(self.template.centuries)
         by_yy: Dict[int, List[int]] = {}
         for xx, yys in years.items():
             for yy in yys:
@@ -239,15 +288,16 @@ class GreaterThan:
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
         yy = torch.tensor([m["yy"] for m in dataset.metadata], device=logits.device)
+        direction = self.template.direction
         if dataset.info["mode"] == "token":
             probs = torch.softmax(logits, dim=-1)
-            return probability_difference(probs[:, dataset.info["year_ids"]], yy)
+            return probability_difference(probs[:, dataset.info["year_ids"]], yy, direction)
         if logits.ndim != 3 or logits.shape[1] != 2:
             raise ValueError("greater-than with digit tokens scores two positions (tens, units | tens): "
                              f"expected logits [n, 2, vocab], got {tuple(logits.shape)}")
         digits = dataset.info["digit_ids"]
         p = torch.softmax(logits, dim=-1)[:, :, digits]  # [n, 2, 10]
-        return digit_probability_difference(p[:, 0], p[:, 1], yy)
+        return digit_probability_difference(p[:, 0], p[:, 1], yy, direction)
 
     @staticmethod
     def prompts(dataset: PromptDataset):
@@ -276,6 +326,7 @@ class GreaterThan:
         import torch
 
         yy = torch.tensor([m["yy"] for m in dataset.metadata])
+        direction = self.template.direction
         if dataset.info["mode"] == "token":
             out = []
             with torch.no_grad():
@@ -283,11 +334,11 @@ class GreaterThan:
                     prompts = self.prompts(dataset.subset(slice(start, start + batch_size)))
                     out.append(torch.softmax(forward(prompts)[:, -1].float(), -1)[:, dataset.info["year_ids"]])
             p = torch.cat(out)
-            return p, probability_difference(p, yy), cutoff_sharpness(p, yy)
+            return p, probability_difference(p, yy, direction), cutoff_sharpness(p, yy, direction)
         p_tens, p_units = self.digit_probabilities(forward, dataset, batch_size=batch_size)
         p = (p_tens[:, :, None] * p_units).reshape(len(dataset), 100)
         own = p_units[torch.arange(len(dataset)), yy // 10]
-        return p, digit_probability_difference(p_tens, own, yy), cutoff_sharpness(p, yy)
+        return p, digit_probability_difference(p_tens, own, yy, direction), cutoff_sharpness(p, yy, direction)
 
     def year_probabilities(self, forward, dataset: PromptDataset, *, batch_size: int = 64):
         """p(YY') for the 100 two-digit continuations: [n, 100], no gradient."""
@@ -299,33 +350,45 @@ class GreaterThan:
         return {"probability_difference": pd, "cutoff_sharpness": cs}
 
 
-def digit_probability_difference(p_tens, p_units, yy):
+def digit_probability_difference(p_tens, p_units, yy, direction: str = "greater"):
     """The exact two-digit PD from digit probabilities: ``p_tens`` [n, 10] = P(d), ``p_units``
     [n, 10] = P(u | t) after the true tens digit t, yy [n]:
-    ``sum_{d != t} sign(d - t) P(d) + P(t) (sum_{u > u0} P(u | t) - sum_{u <= u0} P(u | t))``."""
+    ``sum_{d != t} sign(d - t) P(d) + P(t) (sum_{u > u0} P(u | t) - sum_{u <= u0} P(u | t))``.
+
+    ``direction="less"`` (the correct years are below YY): ``sum_{d != t} sign(t - d) P(d)
+    + P(t) (sum_{u < u0} P(u | t) - sum_{u >= u0} P(u | t))``.
+    """
     import torch
 
     t, u0 = yy // 10, yy % 10
     d = torch.arange(10, device=p_tens.device)
     sign = ((d[None, :] > t[:, None]).to(p_tens.dtype) - (d[None, :] < t[:, None]).to(p_tens.dtype))
-    within = ((d[None, :] > u0[:, None]).to(p_units.dtype) * 2 - 1)
+    right = d[None, :] > u0[:, None] if direction == "greater" else d[None, :] < u0[:, None]
+    within = right.to(p_units.dtype) * 2 - 1
+    if direction != "greater":
+        sign = -sign
     p_t = p_tens.gather(1, t[:, None])[:, 0]
     return (p_tens * sign).sum(-1) + p_t * (p_units * within).sum(-1)
 
 
-def probability_difference(p_years, yy):
-    """``sum p(y > YY) - sum p(y <= YY)``; p_years [n, 100], yy [n]."""
+def probability_difference(p_years, yy, direction: str = "greater"):
+    """``sum p(y > YY) - sum p(y <= YY)``; p_years [n, 100], yy [n].
+
+    ``direction="less"``: ``sum p(y < YY) - sum p(y >= YY)`` (the correct years are below YY).
+    """
     import torch
 
     y = torch.arange(100, device=p_years.device)
-    sign = (y[None, :] > yy[:, None]).to(p_years.dtype) * 2 - 1
+    right = y[None, :] > yy[:, None] if direction == "greater" else y[None, :] < yy[:, None]
+    sign = right.to(p_years.dtype) * 2 - 1
     return (p_years * sign).sum(-1)
 
 
-def cutoff_sharpness(p_years, yy):
-    """``p(YY+1) - p(YY-1)``; p_years [n, 100], yy [n] with 1 <= YY <= 98."""
+def cutoff_sharpness(p_years, yy, direction: str = "greater"):
+    """``p(YY+1) - p(YY-1)`` (``less``: ``p(YY-1) - p(YY+1)``); p_years [n, 100], yy [n] with 1 <= YY <= 98."""
     import torch
 
     idx = torch.arange(p_years.shape[0])
-    return p_years[idx, yy + 1] - p_years[idx, yy - 1]
+    cs = p_years[idx, yy + 1] - p_years[idx, yy - 1]
+    return cs if direction == "greater" else -cs
 

@@ -178,7 +178,10 @@ def discover(
     run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
            "method": method, "metric": metric, "n": len(dataset), "n_scored": len(scored), "holdout": holdout,
            "data": None if data is None else str(data), "seed": seed, "device": device}
-    written = write_run(out, result, run, timings=timings, force=force)
+    d_model = getattr(getattr(engine, "w", None), "d_model", None)
+    if isinstance(d_model, int):
+        run["d_model"] = d_model  # EAP-IG's graph files need it (cfg.d_model)
+    write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection
     typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
@@ -198,8 +201,6 @@ def discover(
         typer.echo(line)
     if not sel.reached:
         typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
-    if not written.svg:
-        typer.echo("hint: install graphviz (apt-get install graphviz / brew install graphviz) to get circuit.svg", err=True)
     typer.echo(str(out))
 
 
