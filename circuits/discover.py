@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from circuits.errors import CircuitsError
 from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve, reference_outputs
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
-from circuits.select import MODES, Selection, target_faithfulness, threshold, top_k
+from circuits.select import MODES, Selection, own_circuit, target_faithfulness, threshold, top_k
 
 __all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "reduced_mlps", "holdout_count",
            "split_holdout", "kept_edge_scores", "top_components"]
@@ -21,7 +21,8 @@ __all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", 
 
 @dataclass(frozen=True)
 class SelectionSpec:
-    """How to choose the circuit: ``mode`` in ``top-k``, ``threshold``, ``target-faithfulness`` and its ``value``.
+    """How to choose the circuit: ``mode`` in ``top-k``, ``threshold``, ``target-faithfulness`` and its ``value``,
+    or ``acdc``: the circuit the method kept itself (ACDC's kept set; ``value`` unused).
 
     ``keep_neurons``: when > 0, each MLP whose neurons the method scores (``MethodOptions.neurons``)
     is kept through its ``keep_neurons`` top neurons only (by ``|neuron score|``), in every circuit
@@ -178,6 +179,8 @@ def select(spec: SelectionSpec, scores: Scores, evaluator: CircuitEvaluator, *, 
         chosen = top_k(scores, int(spec.value))
     elif spec.mode == "threshold":
         chosen = threshold(scores, float(spec.value))
+    elif spec.mode == "acdc":
+        chosen = own_circuit(scores)
     else:
         known = {p.k: p.faithfulness for p in curve.points} if curve is not None else None
         chosen = target_faithfulness(evaluator.engine, evaluator.dataset, evaluator.metric_fn, scores,

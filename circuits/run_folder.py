@@ -74,7 +74,8 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "ablation": opts.ablation,
         "metric": run.get("metric", "task"),
         "options": {"ig_steps": opts.ig_steps, "neurons": list(opts.neurons), "top_neurons": opts.top_neurons,
-                    "threshold": opts.threshold, "batch_size": opts.batch_size},
+                    "threshold": opts.threshold, "batch_size": opts.batch_size, "tau": opts.tau,
+                    "acdc_order": opts.acdc_order, "max_tests": opts.max_tests},
         "neurons_kept": _neuron_lists(sel),
         "metric_full": faith.m_full,
         "metric_empty": faith.m_empty,
@@ -91,6 +92,11 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "timings": {**dict(timings or {}), **dict(result.timings)},
         "versions": package_versions(),
     }
+    info = result.scores.info
+    if "complete" in info:  # a search that can stop early (ACDC's --max-tests)
+        manifest["complete"] = bool(info["complete"])
+    if result.scores.method == "acdc":
+        manifest["acdc"] = {k: info.get(k) for k in ("tau", "order", "edge_tests", "passes", "max_tests", "complete")}
     return manifest
 
 

@@ -32,6 +32,10 @@ class MethodOptions:
     threshold: path patching's recursion threshold, as a fraction of the full effect
         ``|m(clean) - m(corrupted)|``: senders whose edge effect is smaller are not explored.
     batch_size: prompts per forward pass (0: all at once).
+    tau: ACDC's threshold: an edge whose patching moves the mean metric by less than ``tau`` is removed.
+    acdc_order: ACDC's sender order within a receiver: ``reverse`` (latest sender first, as ACDC's
+        code) or ``normal`` (compute order).
+    max_tests: ACDC stops after this many edge tests (0: no limit).
     """
 
     ablation: str = "corrupted"
@@ -40,6 +44,9 @@ class MethodOptions:
     top_neurons: int = 10
     threshold: float = 0.02
     batch_size: int = 0
+    tau: float = 0.01
+    acdc_order: str = "reverse"
+    max_tests: int = 0
 
 
 @dataclass(frozen=True)

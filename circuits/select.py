@@ -20,11 +20,11 @@ from circuits.errors import CircuitsError
 from circuits.graph import ComputationalGraph
 from circuits.scores import Progress, Scores, no_progress
 
-MODES = ("top-k", "threshold", "target-faithfulness")
+MODES = ("top-k", "threshold", "target-faithfulness", "acdc")
 
 __all__ = [
     "MODES", "Selection", "prune", "ranked_edges", "top_k_mask", "top_k", "threshold",
-    "target_faithfulness", "search_smallest_k", "SearchResult",
+    "target_faithfulness", "search_smallest_k", "SearchResult", "own_circuit",
 ]
 
 
@@ -135,6 +135,24 @@ def threshold(scores: Scores, t: float) -> Selection:
     k = int(((values >= t) & graph.valid_mask()).sum())
     mask = prune(top_k_mask(scores, k), graph)
     return Selection(keep_mask=mask, k=k, edges_kept=int(mask.sum()), faithfulness=None, mode="threshold", value=float(t))
+
+
+def own_circuit(scores: Scores) -> Selection:
+    """The circuit the method chose itself (ACDC's kept set, ``scores.extra["kept_mask"]``), pruned.
+
+    With zero ablation the mask is kept as it is: a node cut off from the input still computes
+    something from zero inputs, so pruning would change the circuit's function (ACDC's code
+    refuses to prune there for the same reason).
+    """
+    kept = (scores.extra or {}).get("kept_mask")
+    if kept is None:
+        raise CircuitsError(f"selection mode acdc needs a method that chooses its own circuit (acdc); {scores.method} "
+                            "does not: use --top-k, --threshold or --target-faithfulness")
+    graph = scores.graph
+    kept = torch.as_tensor(kept).detach().cpu().bool() & graph.valid_mask()
+    mask = kept if scores.info.get("ablation") == "zero" else prune(kept, graph)
+    return Selection(keep_mask=mask, k=int(kept.sum()), edges_kept=int(mask.sum()), faithfulness=None, mode="acdc",
+                     value=float(scores.info.get("tau", 0.0)))
 
 
 # ---------------------------------------------------------------- target faithfulness

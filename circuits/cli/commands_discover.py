@@ -64,7 +64,8 @@ def _check_ablation(ablation: str) -> str:
     return ablation
 
 
-def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Optional[float]):
+def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Optional[float], default: Optional[str] = None):
+    """The selection mode given on the command line, else the method's own default (``acdc``), else F = 0.9."""
     from circuits.discover import SelectionSpec
 
     given = [(flag, v) for flag, v in (("--top-k", top_k), ("--threshold", threshold), ("--target-faithfulness", target))
@@ -75,6 +76,8 @@ def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Op
         return SelectionSpec("top-k", top_k)
     if threshold is not None:
         return SelectionSpec("threshold", threshold)
+    if target is None and default == "acdc":
+        return SelectionSpec("acdc", 0.0)
     return SelectionSpec("target-faithfulness", 0.9 if target is None else target)
 
 
@@ -90,7 +93,7 @@ def _load(model: str, device: str):
 def discover(
     task: Optional[str] = typer.Argument(None, help="Task name (see `circuits tasks list`)."),
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-    method: str = typer.Option(..., "--method", help="Scoring method: eap, eap-ig, activation-patching, path-patching."),
+    method: str = typer.Option(..., "--method", help="Scoring method: eap, eap-ig, activation-patching, path-patching, acdc."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (must be empty unless --force)."),
     n: int = typer.Option(100, "--n", help="Number of prompts."),
     seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling (and for choosing the held-out prompts)."),
@@ -99,7 +102,8 @@ def discover(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge with |score| >= T (then prune)."),
     target: Optional[float] = typer.Option(None, "--target-faithfulness",
-                                           help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode is given]."),
+                                           help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode "
+                                                "is given; acdc keeps its own circuit]."),
     ablation: str = typer.Option("corrupted", "--ablation", help=ABLATION_HELP),
     metric: str = typer.Option("task", "--metric", help=METRIC_HELP),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
@@ -107,23 +111,28 @@ def discover(
     keep_neurons: Optional[int] = typer.Option(None, "--keep-neurons",
                                                help="Keep each --neurons MLP through its K top-scored neurons only (the others are patched)."),
     batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
+    tau: float = typer.Option(0.01, "--tau", help="acdc: remove an edge when patching it moves the mean metric by less than TAU."),
+    acdc_order: str = typer.Option("reverse", "--acdc-order",
+                                   help="acdc: senders of a receiver latest first (reverse, as ACDC's code) or input first (normal)."),
+    max_tests: int = typer.Option(0, "--max-tests", help="acdc: stop after N edge tests (0: no limit); the run is then marked incomplete."),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
 ) -> None:
     """Score every edge, keep a faithful circuit, and write it (JSON, DOT, SVG, scores, manifest, report) to --out."""
+    from circuits.discover import holdout_count, split_holdout
+    from circuits.metrics import build_metric, check_metric
     from circuits.run_folder import check_out_dir
 
-    from circuits.metrics import build_metric, check_metric
-
-    from circuits.discover import holdout_count, split_holdout
-
-    spec = _selection_spec(top_k, threshold, target)
     _check_ablation(ablation)
     check_metric(metric)
     if holdout is not None:
         holdout_count(holdout, n)  # checked before the model loads (and again on the prompts built)
     neuron_layers = parse_mlp_layers(neurons) or ()
+    from circuits.registry import get_method
+
+    method_obj = get_method(method)
+    spec = _selection_spec(top_k, threshold, target, getattr(method_obj, "default_selection", None))
     if keep_neurons is not None:
         if not neuron_layers:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
@@ -140,14 +149,15 @@ def discover(
         raise CircuitsError(f"--ig-steps must be at least 1 (got {ig_steps})")
     check_out_dir(out, force)
     task_obj = resolve_task(task, task_file)
-    from circuits.registry import get_method
-
-    method_obj = get_method(method)
 
     from circuits.discover import discover as run_discovery
+    from circuits.methods.acdc import check_options
     from circuits.run_folder import write_run
     from circuits.scores import MethodOptions
 
+    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
+                             batch_size=batch_size, tau=tau, acdc_order=acdc_order, max_tests=max_tests)
+    check_options(options)  # --tau, --acdc-order, --max-tests: refused before the model loads, whatever the method
     timings = {}
     t = time.perf_counter()
     loaded, engine = _load(model, device)
@@ -167,8 +177,6 @@ def discover(
 
     if keep_neurons is not None and keep_neurons > engine.w.d_mlp:
         raise CircuitsError(f"--keep-neurons {keep_neurons}: this model's MLPs have {engine.w.d_mlp} neurons; pass fewer")
-    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
-                             batch_size=batch_size)
     bars = ProgressBars()
     try:
         metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch_size)
@@ -184,8 +192,9 @@ def discover(
     write_run(out, result, run, timings=timings, force=force)
 
     sel = result.selection
+    how = f"acdc, tau {sel.value:g}: {sel.k} kept before pruning" if sel.mode == "acdc" else f"{sel.mode} {sel.value:g}, k = {sel.k}"
     typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
-               f"({sel.mode} {sel.value:g}, k = {sel.k}), faithfulness {result.faithfulness.f:.3f}")
+               f"({how}), faithfulness {result.faithfulness.f:.3f}")
     if sel.neurons:
         from circuits.neurons import neuron_lists
 
@@ -199,6 +208,10 @@ def discover(
         if h.curve is not None:
             line += f", CPR {h.curve.cpr:.3f}, CMD {h.curve.cmd:.3f}"
         typer.echo(line)
+    info = result.scores.info
+    if info.get("complete") is False:
+        typer.echo(f"warning: {method} stopped early after {info.get('edge_tests', '?')} edge tests (--max-tests); "
+                   "untested edges were kept and score 0", err=True)
     if not sel.reached:
         typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
     typer.echo(str(out))
