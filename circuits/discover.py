@@ -13,10 +13,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from circuits.errors import CircuitsError
 from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve, reference_outputs
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.ranking import evaluation_mask
 from circuits.select import MODES, Selection, own_circuit, target_faithfulness, threshold, top_k
 
-__all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "reduced_mlps", "holdout_count",
-           "split_holdout", "kept_edge_scores", "top_components"]
+__all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "method_granularity", "reduced_mlps",
+           "holdout_count", "split_holdout", "kept_edge_scores", "top_components"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,15 @@ class DiscoveryResult:
     def edges_kept(self) -> int:
         return self.selection.edges_kept
 
+    @property
+    def granularity(self) -> str:
+        return self.selection.granularity
+
+    @property
+    def complete(self) -> bool:
+        """False when the method's search stopped early (its budget ran out)."""
+        return bool(self.scores.info.get("complete", True)) if isinstance(self.scores.info, Mapping) else True
+
     def kept_edges(self) -> Dict[str, float]:
         return kept_edge_scores(self.scores, self.selection.keep_mask)
 
@@ -169,26 +179,32 @@ def top_components(scores: Scores, keep_mask, n: int = 15) -> List[Tuple[str, fl
 
 
 def select(spec: SelectionSpec, scores: Scores, evaluator: CircuitEvaluator, *, curve: Optional[Curve] = None,
-           progress: Optional[Progress] = None, neurons=None) -> Selection:
-    """Apply ``spec`` to ``scores``; the target search reuses the curve's points and the evaluator's cache.
+           progress: Optional[Progress] = None, neurons=None, granularity: str = "edge") -> Selection:
+    """Apply ``spec`` to ``scores`` (``k`` counts edges or nodes, by ``granularity``); the target search
+    reuses the curve's points and the evaluator's cache.
 
     ``neurons`` (MLP layer -> bool [d_mlp]): reduced MLPs, measured that way by the target search;
     the selection records those of them that stay in the circuit.
     """
     if spec.mode == "top-k":
-        chosen = top_k(scores, int(spec.value))
+        chosen = top_k(scores, int(spec.value), granularity=granularity)
     elif spec.mode == "threshold":
-        chosen = threshold(scores, float(spec.value))
+        chosen = threshold(scores, float(spec.value), granularity=granularity)
     elif spec.mode == "acdc":
         chosen = own_circuit(scores)
     else:
         known = {p.k: p.faithfulness for p in curve.points} if curve is not None else None
         chosen = target_faithfulness(evaluator.engine, evaluator.dataset, evaluator.metric_fn, scores,
                                      evaluator.reference, float(spec.value), progress=progress, evaluator=evaluator,
-                                     known=known, neurons=neurons)
+                                     known=known, neurons=neurons, granularity=granularity)
     if neurons:
         chosen = replace(chosen, neurons=_neurons_in_circuit(neurons, chosen.keep_mask, scores.graph))
     return chosen
+
+
+def method_granularity(method) -> str:
+    """``"node"`` for a method that scores nodes (its circuits are chosen by node), else ``"edge"``."""
+    return "node" if getattr(method, "granularity", "edge") == "node" else "edge"
 
 
 def _neurons_in_circuit(neurons, keep_mask, graph) -> dict:
@@ -228,7 +244,8 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         metric: a :data:`circuits.scores.Metric`, ``metric(logits [b, V] or [b, k, V], dataset) -> [b]``.
         method: a scoring method (``method.score(engine, dataset, metric, options, progress=...)``).
         options: the method's options; ``ablation`` and ``batch_size`` also drive faithfulness.
-        selection: how to choose the circuit.  fractions: the curve's edge fractions.
+        selection: how to choose the circuit; a method with ``granularity = "node"`` is selected by node
+            (``k`` and the curve's fractions count heads and MLPs).  fractions: the curve's fractions.
         curve: measure the curve (CPR, CMD); the target search then starts from its points.
         heldout: prompts kept apart (:func:`split_holdout`): after selection, the circuit's
             faithfulness (and the curve) are measured on them too, with their own reference.
@@ -236,6 +253,7 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     """
     progress = progress or no_progress
     timings: Dict[str, float] = {}
+    granularity = method_granularity(method)
     if selection.keep_neurons:
         if not options.neurons:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
@@ -261,16 +279,16 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     if curve:
         t = time.perf_counter()
         found_curve = faithfulness_curve(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curve"),
-                                         neurons=neurons)
+                                         granularity=granularity, neurons=neurons)
         timings["curve"] = time.perf_counter() - t
 
     t = time.perf_counter()
     chosen = select(selection, scores, evaluator, curve=found_curve, progress=_stage(progress, "selection"),
-                    neurons=neurons)
+                    neurons=neurons, granularity=granularity)
     timings["selection"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    faith = evaluator.faithfulness(chosen.keep_mask, chosen.neurons)
+    faith = evaluator.faithfulness(evaluation_mask(chosen.keep_mask, graph, granularity), chosen.neurons)
     timings["faithfulness"] = time.perf_counter() - t
     chosen = replace(chosen, faithfulness=faith.f)
 

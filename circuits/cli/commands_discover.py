@@ -13,6 +13,7 @@ from circuits import names
 from circuits.cli import app
 from circuits.cli.commands_core import MODEL_HELP, parse_mlp_layers, resolve_task
 from circuits.errors import CircuitsError
+from circuits.scores import DEFAULT_MAX_PASSES
 
 
 class ProgressBars:
@@ -99,14 +100,18 @@ def discover(
     seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling (and for choosing the held-out prompts)."),
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
     holdout: Optional[float] = typer.Option(None, "--holdout", help=HOLDOUT_HELP, show_default=False),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge with |score| >= T (then prune)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune); for a node method (activation-patching), the K nodes."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge (node, for a node method) with |score| >= T (then prune)."),
     target: Optional[float] = typer.Option(None, "--target-faithfulness",
                                            help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode "
                                                 "is given; acdc keeps its own circuit]."),
     ablation: str = typer.Option("corrupted", "--ablation", help=ABLATION_HELP),
     metric: str = typer.Option("task", "--metric", help=METRIC_HELP),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
+    max_passes: int = typer.Option(DEFAULT_MAX_PASSES, "--max-passes",
+                                   help="path-patching: budget of patched forward passes; a search that runs out returns the edges found so far."),
+    path_threshold: float = typer.Option(0.02, "--path-threshold",
+                                         help="path-patching: explore a sender's inputs when its edge moves the metric by at least this fraction of the full effect."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
     keep_neurons: Optional[int] = typer.Option(None, "--keep-neurons",
                                                help="Keep each --neurons MLP through its K top-scored neurons only (the others are patched)."),
@@ -147,6 +152,10 @@ def discover(
         raise CircuitsError(f"--batch-size must be 0 (all prompts) or more (got {batch_size})")
     if ig_steps < 1:
         raise CircuitsError(f"--ig-steps must be at least 1 (got {ig_steps})")
+    if max_passes < 1:
+        raise CircuitsError(f"--max-passes must be at least 1 (got {max_passes})")
+    if not 0 <= path_threshold < float("inf"):
+        raise CircuitsError(f"--path-threshold must be a number >= 0 (got {path_threshold})")
     check_out_dir(out, force)
     task_obj = resolve_task(task, task_file)
 
@@ -156,7 +165,8 @@ def discover(
     from circuits.scores import MethodOptions
 
     options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
-                             batch_size=batch_size, tau=tau, acdc_order=acdc_order, max_tests=max_tests)
+                            threshold=path_threshold, max_passes=max_passes, batch_size=batch_size, tau=tau,
+                            acdc_order=acdc_order, max_tests=max_tests)
     check_options(options)  # --tau, --acdc-order, --max-tests: refused before the model loads, whatever the method
     timings = {}
     t = time.perf_counter()
@@ -193,8 +203,15 @@ def discover(
 
     sel = result.selection
     how = f"acdc, tau {sel.value:g}: {sel.k} kept before pruning" if sel.mode == "acdc" else f"{sel.mode} {sel.value:g}, k = {sel.k}"
-    typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
-               f"({how}), faithfulness {result.faithfulness.f:.3f}")
+    if sel.granularity == "node":
+        from circuits.ranking import kept_nodes
+
+        nodes = int(kept_nodes(sel.keep_mask, engine.graph)[1:].sum())
+        typer.echo(f"{run['task']} on {model} with {method}: {nodes} of {engine.graph.n_senders - 1} nodes kept "
+                   f"({sel.edges_kept} edges among them; {sel.mode} {sel.value:g}), faithfulness {result.faithfulness.f:.3f}")
+    else:
+        typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
+                   f"({how}), faithfulness {result.faithfulness.f:.3f}")
     if sel.neurons:
         from circuits.neurons import neuron_lists
 
@@ -209,7 +226,11 @@ def discover(
             line += f", CPR {h.curve.cpr:.3f}, CMD {h.curve.cmd:.3f}"
         typer.echo(line)
     info = result.scores.info
-    if info.get("complete") is False:
+    if info.get("complete") is False and "passes_used" in info:
+        typer.echo(f"warning: {method} stopped at its budget ({info.get('passes_used')} of --max-passes "
+                   f"{info.get('max_passes')} passes) before exploring every receiver that passed --path-threshold; "
+                   "the circuit has the edges found so far (raise --max-passes to search further)", err=True)
+    elif info.get("complete") is False:
         typer.echo(f"warning: {method} stopped early after {info.get('edge_tests', '?')} edge tests (--max-tests); "
                    "untested edges were kept and score 0", err=True)
     if not sel.reached:
