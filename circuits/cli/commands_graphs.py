@@ -57,14 +57,14 @@ def compare_command(
         return
     typer.echo(f"A: {a} ({ga.number_of_nodes()} nodes, {len(edge_names(ga))} edges)")
     typer.echo(f"B: {b} ({gb.number_of_nodes()} nodes, {len(edge_names(gb))} edges)")
-    typer.echo(f"{'':6} {'precision':>9} {'recall':>7} {'jaccard':>7} {'auroc':>7}")
+    typer.echo(f"{'':7} {'precision':>9} {'recall':>7} {'jaccard':>7} {'auroc':>7}")
     for part in ("nodes", "edges", "neurons"):
         if part not in result:
             continue
         row = result[part]
         auroc = row.get("auroc")
         auroc_text = "-" if auroc is None else f"{auroc:.3f}"
-        typer.echo(f"{part:6} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['jaccard']:>7.3f} {auroc_text:>7}")
+        typer.echo(f"{part:7} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['jaccard']:>7.3f} {auroc_text:>7}")
     if "neurons" in result:
         typer.echo("(neurons: of " + (", ".join(result["neurons"]["mlps"]) or "no MLP") + ", reduced in both A and B)")
     if scores is None:
