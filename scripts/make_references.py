@@ -7,6 +7,9 @@
 * ``hanna-gpt2.json``: the greater-than circuit Hanna et al. (2023) published for GPT-2 small.
   The paper lists nodes (heads, MLPs and the positions they act at), not edges; the edges
   here are inferred (see the file's metadata).
+* ``ioi-gpt2.json``: the IOI circuit Wang et al. (2023) published for GPT-2 small.  The heads
+  and their classes (node attribute ``head_class``) are the paper's; the edges join the
+  classes as the paper's circuit diagram does, head by head, and are inferred.
 
 Usage: ``python scripts/make_references.py [--out-dir DIR] [--check]``.  ``--check`` writes
 nothing and exits 1 if a shipped file differs from what this script would write.
@@ -71,6 +74,64 @@ def hanna_reference() -> dict[str, Any]:
     return _reference(hanna_edges(), positions, metadata)
 
 
+# Wang et al. (2023), Interpretability in the Wild, figure 2 and section 3: head -> class.
+IOI_CLASSES = {
+    "name mover": ("a9.h9", "a9.h6", "a10.h0"),
+    "negative name mover": ("a10.h7", "a11.h10"),
+    "backup name mover": ("a10.h10", "a10.h6", "a10.h2", "a10.h1", "a11.h2", "a9.h7", "a9.h0", "a11.h9"),
+    "s-inhibition": ("a7.h3", "a7.h9", "a8.h6", "a8.h10"),
+    "induction": ("a5.h5", "a5.h8", "a5.h9", "a6.h9"),
+    "duplicate token": ("a0.h1", "a0.h10", "a3.h0"),
+    "previous token": ("a2.h2", "a4.h11"),
+}
+IOI_POSITIONS = {"name mover": "END", "negative name mover": "END", "backup name mover": "END", "s-inhibition": "END",
+                 "induction": "S2", "duplicate token": "S2", "previous token": "S1+1"}
+
+
+def ioi_edges() -> list[str]:
+    """The class-to-class links of the paper's diagram, written head by head (all valid in GPT-2 small)."""
+    c = IOI_CLASSES
+    movers = c["name mover"] + c["negative name mover"] + c["backup name mover"]
+    edges = [f"input->{h}<{x}>" for h in c["previous token"] for x in "qkv"]  # attend from S1+1 to S1
+    edges += [f"input->{h}<{x}>" for h in c["duplicate token"] for x in "qkv"]  # attend from S2 to S1
+    edges += [f"input->{h}<q>" for h in c["induction"]]  # the query is S2's token
+    edges += [f"{p}->{h}<k>" for p in c["previous token"] for h in c["induction"]]  # K-composition
+    edges += [f"{d}->{s}<v>" for d in c["duplicate token"] + c["induction"] for s in c["s-inhibition"]]  # S2 is duplicated
+    edges += [f"{s}->{m}<q>" for s in c["s-inhibition"] for m in movers]  # Q-composition: do not attend to S
+    edges += [f"input->{m}<{x}>" for m in movers for x in "kv"]  # the names themselves, copied from IO's position
+    edges += [f"{m}->logits" for m in movers]
+    return edges
+
+
+def ioi_reference() -> dict[str, Any]:
+    classes = {h: name for name, heads in IOI_CLASSES.items() for h in heads}
+    metadata = {
+        "name": "ioi-gpt2",
+        "kind": "published",
+        "description": "GPT-2 small's IOI circuit (Wang et al. 2023): heads and classes as published, edges inferred",
+        "model": "gpt2",
+        "task": "ioi",
+        "source": "Wang, Variengien, Conmy, Shlegeris & Steinhardt (2023), Interpretability in the Wild: a Circuit "
+        "for Indirect Object Identification in GPT-2 small. ICLR 2023. arXiv:2211.00593",
+        "note": "The paper's: the 26 heads and their classes (node attribute 'head_class': name mover, negative "
+        "name mover, backup name mover, s-inhibition, induction, duplicate token, previous token) and the "
+        "position each class acts at (attribute 'position': END, S2, S1+1). Inferred here: every edge. The "
+        "paper draws links between classes, not heads; we link every head of a class to every head of the "
+        "next: previous token -> induction (keys), duplicate token and induction -> S-inhibition (values), "
+        "S-inhibition -> name movers, negative and backup name movers (queries), the input -> the movers' "
+        "keys and values and the early heads' inputs, the movers -> logits. The paper's circuit has no MLPs. "
+        "Edge scores are 1.0 (membership, not effect sizes).",
+        "n_layers": 12,
+        "n_heads": 12,
+    }
+    positions = {h: IOI_POSITIONS[cls] for h, cls in classes.items()}
+    data = _reference(ioi_edges(), positions, metadata)
+    for node in data["nodes"]:
+        if node["id"] in classes:
+            node["head_class"] = classes[node["id"]]
+    return data
+
+
 def planted_reference(variant: str) -> dict[str, Any]:
     from circuits.models.planted import VERSION
 
@@ -122,6 +183,7 @@ def references() -> dict[str, dict[str, Any]]:
     out = {name: planted_reference(name) for name in VARIANTS}
     out["planted-neurons"] = planted_neurons_reference()
     out["hanna-gpt2"] = hanna_reference()
+    out["ioi-gpt2"] = ioi_reference()
     return out
 
 

@@ -18,6 +18,11 @@ Two forms of the metrics:
   faithfulness: PD read at the answer position only.  With two-digit tokens it is the
   reported PD exactly.  With digit tokens it is the tens-digit PD,
   ``sum_{d > t} p(d) - sum_{d < t} p(d)`` with ``t`` the tens digit of YY.
+
+The prompt form is a :class:`YearTemplate` (class attribute ``template``): its text, its
+centuries, the corrupted start year and its direction.  ``direction="less"`` flips the sign of
+PD and CS (the correct years are those below YY), so the model's expected behaviour is positive
+for every template.  ``circuits.tasks.greater_than_family`` holds the paper's other templates.
 """
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ import io
 import json
 import random
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from circuits.dataset import PromptDataset
 from circuits.errors import CircuitsError
@@ -36,11 +42,51 @@ from circuits.errors import CircuitsError
 CENTURIES = tuple(range(11, 18))
 YEARS = tuple(range(2, 99))
 TEMPLATE = "The {noun} lasted from the year {xx}{yy:02d} to the year {xx}"
-_PROMPT_RE = re.compile(r"The (?P<noun>.+?) lasted from the year (?P<xx>\d\d)(?P<yy>\d\d) to the year (?P=xx)\s*$")
+NOUNS_FILE = "greater_than_nouns.txt"
+DIRECTIONS = ("greater", "less")
 
 
-def load_nouns() -> List[str]:
-    text = (resources.files("circuits.tasks") / "greater_than_nouns.txt").read_text(encoding="utf-8")
+@dataclass(frozen=True)
+class YearTemplate:
+    """One prompt form: ``text`` with ``{noun}``, ``{xx}{yy:02d}`` (the start year) and ``{xx}`` after it.
+
+    ``direction``: ``greater`` (the correct continuations are above YY) or ``less`` (below YY).
+    ``corrupt_yy``: the start year's YY in the corrupted twin.  ``words``: the file of fillers for
+    ``{noun}`` (None: the text has no noun).  ``source``: where the template comes from.
+    """
+
+    text: str = TEMPLATE
+    direction: str = "greater"
+    centuries: Tuple[int, ...] = CENTURIES
+    corrupt_yy: int = 1
+    words: Optional[str] = NOUNS_FILE
+    source: str = "Hanna, Liu & Variengien (2023), the task they study"
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS or "{xx}{yy:02d}" not in self.text:
+            raise ValueError(f"bad year template {self.text!r} ({self.direction})")
+
+    def prompt(self, noun: str, xx: int, yy: int) -> str:
+        return self.text.format(noun=noun, xx=xx, yy=yy)
+
+    def regex(self) -> "re.Pattern[str]":
+        """Parses a prompt written with this template (leading spaces optional)."""
+        out, seen_year = [], False
+        for part in re.split(r"(\{noun\}|\{xx\}\{yy:02d\}|\{xx\})", self.text.lstrip()):
+            if part == "{noun}":
+                out.append(r"(?P<noun>.+?)")
+            elif part == "{xx}{yy:02d}":
+                out.append(r"(?P<xx>\d{1,2})(?P<yy>\d\d)")
+                seen_year = True
+            elif part == "{xx}":
+                out.append(r"(?P=xx)" if seen_year else r"(?P<xx>\d{1,2})")
+            else:
+                out.append(re.escape(part))
+        return re.compile(r"\s*" + "".join(out) + r"\s*$")
+
+
+def load_nouns(words: str = NOUNS_FILE) -> List[str]:
+    text = (resources.files("circuits.tasks") / words).read_text(encoding="utf-8")
     words = [w for line in text.splitlines() if not line.startswith("#") for w in line.split()]
     return list(dict.fromkeys(words))
 
@@ -79,15 +125,15 @@ class Vocabulary:
         """`` XXYY`` must tokenize as exactly `` XX`` then ``YY``."""
         return _ids(self.tokenizer, f" {xx}{yy:02d}") == _ids(self.tokenizer, f" {xx}") + _ids(self.tokenizer, f"{yy:02d}")
 
-    def valid_years(self) -> Dict[int, List[int]]:
+    def valid_years(self, centuries: Tuple[int, ...] = CENTURIES) -> Dict[int, List[int]]:
         """Century -> valid YY values, with the first and last valid year of each century dropped."""
         result = {}
-        for xx in CENTURIES:
+        for xx in centuries:
             ok = [yy for yy in YEARS if self.valid(xx, yy)]
             if len(ok) > 2:
                 result[xx] = ok[1:-1]
         if not result:
-            raise CircuitsError("no year in 11xx..17xx splits into ' XX' + 'YY' with this tokenizer")
+            raise CircuitsError(f"no year in {centuries[0]}xx..{centuries[-1]}xx splits into ' XX' + 'YY' with this tokenizer")
         return result
 
 
@@ -120,17 +166,17 @@ def _read_records(path: Path) -> List[Dict[str, Any]]:
         raise CircuitsError(f"{path} is not a valid CSV file: {exc}") from exc
 
 
-def _parse_record(rec: Dict[str, Any], where: str) -> tuple[str, int, int]:
+def _parse_record(rec: Dict[str, Any], where: str, template: YearTemplate = YearTemplate()) -> tuple[str, int, int]:
     """A record gives either ``clean`` (the prompt text) or ``noun``, ``century``/``XX`` and ``year``/``YY``."""
     text = rec.get("clean") or rec.get("prompt") or rec.get("text")
     if text:
-        m = _PROMPT_RE.search(str(text).replace("<|endoftext|>", ""))
+        m = template.regex().search(str(text).replace("<|endoftext|>", ""))
         if not m:
-            raise CircuitsError(f"{where}: prompt does not follow the template '{TEMPLATE}': {text!r}")
-        noun, xx, yy = m["noun"], int(m["xx"]), int(m["yy"])
+            raise CircuitsError(f"{where}: prompt does not follow the template '{template.text.strip()}': {text!r}")
+        noun, xx, yy = m.groupdict().get("noun") or "", int(m["xx"]), int(m["yy"])
     else:
         try:
-            noun = str(rec["noun"]).strip()
+            noun = str(rec["noun"]).strip() if template.words else ""
             if "year" in rec and len(str(rec["year"]).strip()) == 4:
                 year = str(rec["year"]).strip()
                 xx, yy = int(year[:2]), int(year[2:])
@@ -138,7 +184,7 @@ def _parse_record(rec: Dict[str, Any], where: str) -> tuple[str, int, int]:
                 xx, yy = int(rec.get("century", rec.get("XX"))), int(rec.get("yy", rec.get("YY")))
         except (KeyError, TypeError, ValueError) as exc:
             raise CircuitsError(f"{where}: needs a 'clean' prompt or 'noun', 'century' and 'yy' fields") from exc
-    if not noun or not 10 <= xx <= 99 or yy not in YEARS:
+    if (template.words and not noun) or not 1 <= xx <= 99 or yy not in YEARS:
         raise CircuitsError(f"{where}: year {xx}{yy:02d} is out of range: the century must have two digits and YY be in {YEARS[0]:02d}..{YEARS[-1]}")
     return noun, xx, yy
 
@@ -148,6 +194,7 @@ class GreaterThan:
 
     name = "greater-than"
     description = "Years after the start year: 'The war lasted from the year 1732 to the year 17' -> 33..99"
+    template = YearTemplate()
 
     # ------------------------------------------------------------------ prompts
     def build(self, tokenizer, *, n: int = 100, seed: int = 0, data: Optional[Path] = None) -> PromptDataset:
@@ -157,18 +204,20 @@ class GreaterThan:
             raise CircuitsError(f"--n must be at least 1 (got {n})")
         vocab = Vocabulary(tokenizer)
         if data is not None:
-            triples = [_parse_record(r, f"{data}:{i + 1}") for i, r in enumerate(_read_records(Path(data)))][:n]
+            triples = [_parse_record(r, f"{data}:{i + 1}", self.template) for i, r in enumerate(_read_records(Path(data)))][:n]
             if not triples:
                 raise CircuitsError(f"{data} holds no prompts")
         else:
             triples = self._sample(tokenizer, vocab, n=n, seed=seed)
         bos = bos_id(tokenizer)
         clean, corrupted, meta = [], [], []
+        tpl, bad = self.template, self.template.corrupt_yy
         for noun, xx, yy in triples:
-            if not vocab.valid(xx, yy) or not vocab.valid(xx, 1):
-                raise CircuitsError(f"year {xx}{yy:02d} does not split into ' {xx}' + '{yy:02d}' with this tokenizer; pick another year")
-            c = [bos] + _ids(tokenizer, TEMPLATE.format(noun=noun, xx=xx, yy=yy))
-            k = [bos] + _ids(tokenizer, TEMPLATE.format(noun=noun, xx=xx, yy=1))
+            if not vocab.valid(xx, yy) or not vocab.valid(xx, bad):
+                year = f"{xx}{yy:02d}" if not vocab.valid(xx, yy) else f"{xx}{bad:02d} (the corrupted start year)"
+                raise CircuitsError(f"year {year} does not split into ' {xx}' + its last two digits with this tokenizer; pick another year")
+            c = [bos] + _ids(tokenizer, tpl.prompt(noun, xx, yy))
+            k = [bos] + _ids(tokenizer, tpl.prompt(noun, xx, bad))
             clean.append(c)
             corrupted.append(k)
             meta.append({"noun": noun, "century": xx, "yy": yy, "year": xx * 100 + yy})
@@ -178,29 +227,28 @@ class GreaterThan:
         clean_t = torch.tensor(clean, dtype=torch.long)
         seq = clean_t.shape[1]
         info = {"mode": vocab.mode, "year_ids": vocab.year_ids, "digit_ids": vocab.digit_ids,
-                "yy_pos": self._yy_pos(tokenizer, triples[0], bos)}
+                "yy_pos": self._yy_pos(tokenizer, triples[0], bos), "direction": tpl.direction}
         return PromptDataset(
             clean=clean_t, corrupted=torch.tensor(corrupted, dtype=torch.long),
             answer_pos=torch.full((len(clean),), seq - 1, dtype=torch.long),
             metadata=meta, task=self.name, info=info,
         )
 
-    @staticmethod
-    def _yy_pos(tokenizer, triple, bos: int) -> int:
+    def _yy_pos(self, tokenizer, triple, bos: int) -> int:
         """Position of the (first) YY token, found by tokenizing the prompt up to the start year."""
         noun, xx, yy = triple
-        prefix = TEMPLATE.format(noun=noun, xx=xx, yy=yy).split(f"{xx}{yy:02d}")[0] + f"{xx}"
+        prefix = self.template.text.split("{yy:02d}")[0].format(noun=noun, xx=xx)
         return 1 + len(_ids(tokenizer, prefix))
 
-    @staticmethod
-    def _sample(tokenizer, vocab: Vocabulary, *, n: int, seed: int) -> List[tuple[str, int, int]]:
-        nouns = [w for w in load_nouns() if len(_ids(tokenizer, " " + w)) == 1]
+    def _sample(self, tokenizer, vocab: Vocabulary, *, n: int, seed: int) -> List[tuple[str, int, int]]:
+        words = self.template.words
+        nouns = [w for w in load_nouns(words) if len(_ids(tokenizer, " " + w)) == 1] if words else [""]
         if not nouns:  # the tokenizer splits every noun: keep the nouns whose length is the most common one
             by_len: Dict[int, List[str]] = {}
-            for w in load_nouns():
+            for w in load_nouns(words):
                 by_len.setdefault(len(_ids(tokenizer, " " + w)), []).append(w)
             nouns = max(by_len.values(), key=len)
-        years = vocab.valid_years()
+        years = vocab.valid_years(self.template.centuries)
         by_yy: Dict[int, List[int]] = {}
         for xx, yys in years.items():
             for yy in yys:
@@ -226,13 +274,14 @@ class GreaterThan:
             logits = logits.float()
         probs = torch.softmax(logits, dim=-1)
         yy = torch.tensor([m["yy"] for m in dataset.metadata], device=logits.device)
+        direction = self.template.direction
         if dataset.info["mode"] == "token":
-            return probability_difference(probs[:, dataset.info["year_ids"]], yy)
+            return probability_difference(probs[:, dataset.info["year_ids"]], yy, direction)
         tens = yy // 10
         p = probs[:, dataset.info["digit_ids"]]  # [n, 10]
         d = torch.arange(10, device=logits.device)
         sign = (d[None, :] > tens[:, None]).float() - (d[None, :] < tens[:, None]).float()
-        return (p * sign).sum(-1)
+        return (p * sign).sum(-1) * (1 if direction == "greater" else -1)
 
     def year_probabilities(self, forward, dataset: PromptDataset, *, batch_size: int = 64):
         """p(YY') for the 100 two-digit continuations: [n, 100], no gradient."""
@@ -263,22 +312,29 @@ class GreaterThan:
 
         p = self.year_probabilities(forward, dataset)
         yy = torch.tensor([m["yy"] for m in dataset.metadata])
-        return {"probability_difference": probability_difference(p, yy), "cutoff_sharpness": cutoff_sharpness(p, yy)}
+        direction = self.template.direction
+        return {"probability_difference": probability_difference(p, yy, direction),
+                "cutoff_sharpness": cutoff_sharpness(p, yy, direction)}
 
 
-def probability_difference(p_years, yy):
-    """``sum p(y > YY) - sum p(y <= YY)``; p_years [n, 100], yy [n]."""
+def probability_difference(p_years, yy, direction: str = "greater"):
+    """``sum p(y > YY) - sum p(y <= YY)``; p_years [n, 100], yy [n].
+
+    ``direction="less"``: ``sum p(y < YY) - sum p(y >= YY)`` (the correct years are below YY).
+    """
     import torch
 
     y = torch.arange(100, device=p_years.device)
-    sign = (y[None, :] > yy[:, None]).to(p_years.dtype) * 2 - 1
+    right = y[None, :] > yy[:, None] if direction == "greater" else y[None, :] < yy[:, None]
+    sign = right.to(p_years.dtype) * 2 - 1
     return (p_years * sign).sum(-1)
 
 
-def cutoff_sharpness(p_years, yy):
-    """``p(YY+1) - p(YY-1)``; p_years [n, 100], yy [n] with 1 <= YY <= 98."""
+def cutoff_sharpness(p_years, yy, direction: str = "greater"):
+    """``p(YY+1) - p(YY-1)`` (``less``: ``p(YY-1) - p(YY+1)``); p_years [n, 100], yy [n] with 1 <= YY <= 98."""
     import torch
 
     idx = torch.arange(p_years.shape[0])
-    return p_years[idx, yy + 1] - p_years[idx, yy - 1]
+    cs = p_years[idx, yy + 1] - p_years[idx, yy - 1]
+    return cs if direction == "greater" else -cs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -41,11 +41,45 @@ def export_command(
 
 @app.command("compare")
 def compare_command(
-    a: Path = typer.Argument(..., metavar="A", help="The found circuit: a run folder (its scores.tsv gives the AUROC) or a circuit.json."),
-    b: Path = typer.Argument(..., metavar="B", help="The reference circuit: a run folder or a circuit.json-shaped file."),
-    as_json: bool = typer.Option(False, "--json", help='Print {"nodes": {...}, "edges": {...}} as one JSON object.'),
+    circuits: List[Path] = typer.Argument(..., metavar="A B [C ...]",
+                                          help="Two circuits: A found (a run folder's scores.tsv gives the AUROC), B the "
+                                          "reference. Three or more: a table of pairwise overlap. Each a run folder or a circuit.json."),
+    as_json: bool = typer.Option(False, "--json", help='Print one JSON object: {"nodes", "edges"} for two circuits, {"circuits", "pairs"} for more.'),
 ) -> None:
-    """Precision, recall and Jaccard of circuit A against reference B (nodes and edges), and the edge-score AUROC."""
+    """Two circuits: precision, recall and Jaccard of A against reference B (nodes and edges) and the edge-score
+    AUROC.  Three or more: the node and edge overlap of every pair (intersection, Jaccard, shares)."""
+    if len(circuits) < 2:
+        raise CircuitsError("compare needs at least two circuits (run folders or circuit.json files)")
+    if len(circuits) == 2:
+        _compare_two(circuits[0], circuits[1], as_json)
+    else:
+        _compare_many(circuits, as_json)
+
+
+def _compare_many(paths: List[Path], as_json: bool) -> None:
+    from circuits.graphs.build import edge_names, load_circuit
+    from circuits.graphs.overlap import pairwise
+
+    graphs = [load_circuit(p) for p in paths]
+    pairs = pairwise(graphs)
+    if as_json:
+        typer.echo(json.dumps({"circuits": [str(p) for p in paths], "pairs": pairs}, sort_keys=True))
+        return
+    for k, (path, G) in enumerate(zip(paths, graphs), 1):
+        meta = G.graph
+        what = " ".join(str(meta[key]) for key in ("task", "method") if meta.get(key))
+        typer.echo(f"[{k}] {path} ({G.number_of_nodes()} nodes, {len(edge_names(G))} edges{', ' + what if what else ''})")
+    typer.echo(f"{'pair':7} {'nodes':>6} {'jaccard':>7} {'i in j':>6} {'j in i':>6}   {'edges':>6} {'jaccard':>7} {'i in j':>6} {'j in i':>6}")
+    for pair in pairs:
+        cells = []
+        for part in ("nodes", "edges"):
+            o = pair[part]
+            cells.append(f"{o['both']:>6} {o['jaccard']:>7.3f} {o['a_in_b']:>6.3f} {o['b_in_a']:>6.3f}")
+        typer.echo(f"{pair['i'] + 1:>3}-{pair['j'] + 1:<3} " + "   ".join(cells))
+    typer.echo("(nodes / edges: the count both circuits hold; i in j: the share of i's that j also holds)")
+
+
+def _compare_two(a: Path, b: Path, as_json: bool) -> None:
     from circuits.graphs.build import edge_names, load_circuit
     from circuits.graphs.compare import SCORES_FILE, compare, load_scores
 

@@ -101,7 +101,14 @@ class Dispatcher:
             self.store.discard_tmp(job_id)
             self.store.finish(job_id, "failed", error=event[2])
             return
-        outcome = event[2]
+        try:
+            self._settle(job_id, job_kind, event[2])
+        except Exception as exc:  # e.g. the store's disk is full: the job fails, the server goes on
+            log.exception("could not record the end of job %s", job_id)
+            self.store.discard_tmp(job_id)
+            self.store.finish(job_id, "failed", error=f"could not store the job's results: {type(exc).__name__}: {exc}")
+
+    def _settle(self, job_id: str, job_kind: str, outcome) -> None:
         worker = outcome.worker()
         if not outcome.ok:
             self.store.discard_tmp(job_id)
