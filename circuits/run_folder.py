@@ -1,7 +1,8 @@
 """A discovery run's folder: every file written atomically, ``manifest.json`` last.
 
 Files: ``circuit.json`` (node-link graph of the kept edges), ``circuit.dot``, ``circuit.svg``
-(when GraphViz's ``dot`` is installed), ``scores.tsv`` (every edge's score), ``report.md``
+(drawn by :mod:`circuits.graphs.svg`, no GraphViz), ``circuit.html`` (the interactive viewer),
+``scores.tsv`` (every edge's score), ``report.md``
 (with ``faithfulness_curve.png``) and ``manifest.json`` (the run's settings, versions,
 timings and results).  Nothing here prints.
 """
@@ -18,7 +19,7 @@ from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
 
 MANIFEST_FILE = "manifest.json"
-RUN_FILES = ("circuit.json", "circuit.dot", "circuit.svg", "scores.tsv", "report.md", "faithfulness_curve.png", MANIFEST_FILE)
+RUN_FILES = ("circuit.json", "circuit.dot", "circuit.svg", "circuit.html", "scores.tsv", "report.md", "faithfulness_curve.png", MANIFEST_FILE)
 PACKAGES = ("circuits", "torch", "transformer_lens", "transformers", "networkx")
 
 __all__ = ["MANIFEST_FILE", "RUN_FILES", "WrittenRun", "check_out_dir", "package_versions", "build_manifest",
@@ -29,7 +30,7 @@ __all__ = ["MANIFEST_FILE", "RUN_FILES", "WrittenRun", "check_out_dir", "package
 class WrittenRun:
     folder: Path
     files: Tuple[Path, ...]
-    svg: bool  # False when GraphViz is missing
+    svg: bool  # always True: circuit.svg no longer needs GraphViz
     manifest: Mapping[str, Any]
 
 
@@ -67,20 +68,24 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "faithfulness": faith.f,
         "edges_kept": sel.edges_kept,
         "edges_total": result.edges_total,
+        "granularity": sel.granularity,
         "cpr": None if curve is None else curve.cpr,
         "cmd": None if curve is None else curve.cmd,
         **dict(run),
         "ablation": opts.ablation,
         "metric": run.get("metric", "task"),
         "options": {"ig_steps": opts.ig_steps, "neurons": list(opts.neurons), "top_neurons": opts.top_neurons,
-                    "threshold": opts.threshold, "batch_size": opts.batch_size},
+                    "threshold": opts.threshold, "batch_size": opts.batch_size, "tau": opts.tau,
+                    "acdc_order": opts.acdc_order, "max_tests": opts.max_tests},
         "neurons_kept": _neuron_lists(sel),
         "metric_full": faith.m_full,
         "metric_empty": faith.m_empty,
         "metric_circuit": faith.m_circuit,
+        **_heldout_fields(getattr(result, "heldout", None)),
         "selection": {"mode": sel.mode, "value": sel.value, "k": sel.k, "edges_kept": sel.edges_kept,
                       "evaluations": sel.evaluations, "reached": sel.reached},
         "forward_passes": result.forward_passes,
+        **_budget(result.scores.info),
         "circuit_evaluations": result.circuit_evaluations,
         "method_info": dict(result.scores.info),
         "curve": [] if curve is None else [
@@ -89,7 +94,34 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "timings": {**dict(timings or {}), **dict(result.timings)},
         "versions": package_versions(),
     }
+    info = result.scores.info
+    if "complete" in info:  # a search that can stop early (ACDC's --max-tests)
+        manifest["complete"] = bool(info["complete"])
+    if result.scores.method == "acdc":
+        manifest["acdc"] = {k: info.get(k) for k in ("tau", "order", "edge_tests", "passes", "max_tests", "complete")}
     return manifest
+
+
+def _heldout_fields(held) -> Dict[str, Any]:
+    """``n_heldout`` (0 when nothing was held out) and the circuit's figures on the held-out prompts."""
+    if held is None:
+        return {"n_heldout": 0, "faithfulness_heldout": None, "cpr_heldout": None, "cmd_heldout": None}
+    curve = held.curve
+    return {"n_heldout": held.n, "faithfulness_heldout": held.faithfulness.f,
+            "cpr_heldout": None if curve is None else curve.cpr, "cmd_heldout": None if curve is None else curve.cmd,
+            "metric_full_heldout": held.faithfulness.m_full, "metric_empty_heldout": held.faithfulness.m_empty,
+            "metric_circuit_heldout": held.faithfulness.m_circuit}
+
+
+def _budget(info: Mapping[str, Any]) -> Dict[str, Any]:
+    """``complete`` and the budget used, for a method whose search can stop early (empty otherwise)."""
+    if not isinstance(info, Mapping) or "complete" not in info:
+        return {}
+    out: Dict[str, Any] = {"complete": bool(info["complete"])}
+    for key in ("passes_used", "max_passes"):
+        if key in info:
+            out[key] = info[key]
+    return out
 
 
 def _neuron_lists(selection) -> Dict[str, list]:
@@ -119,7 +151,8 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     from circuits.graphs.build import CIRCUIT_FILE, jsonable, write_json
     from circuits.graphs.compare import SCORES_FILE, write_scores
     from circuits.graphs.dot import to_dot
-    from circuits.graphs.export import render_svg
+    from circuits.graphs.svg import to_svg
+    from circuits.graphs.viewer import HTML_FILE, viewer_html
     from circuits.graphs.report import CURVE_FILE, write_report
 
     folder = check_out_dir(folder, force)
@@ -127,18 +160,24 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     t = time.perf_counter()
     manifest = build_manifest(result, run, timings)
     sel = result.selection
-    metadata = {k: manifest.get(k) for k in ("task", "model", "method", "metric", "n", "seed", "ablation", "faithfulness",
-                                             "edges_kept", "edges_total", "cpr", "cmd")}
+    metadata = {k: manifest.get(k) for k in ("task", "model", "method", "granularity", "metric", "n", "seed", "ablation",
+                                             "faithfulness", "edges_kept", "edges_total", "cpr", "cmd", "data", "holdout",
+                                             "n_heldout", "faithfulness_heldout")}
     metadata.update(selection=sel.mode, k=sel.k)
+    shape = getattr(result.scores, "graph", None)
+    for key in ("n_layers", "n_heads"):
+        if isinstance(getattr(shape, key, None), int):
+            metadata[key] = getattr(shape, key)
+    if isinstance(run.get("d_model"), int):
+        metadata["d_model"] = run["d_model"]
     G = circuit_graph(result, metadata)
 
-    written = [write_scores(result.scores.edge_dict(), folder / SCORES_FILE)]
+    all_scores = result.scores.edge_dict()
+    written = [write_scores(all_scores, folder / SCORES_FILE)]
     written.append(write_json(G, folder / CIRCUIT_FILE))
-    dot_text = to_dot(G)
-    written.append(write_atomic(folder / "circuit.dot", dot_text))
-    svg = render_svg(dot_text)
-    if svg is not None:
-        written.append(write_atomic(folder / "circuit.svg", svg))
+    written.append(write_atomic(folder / "circuit.dot", to_dot(G)))
+    written.append(write_atomic(folder / "circuit.svg", to_svg(G)))
+    written.append(write_atomic(folder / HTML_FILE, viewer_html(G, scores=all_scores, manifest=jsonable(manifest))))
     curve = result.curve.pairs() if result.curve is not None else None
     written.append(write_report(folder, G=G, manifest=manifest, curve=curve, top_components=result.top_components()))
     if curve and (folder / CURVE_FILE).is_file():
@@ -150,4 +189,4 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
         stale = folder / name
         if stale not in written and stale.is_file():
             stale.unlink()
-    return WrittenRun(folder=folder, files=tuple(written), svg=svg is not None, manifest=manifest)
+    return WrittenRun(folder=folder, files=tuple(written), svg=True, manifest=manifest)

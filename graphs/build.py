@@ -20,7 +20,6 @@ an edge named at neuron level (``a5.h1->m10.n123``) is the MLP's edge plus that 
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -160,8 +159,8 @@ def edge_names(G: nx.DiGraph) -> set[str]:
 def to_node_link(G: nx.DiGraph) -> dict[str, Any]:
     """Node-link data, sorted for stable files.
 
-    The edge list is written under both ``edges`` (networkx >= 3.4 default) and ``links``
-    (older networkx and circuit-tracer-style readers).
+    The edge list is written once, under ``edges`` (networkx >= 3.4's default); files that
+    carry it as ``links`` (older networkx, circuit-tracer) are still read.
     """
     nodes = [{"id": n, **jsonable(G.nodes[n])} for n in sorted(G.nodes, key=_node_key)]
     edges = sorted(
@@ -174,7 +173,6 @@ def to_node_link(G: nx.DiGraph) -> dict[str, Any]:
         "graph": jsonable(G.graph),
         "nodes": nodes,
         "edges": edges,
-        "links": copy.deepcopy(edges),
     }
 
 
@@ -186,6 +184,9 @@ def write_json(G: nx.DiGraph, path: Union[str, Path]) -> Path:
 
 def load_circuit(path: Union[str, Path]) -> nx.DiGraph:
     """Read a circuit graph from a ``circuit.json`` file or a run folder that holds one.
+
+    EAP-IG's graph JSON (``{"cfg", "nodes": {...}, "edges": {...}}``, also MIB's format) is read
+    too: its ``in_graph`` edges become the circuit (see :mod:`circuits.graphs.interop`).
 
     Edges without ``names`` are named from their ends and ``qkv``; nodes without attributes
     get them from their names, so a hand-written reference circuit needs only ``source``,
@@ -201,7 +202,9 @@ def load_circuit(path: Union[str, Path]) -> nx.DiGraph:
     except (OSError, UnicodeDecodeError) as exc:
         raise CircuitsError(f"cannot read {file} ({exc}); check the path and its permissions") from None
     try:
-        return from_node_link(data)
+        from circuits.graphs.interop import from_eap_ig, is_eap_ig
+
+        return from_eap_ig(data) if is_eap_ig(data) else from_node_link(data)
     except CircuitsError as exc:
         raise CircuitsError(f"{file}: {exc}") from None
 

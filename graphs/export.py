@@ -1,12 +1,16 @@
-"""Write a circuit graph as DOT, SVG, PNG, GraphML or node-link JSON (every file written atomically).
+"""Write a circuit graph as DOT, SVG, PNG, GraphML, node-link JSON, the HTML viewer, EAP-IG's
+JSON or MIB's submission folder (every file written atomically).
 
-SVG and PNG are drawn by GraphViz's ``dot`` program, run as a subprocess.
+SVG is drawn by us (:mod:`circuits.graphs.svg`). PNG is drawn from the DOT text by GraphViz's
+``dot`` when it is on PATH, else by ``graphviz-pure`` (a pip-installable port of ``dot``, the
+``png`` extra), run as a subprocess.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -17,38 +21,72 @@ from circuits.errors import CircuitsError
 from circuits.graphs.build import jsonable, write_json
 from circuits.graphs.dot import to_dot
 
-FORMATS = ("dot", "svg", "png", "graphml", "json")
+FORMATS = ("dot", "svg", "png", "graphml", "json", "html", "eap-ig", "mib")
 DOT_TIMEOUT_S = 120
 
-__all__ = ["FORMATS", "export", "dot_available", "render", "render_svg", "to_graphml"]
+__all__ = ["FORMATS", "export", "dot_available", "dot_program", "render", "render_svg", "to_graphml"]
 
 
-def export(G: nx.DiGraph, fmt: str, out_path: Union[str, Path]) -> Path:
-    """Write ``G`` to ``out_path`` in format ``fmt`` (one of :data:`FORMATS`); returns the path."""
+def export(G: nx.DiGraph, fmt: str, out_path: Union[str, Path], *, scores: Optional[dict] = None,
+           manifest: Optional[dict] = None, compare: Optional[nx.DiGraph] = None, compare_label: str = "B",
+           mib_caps: bool = False) -> Path:
+    """Write ``G`` to ``out_path`` in format ``fmt`` (one of :data:`FORMATS`); returns the path.
+
+    ``scores`` (every edge's score, from the run's ``scores.tsv``) feed the viewer's slider and
+    the EAP-IG and MIB files; ``manifest`` gives the viewer its faithfulness curve; ``compare``
+    is a second circuit for the viewer's compare mode. ``mib`` writes a folder under ``out_path``.
+    """
     fmt = fmt.lower().lstrip(".")
     if fmt == "json":
         return write_json(G, out_path)
     if fmt == "dot":
         return write_atomic(out_path, to_dot(G))
-    if fmt in ("svg", "png"):
+    if fmt == "svg":
+        from circuits.graphs.svg import to_svg
+
+        return write_atomic(out_path, to_svg(G))
+    if fmt == "png":
         return write_atomic(out_path, render(to_dot(G), fmt))
     if fmt == "graphml":
         return write_atomic(out_path, to_graphml(G))
+    if fmt == "html":
+        from circuits.graphs.viewer import write_viewer
+
+        return write_viewer(G, out_path, scores=scores, manifest=manifest, compare=compare, compare_label=compare_label)
+    if fmt == "eap-ig":
+        from circuits.graphs.interop import write_eap_ig
+
+        return write_eap_ig(G, out_path, scores=scores)
+    if fmt == "mib":
+        from circuits.graphs.interop import write_mib
+
+        return write_mib(G, out_path, scores=scores, caps=mib_caps)
     raise CircuitsError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
+def dot_program() -> Optional[str]:
+    """GraphViz's ``dot`` on PATH, else the ``graphviz-pure`` binary (PATH or this Python's bin folder), else None."""
+    for name in ("dot", "graphviz-pure"):
+        found = shutil.which(name)
+        if found:
+            return found
+    local = Path(sys.executable).parent / "graphviz-pure"
+    return str(local) if local.is_file() else None
+
+
 def dot_available() -> bool:
-    """Whether GraphViz's ``dot`` program is on PATH."""
-    return shutil.which("dot") is not None
+    """Whether a ``dot`` program (GraphViz's or graphviz-pure's) can be run."""
+    return dot_program() is not None
 
 
 def render(dot_text: str, fmt: str) -> bytes:
     """Run ``dot -T<fmt>`` on DOT text and return its output; CircuitsError without GraphViz."""
-    exe = shutil.which("dot")
+    exe = dot_program()
     if exe is None:
         raise CircuitsError(
             f"drawing {fmt.upper()} needs GraphViz's `dot` program, which is not on PATH: "
-            "install graphviz (e.g. apt-get install graphviz or brew install graphviz), or export --format dot"
+            "install graphviz (apt-get install graphviz, brew install graphviz) or `pip install graphviz-pure`, "
+            "or export --format svg (drawn without GraphViz)"
         )
     try:
         proc = subprocess.run(
@@ -63,7 +101,7 @@ def render(dot_text: str, fmt: str) -> bytes:
 
 
 def render_svg(dot_text: str) -> Optional[str]:
-    """The SVG drawing of DOT text, or None when GraphViz's ``dot`` is not installed."""
+    """GraphViz's SVG drawing of DOT text, or None when no ``dot`` program is installed."""
     if not dot_available():
         return None
     return render(dot_text, "svg").decode("utf-8")

@@ -26,7 +26,9 @@ after ``--path-patching-budget`` seconds it stops and its full time is projected
 nodes queued and the measured cost of a pass), ``faithfulness`` (one circuit: the top 1% of
 edges by EAP) and ``eap_peer_style`` (EAP the way EAP-IG's and auto-circuit's code computes
 it: TransformerLens's per-head flags and hooks that store every sender's output and every
-receiver input's gradient).
+receiver input's gradient), ``acdc`` and ``acdc_naive`` (20 prompts, the first ``--acdc-tests``
+edge tests with tau 0: ours, and ACDC the way its code runs, one hooked full forward per test;
+see ``bench_acdc.py``).
 
 Then EAP and forward+backward against the number of prompts and the model's depth.
 Results go to ``--out`` (bench.json), written atomically.
@@ -49,7 +51,7 @@ if str(HERE) not in sys.path:
 
 MAIN_NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
               "faithfulness", "eap_peer_style")
-EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward")
+EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive")
 
 # GPT2Config() defaults: 12 layers, 12 heads, width 768, 1024 positions, vocabulary 50257
 FULL = {"model": {"n_layer": 12, "n_head": 12, "n_embd": 768}, "prompts": 100,
@@ -57,6 +59,9 @@ FULL = {"model": {"n_layer": 12, "n_head": 12, "n_embd": 768}, "prompts": 100,
 QUICK = {"model": {"n_layer": 2, "n_head": 4, "n_embd": 64, "n_positions": 64}, "prompts": 10,
          "scaling_prompts": (5, 10), "scaling_layers": (1, 2)}
 IG_STEPS = 5
+ACDC_PROMPTS = 20
+ACDC_TESTS = {"full": 160, "quick": 40}  # the fixed edge-test budget of both ACDC rows
+ACDC_TAU = 0.0  # every edge kept: on random weights a real tau removes nearly everything at once and skips the rest
 CIRCUIT_FRACTION = 0.01
 PEER_TOLERANCE = 1e-4  # max |ours - peer| relative to max |score|
 PRELOAD = ["torch", "transformers", "transformer_lens.model_bridge", "bench_work"]
@@ -67,6 +72,7 @@ TARGETS = (
     ("EAP-IG(5) time <= 7x forward_backward", "eap_ig_time_ratio", 7.0),
     ("EAP peak memory <= 1.5x forward_backward's peak", "eap_memory_ratio", 1.5),
     ("EAP faster than eap_peer_style (EAP / peer-style < 1)", "eap_vs_peer_ratio", 1.0),
+    ("ACDC >= 10x faster per edge test than naive ACDC (ours / naive <= 0.1)", "acdc_vs_naive_ratio", 0.1),
 )
 
 
@@ -220,6 +226,32 @@ def loadavg() -> Optional[List[float]]:
 
 
 # --------------------------------------------------------------------------- main
+def per_pass_costs(results: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Activation patching's cost per node (one partial forward per head, MLP or residual position) and path
+    patching's cost per pass (one patched edge), as ratios to one forward pass over the same prompts
+    (the engine's forward when measured, else the bridge's)."""
+    forward_name = "engine_forward" if "engine_forward" in results else "forward"
+    if forward_name not in results:
+        return {}
+    forward = results[forward_name]["seconds"]
+    out: Dict[str, Dict[str, Any]] = {}
+    if "activation_patching" in results:
+        r = results["activation_patching"]
+        passes = int(r["info"]["forward_passes"])
+        out["activation_patching_per_node"] = {"seconds": r["seconds"] / passes, "passes": passes}
+    if "path_patching" in results:
+        r = results["path_patching"]
+        info = r["info"]
+        if info.get("complete") is False and "measured_seconds" in info:  # stopped by the bench's time budget
+            seconds, passes = info["measured_seconds"], int(info["passes"])
+        else:
+            seconds, passes = r["seconds"], int(info.get("passes_used") or info["forward_passes"])
+        out["path_patching_per_pass"] = {"seconds": seconds / passes, "passes": passes}
+    for row in out.values():
+        row.update(ratio_to_forward=row["seconds"] / forward, forward=forward_name.replace("_", " "))
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke mode: a 2-layer, 4-head, width-64 model, 10 prompts, fewer scaling points")
@@ -243,6 +275,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--path-patching-budget", type=float, default=None,
                     help="seconds after which path patching's search stops and its full time is projected "
                          "(default 300; none with --quick; 0: never stop)")
+    ap.add_argument("--acdc-tests", type=int, default=None,
+                    help=f"edge-test budget of the two ACDC rows (default {ACDC_TESTS['full']}; {ACDC_TESTS['quick']} with --quick)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds allowed per measurement (default: none)")
     return ap.parse_args(argv)
 
@@ -265,6 +299,8 @@ def main(argv=None) -> int:
     peer_n = args.peer_prompts or n
     pp_budget = args.path_patching_budget if args.path_patching_budget is not None else (0 if args.quick else 300)
     cfg = dict(preset["model"])
+    acdc_n = min(ACDC_PROMPTS, n)
+    acdc_tests = args.acdc_tests or ACDC_TESTS["quick" if args.quick else "full"]
     t_start = time.perf_counter()
     load_start = loadavg()
     folder = model_folder(cfg, args.seed)
@@ -288,6 +324,8 @@ def main(argv=None) -> int:
         spec("engine_forward_backward", "engine_fb"),
         spec("activation_patching", "method", method="activation-patching", repeats=1),
         spec("path_patching", "method", method="path-patching", repeats=1, budget_s=pp_budget),
+        spec("acdc", "acdc", prompts=acdc_n, repeats=1, options={"max_tests": acdc_tests, "tau": ACDC_TAU}),
+        spec("acdc_naive", "acdc_naive", prompts=acdc_n, repeats=1, options={"max_tests": acdc_tests, "tau": ACDC_TAU}),
     ]
     if args.only is not None:
         wanted = set(args.only) | {"forward_backward"}
@@ -310,7 +348,7 @@ def main(argv=None) -> int:
               f"{extra}   [{time.perf_counter() - t0:.0f} s with loading]", flush=True)
         return res
 
-    once = {"activation_patching", "path_patching"}
+    once = {"activation_patching", "path_patching", "acdc", "acdc_naive"}
     runs: Dict[str, List[Dict[str, Any]]] = {s["name"]: [] for s in plan}
     for rnd in range(args.rounds):
         for s in plan:
@@ -320,6 +358,7 @@ def main(argv=None) -> int:
         if s["name"] in once:
             runs[s["name"]].append(measure(s, s["name"]))
     results: Dict[str, Dict[str, Any]] = {name: merge_runs(rs) for name, rs in runs.items()}
+    effects = {name: results[name]["info"].pop("effects") for name in ("acdc", "acdc_naive") if name in results}
 
     fb = results["forward_backward"]
     rows = []
@@ -351,6 +390,8 @@ def main(argv=None) -> int:
             note.append(f"{d['edges']} edges, f={d['faithfulness']:.3f}")
         if "max_abs_diff_vs_eap" in d:
             note.append(f"|ours - peer| max {d['max_abs_diff_vs_eap']:.2e}")
+        if row["name"] in ("acdc", "acdc_naive"):
+            note.append(f"{d['prompts']} prompts, {d['edge_tests']} edge tests")
         if row["name"] == "eap_peer_style" and peer_n != n:
             note.append(f"{peer_n} prompts")
         body.append([row["name"], f"{row['seconds']:.3f}", f"{row['ratio_to_forward_backward']:.2f}x",
@@ -399,9 +440,39 @@ def main(argv=None) -> int:
                   f"projected {duration(pp['projected_seconds'])} at the measured cost per pass (the row's figure)")
         else:
             print(f"path_patching: {pp['forward_passes']} forward passes ({pp.get('receivers_explored')} nodes explored)")
+    if "acdc" in results and "acdc_naive" in results:
+        ours, naive = results["acdc"], results["acdc_naive"]
+        oi, ni = ours["info"], naive["info"]
+        per_ours, per_naive = ours["seconds"] / oi["edge_tests"], naive["seconds"] / ni["edge_tests"]
+        cpu_ours, cpu_naive = ours["cpu_seconds"] / oi["edge_tests"], naive["cpu_seconds"] / ni["edge_tests"]
+        values["acdc_vs_naive_ratio"] = (per_ours / per_naive, cpu_ours / cpu_naive)
+        eo, en = effects["acdc"], effects["acdc_naive"]
+        same = set(eo) == set(en)  # ours records tests whose effect is exactly 0 as untested
+        diff = max((abs(eo.get(k, 0.0) - en[k]) for k in en), default=float("nan"))
+        same = set(eo) <= set(en) and len(en) == oi["edge_tests"]
+        checks["acdc_naive_matches"] = {"same_tests": same, "max_abs_effect_diff": diff, "ok": same and diff <= 1e-4}
+        print()
+        print(f"ACDC, {oi['prompts']} prompts, the first {oi['edge_tests']} edge tests (tau {oi['tau']:g}; receivers from the logits "
+              f"back, so these tests are the logits' and the last layer's, where a restarted pass is cheapest):")
+        print(f"  ours:  {1000 * per_ours:.2f} ms per edge test ({oi['passes']} batched passes), "
+              f"{per_ours / oi['engine_forward_seconds']:.3f}x one engine forward of the {oi['prompts']} prompts")
+        by_layer = oi["seconds_per_test_by_layer"]
+        print("  ours, per edge test by the receiver's layer (full batches of candidates): " + ", ".join(
+            f"layer {k}: {1000 * v:.2f} ms ({v / oi['engine_forward_seconds']:.2f}x forward)" for k, v in by_layer.items()))
+        print(f"  naive: {1000 * per_naive:.2f} ms per edge test (one hooked full forward each), "
+              f"{per_naive / ni['bridge_forward_seconds']:.2f}x one TransformerLens forward")
+        print(f"  naive / ours per edge test: {per_naive / per_ours:.1f}x (CPU time {cpu_naive / cpu_ours:.1f}x); at a layer-0 receiver "
+              f"(ours restarts at the input): {per_naive / by_layer['0']:.1f}x")
+        print(f"{'PASS' if checks['acdc_naive_matches']['ok'] else 'FAIL'}: naive ACDC made the same tests"
+              f" ({'yes' if same else 'no'}) with the same effects (max |diff| {diff:.2e})")
     if "activation_patching" in results:
         print(f"activation_patching: {results['activation_patching']['info']['forward_passes']} forward passes "
               "(every head and MLP, plus the residual stream at every layer input and position)")
+
+    per_pass = per_pass_costs(results)
+    for key, row in per_pass.items():
+        print(f"{key}: {row['seconds']:.4f} s per pass = {row['ratio_to_forward']:.3f}x one {row['forward']} "
+              f"({row['passes']} passes)")
 
     targets = []
     print()
@@ -485,6 +556,7 @@ def main(argv=None) -> int:
             "process_start": runner.start_method, "device": args.device, "threads_per_measurement": fb["threads"],
         },
         "measurements": rows,
+        "per_pass": per_pass,
         "targets": targets,
         "checks": checks,
         "scaling": scaling,

@@ -366,7 +366,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
     post: Optional[Callable[[], None]] = None
 
     bridge = loaded.bridge
-    uses_bridge = kind.startswith("bridge") or kind == "peer"
+    uses_bridge = kind.startswith("bridge") or kind in ("peer", "acdc_naive")
     engine = None
     if not uses_bridge:
         engine = GraphEngine.from_model(loaded)
@@ -440,6 +440,58 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
         def post():
             s = result["scores"]
             info.update({k: v for k, v in s.info.items() if isinstance(v, (int, float, str))})
+    elif kind == "acdc":
+        from bench_acdc import layer_costs
+
+        method = get_method("acdc")
+        options = MethodOptions(**spec.get("options", {}))
+        result = {}
+        repeats = 1
+
+        def work():
+            result["scores"] = method.score(engine, data, metric, options)
+
+        def post():
+            s = result["scores"]
+            info.update({k: v for k, v in s.info.items() if isinstance(v, (int, float, str)) and k != "complete"})
+            info["search_complete"] = s.info["complete"]  # False: stopped at the test budget, as intended
+            info["seconds_per_test_by_layer"] = {str(k): v for k, v in layer_costs(engine, data, metric, options, [0, engine.graph.n_layers // 2, engine.graph.n_layers]).items()}
+            with torch.no_grad():
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    engine.run(data.clean.to(engine.device), data.answer_pos)
+                    times.append(time.perf_counter() - t0)
+            info["engine_forward_seconds"] = min(times)
+            info["effects"] = {f"{a},{b}": float(s.edge_scores[a, b]) for a, b in (s.edge_scores != 0).nonzero().tolist()}
+    elif kind == "acdc_naive":
+        from bench_acdc import naive_acdc
+        from circuits.graph import ComputationalGraph
+
+        for p in bridge.parameters():
+            p.requires_grad_(False)
+        cfg = bridge.cfg
+        graph = ComputationalGraph(cfg.n_layers, cfg.n_heads)
+        d = _on(data, device)
+        opts = spec.get("options", {})
+        result = {}
+        repeats = 1
+        Flags(bridge).__enter__()
+
+        def work():
+            result.update(naive_acdc(bridge, d, metric, graph, tau=float(opts.get("tau", 0.01)), budget=int(opts["max_tests"])))
+
+        def post():
+            Flags(bridge).__exit__()
+            info["edge_tests"] = result["edge_tests"]
+            info["effects"] = {f"{a},{b}": v for (a, b), v in result["effects"].items()}
+            with torch.no_grad():
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    bridge(d.clean)
+                    times.append(time.perf_counter() - t0)
+            info["bridge_forward_seconds"] = min(times)
     elif kind == "faithfulness":
         from circuits.select import prune, top_k_mask
 

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
-         "faithfulness", "eap_peer_style", "engine_forward", "engine_forward_backward")
+         "faithfulness", "eap_peer_style", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,10 @@ def test_rows_have_every_measurement(bench):
     assert rows["forward_backward"]["ratio_to_forward_backward"] == pytest.approx(1.0)
     assert rows["eap"]["details"]["forward_passes"] == 2
     assert rows["eap_ig"]["details"]["ig_steps"] == 5
+    per_pass = report["per_pass"]  # activation patching per node, path patching per pass, x one forward
+    assert set(per_pass) == {"activation_patching_per_node", "path_patching_per_pass"}
+    for row in per_pass.values():
+        assert _positive(row["ratio_to_forward"]) and row["passes"] > 0 and row["forward"] == "engine forward", row
 
 
 def test_machine_settings_and_checks(bench):
@@ -52,8 +56,10 @@ def test_machine_settings_and_checks(bench):
     assert settings["quick"] is True and settings["prompts"] == 10 and settings["model"]["n_layer"] == 2
     assert "parameters" in settings["forward_backward_grad"]
     assert report["checks"]["peer_style_matches"]["ok"], report["checks"]
-    assert len(report["targets"]) == 4 and all(isinstance(t["pass"], bool) for t in report["targets"])
-    for label in ("EAP time <= 2.5x", "EAP-IG(5) time <= 7x", "EAP peak memory <= 1.5x", "EAP faster than eap_peer_style"):
+    assert report["checks"]["acdc_naive_matches"]["ok"], report["checks"]
+    assert len(report["targets"]) == 5 and all(isinstance(t["pass"], bool) for t in report["targets"])
+    for label in ("EAP time <= 2.5x", "EAP-IG(5) time <= 7x", "EAP peak memory <= 1.5x", "EAP faster than eap_peer_style",
+                  "ACDC >= 10x faster per edge test"):
         assert any(line.startswith(("PASS: ", "FAIL: ")) and label in line for line in stdout.splitlines()), label
 
 

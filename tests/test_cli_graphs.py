@@ -11,7 +11,6 @@ import pytest
 from circuits.graphs.build import build_graph, edge_names, load_circuit, write_json
 from circuits.graphs.compare import write_scores
 from circuits.graphs.dot import to_dot
-from circuits.graphs.export import dot_available
 
 # Runs the console script's function; at exit reports whether torch was imported.
 ENTRY = (
@@ -82,7 +81,6 @@ def test_export_json_refuses_to_overwrite_input(run_dir):
     assert (run_dir / "circuit.json").read_text() == before
 
 
-@pytest.mark.skipif(not dot_available(), reason="GraphViz dot not installed")
 def test_export_svg(run_dir):
     proc = run_cli("export", str(run_dir / "circuit.json"), "-f", "svg")
     assert proc.returncode == 0, proc.stderr
@@ -111,7 +109,7 @@ def test_compare_json_with_run_folder(run_dir, reference):
     proc = run_cli("compare", str(run_dir), str(reference), "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # exactly one JSON object
-    assert set(result) == {"nodes", "edges"}
+    assert set(result) == {"nodes", "edges", "granularity"} and result["granularity"] == "edge"
     # nodes: A {a0.h1, a9.h1, logits, m3}, B {a0.h1, a9.h1, logits, a0.h2}
     assert result["nodes"] == pytest.approx({"precision": 0.75, "recall": 0.75, "jaccard": 0.6})
     # edges: A 4, B 3, shared 2 (q into a9.h1, a9.h1->logits)
@@ -146,3 +144,22 @@ def test_compare_folder_without_circuit(tmp_path, reference):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_user_error(run_cli("compare", str(empty), str(reference), "--json"), "holds no circuit.json")
+
+
+def test_export_html_eap_ig_and_mib(run_dir, reference):
+    proc = run_cli("export", str(run_dir), "-f", "html", "--compare", str(reference))
+    assert proc.returncode == 0, proc.stderr
+    page = (run_dir / "circuit.html").read_text()
+    assert "http://" not in page and "https://" not in page and '"label":"reference.json"' in page
+    proc = run_cli("export", str(run_dir), "-f", "eap-ig")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((run_dir / "circuit.eap-ig.json").read_text())
+    assert set(data["edges"]) == set(SCORES) and {n for n, v in data["edges"].items() if v["in_graph"]} == set(FOUND)
+    assert edge_names(load_circuit(run_dir / "circuit.eap-ig.json")) == set(FOUND)
+    proc = run_cli("export", str(run_dir / "circuit.json"), "-f", "mib")
+    assert proc.returncode == 0, proc.stderr
+    assert (run_dir / "mib" / "greater-than_model" / "importances.json").is_file()
+    eap = run_dir / "circuit.eap-ig.json"  # an EAP-IG file carries every score: it exports to MIB by itself
+    proc = run_cli("export", str(eap), "-f", "mib", "--out", str(run_dir / "from-eap"))
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads((run_dir / "from-eap" / "greater-than_model" / "importances.json").read_text())["edges"]) == set(SCORES)

@@ -5,6 +5,7 @@ import itertools
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from circuits.errors import CircuitsError
 from circuits.graphs import export as export_mod
-from circuits.graphs.build import build_graph, edge_names, load_circuit, to_node_link, write_json
+from circuits.graphs.build import build_graph, edge_names, from_node_link, load_circuit, to_node_link, write_json
 from circuits.graphs.compare import auroc, compare, load_scores, overlap, write_scores
 from circuits.graphs.dot import NEGATIVE, POSITIVE, to_dot
 from circuits.graphs.export import dot_available, export, render_svg
@@ -106,12 +107,12 @@ def test_node_link_round_trip_with_networkx_defaults():
     G = make_graph()
     data = json.loads(json.dumps(to_node_link(G)))
     assert data["directed"] is True and data["multigraph"] is False and data["graph"] == META
-    assert data["edges"] == data["links"]
+    assert "links" not in data  # the edge list is written once
     H = nx.node_link_graph(data)  # networkx >= 3.4 default reads "edges"
     assert isinstance(H, nx.DiGraph) and not H.is_multigraph()
     _same(G, H)
-    old = nx.node_link_graph({k: v for k, v in data.items() if k != "edges"}, edges="links")  # older readers
-    _same(G, old)
+    old = {("links" if k == "edges" else k): v for k, v in data.items()}  # older writers' key is still read
+    _same(G, from_node_link(old))
 
 
 def test_node_link_is_sorted_and_deterministic():
@@ -249,7 +250,7 @@ def test_dot_quotes_metadata():
     assert 'label="say \\"hi\\"\\\\now | x\\ny"' in dot
 
 
-@pytest.mark.skipif(not dot_available(), reason="GraphViz dot not installed")
+@pytest.mark.skipif(shutil.which("dot") is None, reason="GraphViz dot not installed")
 def test_dot_binary_accepts_output(tmp_path):
     dot_file = tmp_path / "c.dot"
     dot_file.write_text(to_dot(make_graph()))
@@ -277,7 +278,7 @@ def test_export_text_formats(tmp_path):
         export(G, "pdf", tmp_path / "c.pdf")
 
 
-@pytest.mark.skipif(not dot_available(), reason="GraphViz dot not installed")
+@pytest.mark.skipif(not dot_available(), reason="neither GraphViz dot nor graphviz-pure installed (the dev extra installs graphviz-pure)")
 def test_export_svg_png(tmp_path):
     G = make_graph()
     assert "<svg" in export(G, "svg", tmp_path / "c.svg").read_text()
@@ -287,10 +288,12 @@ def test_export_svg_png(tmp_path):
 
 def test_export_without_graphviz(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(export_mod.sys, "executable", str(tmp_path / "nowhere" / "python"))
     assert not dot_available() and render_svg("digraph {}") is None
     with pytest.raises(CircuitsError, match="install graphviz"):
-        export(make_graph(), "svg", tmp_path / "c.svg")
+        export(make_graph(), "png", tmp_path / "c.png")
     assert list(tmp_path.iterdir()) == []
+    assert export(make_graph(), "svg", tmp_path / "c.svg").read_text().startswith("<svg")  # ours: no GraphViz
 
 
 # ---------------------------------------------------------------- compare
@@ -311,7 +314,10 @@ def test_compare_hand_built_graphs():
     assert compare(a, b) == {
         "nodes": {"precision": 3 / 4, "recall": 3 / 4, "jaccard": 3 / 5},
         "edges": {"precision": 2 / 4, "recall": 2 / 3, "jaccard": 2 / 5, "auroc": None},
+        "granularity": "edge",
     }
+    a.graph["granularity"] = "node"
+    assert compare(a, b)["granularity"] == "node"
     same = compare(a, a)
     assert same["nodes"]["jaccard"] == same["edges"]["jaccard"] == 1.0
 

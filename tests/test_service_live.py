@@ -115,6 +115,8 @@ def test_planted_discover_over_http_matches_the_cli(service, tmp_path):
     assert job["worker"]["loaded_models"] == ["planted"]
     for name in ("circuit.json", "scores.tsv"):
         assert client.get(f"/api/runs/{again}/files/{name}").content == (tmp_path / "cli" / name).read_bytes(), name
+    page = client.get(f"/api/runs/{job_id}/files/circuit.html")  # the viewer, served as one of the run's files
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     manifest = client.get(f"/api/runs/{job_id}").json()["manifest"]
     assert manifest["command"][:4] == ["circuits", "discover", "--out", str(store.runs_dir / job_id)]
     assert {r["id"] for r in client.get("/api/runs").json()} == {job_id, again}
@@ -123,7 +125,12 @@ def test_planted_discover_over_http_matches_the_cli(service, tmp_path):
 
 def test_evaluate_circuit_and_analyze_jobs(service):
     client, store = service
-    run = client.get("/api/runs").json()[-1]  # the first run of this module
+    runs = client.get("/api/runs").json()
+    if not runs:  # run alone (-k): make the run the first test makes
+        made = client.post("/api/jobs", json=DISCOVER).json()["id"]
+        wait_for(lambda: job_of(client, made), lambda j: j["state"] in FINAL, timeout=240)
+        runs = client.get("/api/runs").json()
+    run = runs[-1]  # the oldest
     body = {"kind": "evaluate-circuit", "circuit": run["id"]}
     evaluated = client.post("/api/jobs", json=body).json()["id"]
     analysed = client.post("/api/jobs", json={"kind": "analyze", "task": "greater-than", "model": "planted", "circuit": "planted",

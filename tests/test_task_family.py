@@ -78,8 +78,9 @@ def test_prompts_and_corruption_smollm2(smollm2_tok, task):
         assert clean[pos:pos + 2].tolist() == [digits[yy // 10], digits[yy % 10]]
         assert corrupt[pos:pos + 2].tolist() == [digits[bad // 10], digits[bad % 10]]
         assert set((clean != corrupt).nonzero().flatten().tolist()) <= {pos, pos + 1}
-        century = str(meta["century"])
-        assert smollm2_tok.convert_ids_to_tokens(clean[-len(century):].tolist()) == list(century)
+        century, end = str(meta["century"]), ds.info.get("prompt_len", ds.clean.shape[1])  # before any forced digit
+        assert smollm2_tok.convert_ids_to_tokens(clean[end - len(century):end].tolist()) == list(century)
+        assert int(clean[-1]) == int(corrupt[-1]) == digits[yy // 10]  # the teacher-forced tens digit (issue 12)
 
 
 @pytest.mark.parametrize("task", TASKS_, ids=IDS)

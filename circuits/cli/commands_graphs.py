@@ -18,24 +18,50 @@ class ExportFormat(str, Enum):
     png = "png"
     graphml = "graphml"
     json = "json"
+    html = "html"
+    eap_ig = "eap-ig"
+    mib = "mib"
+
+
+SUFFIX = {"eap-ig": ".eap-ig.json"}
 
 
 @app.command("export")
 def export_command(
     circuit: Path = typer.Argument(..., metavar="CIRCUIT_JSON", help="A circuit.json file, or a run folder that holds one."),
     fmt: ExportFormat = typer.Option(..., "--format", "-f", help="Output format.", case_sensitive=False),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file [default: next to the input, new suffix]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (a folder for mib) [default: next to the input, new suffix]."),
+    compare_with: Optional[Path] = typer.Option(None, "--compare", help="html: a second circuit (run folder, circuit.json or reference) for the compare mode."),
+    mib_caps: bool = typer.Option(False, "--mib-caps", help="mib: one binary circuit per edge cap 0.1% ... 100% instead of importances.json."),
 ) -> None:
-    """Write a saved circuit as DOT, SVG, PNG (these two need GraphViz), GraphML or JSON."""
+    """Write a saved circuit as DOT, SVG, PNG, GraphML, JSON, the HTML viewer, EAP-IG JSON or MIB's layout.
+
+    SVG and HTML need no GraphViz; PNG uses GraphViz's `dot`, else `graphviz-pure`. The viewer,
+    EAP-IG and MIB read the run folder's scores.tsv (every edge's score) and manifest.json.
+    """
     from circuits.graphs.build import CIRCUIT_FILE, load_circuit
     from circuits.graphs.export import export
+    from circuits.graphs.viewer import run_inputs
 
     G = load_circuit(circuit)
     source = circuit / CIRCUIT_FILE if circuit.is_dir() else circuit
-    target = out if out is not None else source.with_suffix(f".{fmt.value}")
+    target = out if out is not None else (
+        source.parent / "mib" if fmt.value == "mib" else source.with_suffix(SUFFIX.get(fmt.value, f".{fmt.value}")))
     if out is None and target.resolve() == source.resolve():
         raise CircuitsError(f"exporting {source} as {fmt.value} next to itself would overwrite it; pass --out FILE")
-    written = export(G, fmt.value, target)
+    if fmt.value == "mib" and target.exists() and not target.is_dir():
+        raise CircuitsError(f"--out {target} is a file; the mib export writes a folder")
+    scores, manifest = run_inputs(source) if fmt.value in ("html", "eap-ig", "mib") else (None, None)
+    if scores is None and fmt.value in ("html", "eap-ig", "mib") and "eap_ig_cfg" in G.graph:
+        from circuits.graphs.interop import eap_ig_scores  # an EAP-IG file carries every edge's score itself
+
+        scores = eap_ig_scores(json.loads(source.read_text(encoding="utf-8"))) or None
+    other = load_circuit(compare_with) if compare_with is not None else None
+    written = export(G, fmt.value, target, scores=scores, manifest=manifest, compare=other,
+                     compare_label=compare_with.name if compare_with is not None else "B", mib_caps=mib_caps)
+    if fmt.value in ("eap-ig", "mib") and "d_model" not in G.graph and "d_model" not in (G.graph.get("eap_ig_cfg") or {}):
+        typer.echo("warning: the circuit does not record d_model (a run made before it was recorded); "
+                   "EAP-IG's Graph.from_json needs cfg.d_model: add it to the file's cfg", err=True)
     typer.echo(str(written))
 
 
@@ -44,7 +70,7 @@ def compare_command(
     circuits: List[Path] = typer.Argument(..., metavar="A B [C ...]",
                                           help="Two circuits: A found (a run folder's scores.tsv gives the AUROC), B the "
                                           "reference. Three or more: a table of pairwise overlap. Each a run folder or a circuit.json."),
-    as_json: bool = typer.Option(False, "--json", help='Print one JSON object: {"nodes", "edges"} for two circuits, {"circuits", "pairs"} for more.'),
+    as_json: bool = typer.Option(False, "--json", help='Print one JSON object: {"nodes", "edges", "granularity"} for two circuits, {"circuits", "pairs"} for more.'),
 ) -> None:
     """Two circuits: precision, recall and Jaccard of A against reference B (nodes and edges) and the edge-score
     AUROC.  Three or more: the node and edge overlap of every pair (intersection, Jaccard, shares)."""
@@ -99,6 +125,8 @@ def _compare_two(a: Path, b: Path, as_json: bool) -> None:
         auroc = row.get("auroc")
         auroc_text = "-" if auroc is None else f"{auroc:.3f}"
         typer.echo(f"{part:7} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['jaccard']:>7.3f} {auroc_text:>7}")
+    if result["granularity"] == "node":
+        typer.echo("(A is a node circuit: compare its nodes; its edges are every edge among them)")
     if "neurons" in result:
         typer.echo("(neurons: of " + (", ".join(result["neurons"]["mlps"]) or "no MLP") + ", reduced in both A and B)")
     if scores is None:

@@ -1,0 +1,247 @@
+"""ACDC (Conmy et al. 2023, "Towards Automated Circuit Discovery"), run on the graph engine.
+
+The algorithm, as published:
+
+- receivers (the logits' input, each MLP's input, each head's q, k and v inputs) are visited in
+  reverse topological order, from ``logits`` back to the first layer;
+- for each receiver, each incoming edge is tentatively patched (it carries its reference value:
+  corrupted, mean or zero); if the mean metric moves by less than ``tau`` (``|change| < tau``) the
+  edge is removed for good, otherwise it is restored.  Each test is made against the current
+  circuit, so each decision sees every removal made before it;
+- a receiver whose node no longer has a path to ``logits`` is skipped: its incoming edges are
+  removed without a test (patching them cannot change the metric: every edge out of the node
+  already carries its reference value).
+
+Sender order within a receiver (``acdc_order``): ``reverse`` (the default) visits the senders from
+the latest to the earliest (``m{L-1}``, ``a{L-1}.h*``, ..., ``input`` last), as the ACDC code does
+(its ``names_mode="normal"`` walks the hook points from the last layer down; its launch scripts
+add ``--indices-mode reverse``, which puts the heads of one layer in ascending order, where ours
+are descending); ``normal`` is compute order, ``input`` first.
+
+Speed.  When a receiver of layer ``l`` is visited, nothing before layer ``l`` is patched yet, so
+every test restarts the forward pass at layer ``l`` from the clean run (``start_layer``,
+``start_resid``, ``start_outputs``).  Many candidate edges of the receiver are tested in one pass:
+the batch is repeated once per candidate, and the copies differ only in that receiver's keep
+column (``Patch.column_keep``).  Copy ``j`` assumes a decision for each earlier candidate of its
+pass (the decision made last: runs of removals and runs of keeps both batch well) and
+removes candidate ``j``; its result is used only while the actual decisions match those
+assumptions, and the search resumes after the first mismatch.  So every decision is measured on
+exactly the circuit the plain one-edge-at-a-time loop would measure it on, and the kept set is
+the same.
+
+Scores: each tested edge's score is the metric change measured when it was tested (patched minus
+current); untested edges score 0.  ``extra["kept_mask"]`` is ACDC's own circuit (bool [S, R]).
+``max_tests`` stops the search early; the untested edges then stay in the circuit and
+``info["complete"]`` is False.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+from circuits.ablation import chunks, prepare, reference
+from circuits.engine import Patch
+from circuits.errors import CircuitsError
+from circuits.scores import MethodOptions, Progress, Scores, no_progress
+
+ORDERS = ("reverse", "normal")
+MAX_COPIES = 64  # candidate edges per batched pass at most
+MEMORY_BUDGET = 1 << 30  # bytes of the replicated buffers one batched pass may hold (about)
+LOGIT_ROWS_BUDGET = 1 << 22  # logits entries (rows x vocabulary) per pass: larger batches leave the cache and run slower
+
+
+def check_options(options: MethodOptions) -> None:
+    if options.acdc_order not in ORDERS:
+        raise CircuitsError(f"--acdc-order must be one of {', '.join(ORDERS)} (got {options.acdc_order!r})")
+    if not options.tau >= 0:
+        raise CircuitsError(f"--tau must be a number >= 0 (got {options.tau})")
+    if options.max_tests < 0:
+        raise CircuitsError(f"--max-tests must be 0 (no limit) or more (got {options.max_tests})")
+
+
+def receiver_nodes(graph) -> List[int]:
+    """For each receiver, the sender index of its node (``logits``: ``n_senders``)."""
+    out = [graph.n_senders] * graph.n_receivers
+    for layer in range(graph.n_layers):
+        for h in range(graph.n_heads):
+            for qkv in "qkv":
+                out[graph.head_receiver(layer, h, qkv)] = graph.head_sender(layer, h)
+        out[graph.mlp_receiver(layer)] = graph.mlp_sender(layer)
+    return out
+
+
+def sender_order(graph, receiver: int, order: str) -> List[int]:
+    senders = list(range(graph.n_valid_senders(receiver)))
+    return senders[::-1] if order == "reverse" else senders
+
+
+class Liveness:
+    """Which nodes still have a path to ``logits`` through the current circuit.
+
+    Receivers are visited in reverse topological order, so when a node's inputs are reached its
+    outgoing edges are final; its liveness is computed then, once."""
+
+    def __init__(self, graph):
+        self.node_of = torch.tensor(receiver_nodes(graph))
+        self.alive: Dict[int, bool] = {graph.n_senders: True}
+
+    def __call__(self, keep: torch.Tensor, receiver: int) -> bool:
+        node = int(self.node_of[receiver])
+        if node not in self.alive:
+            live_receivers = torch.tensor([self.alive.get(int(x), False) for x in self.node_of])
+            self.alive[node] = bool(((keep[node].cpu() != 0) & live_receivers).any())
+        return self.alive[node]
+
+
+@dataclass
+class _Part:
+    part: object
+    tokens: torch.Tensor
+    resid_pre: List[torch.Tensor]
+    outputs: torch.Tensor
+    ref: torch.Tensor
+    repeated: Dict[int, tuple]
+
+
+class BatchedTests:
+    """Mean metric of many circuits that differ only in one receiver's keep column, in batched passes."""
+
+    def __init__(self, engine, dataset, metric, options: MethodOptions):
+        self.engine, self.metric, self.n = engine, metric, len(dataset)
+        means = prepare(engine, dataset, options.ablation, batch_size=options.batch_size)
+        self.parts: List[_Part] = []
+        with torch.no_grad():
+            for part in chunks(dataset, options.batch_size):
+                tokens = part.clean.to(engine.device)
+                clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True)
+                ref = reference(engine, part, options.ablation, means=means).outputs
+                ref = ref.expand(-1, len(part), -1, -1) if ref.shape[1] != len(part) else ref
+                self.parts.append(_Part(part, tokens, clean.resid_pre, clean.outputs, ref, {}))
+        self.passes = 0
+        self.copies = 0
+        self.full = self._clean_metric()
+
+    def _clean_metric(self) -> float:
+        total = 0.0
+        with torch.no_grad():
+            for p in self.parts:
+                total += float(self.metric(self.engine.run(p.tokens, p.part.answer_pos).logits, p.part).double().sum())
+        self.passes += len(self.parts)
+        return total / self.n
+
+    def max_copies(self) -> int:
+        """How many copies of the largest part fit the memory budget (replicated reference, buffers)."""
+        w, g = self.engine.w, self.engine.graph
+        rows = max(p.tokens.numel() for p in self.parts)
+        per_copy = rows * w.d_model * w.W_E.element_size() * (3 * g.n_senders + 6 * w.n_heads)
+        logits = max(len(p.part) for p in self.parts) * w.W_U.shape[-1]
+        return max(1, min(MAX_COPIES, MEMORY_BUDGET // max(per_copy, 1), LOGIT_ROWS_BUDGET // max(logits, 1)))
+
+    def _repeated(self, p: _Part, c: int, layer: int):
+        """The part's tokens, prompts, reference, earlier outputs and residual at ``layer``, repeated ``c`` times
+        (cached for the next pass when the dataset is one part; with ``--batch-size`` parts, rebuilt each pass)."""
+        n_before = self.engine.graph.senders_before_heads(layer)
+        if c == 1:
+            return p.tokens, p.part, p.ref, p.outputs[:n_before], p.resid_pre[layer]
+        key = (c, layer)
+        if key not in p.repeated:
+            p.repeated.clear()  # one shape at a time: the buffers are large
+            value = (p.tokens.repeat(c, 1), p.part.subset(list(range(len(p.part))) * c), p.ref.repeat(1, c, 1, 1),
+                     p.outputs[:n_before].repeat(1, c, 1, 1), p.resid_pre[layer].repeat(c, 1, 1))
+            if len(self.parts) > 1:
+                return value
+            p.repeated[key] = value
+        return p.repeated[key]
+
+    def __call__(self, keep: torch.Tensor, receiver: int, columns: torch.Tensor) -> torch.Tensor:
+        """Mean metric [c] of the circuits ``keep`` with receiver's column replaced by each row of ``columns`` [c, S]."""
+        g = self.engine.graph
+        layer = g.receiver_layer(receiver)
+        c = columns.shape[0]
+        total = torch.zeros(c, dtype=torch.float64)
+        with torch.no_grad():
+            for p in self.parts:
+                b = len(p.part)
+                tokens, expanded, ref, outputs, resid = self._repeated(p, c, layer)
+                patch = Patch(keep, ref, column=receiver, column_keep=columns)
+                # layer n_layers (the logits' input): no layer runs, only the unembedding
+                run = self.engine.run(tokens, expanded.answer_pos, patch=patch, start_layer=layer,
+                                      start_resid=resid, start_outputs=outputs)
+                total += self.metric(run.logits, expanded).double().cpu().view(c, b).sum(1)
+                self.passes += 1
+        self.copies += c
+        return total / self.n
+
+
+class ACDC:
+    name = "acdc"
+    description = "ACDC (Conmy et al. 2023): remove each edge whose patching moves the metric by less than tau, receivers from the logits back."
+    granularity = "edge"
+    cost = "one test per edge of a live receiver, many per batched pass restarted at the receiver's layer; --max-tests bounds it"
+    default_selection = "acdc"
+
+    @staticmethod
+    def check_options(options: MethodOptions) -> None:
+        """Refuse bad ACDC options before the model is loaded."""
+        check_options(options)
+
+    def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
+              progress: Optional[Progress] = None) -> Scores:
+        check_options(options)
+        progress = progress or no_progress
+        g = engine.graph
+        tests = BatchedTests(engine, dataset, metric, options)
+        keep = g.valid_mask(engine.device).to(engine.w.W_E.dtype)
+        scores = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64)
+        live = Liveness(g)
+        current = tests.full
+        cap = tests.max_copies()
+        n_tests, tested, skipped, complete = 0, 0, 0, True
+        tau, limit = float(options.tau), int(options.max_tests)
+        receivers = list(range(g.n_receivers - 1, -1, -1))
+        guess = True  # the decision the next candidate is assumed to get: the last one made
+        for done, r in enumerate(receivers):
+            if limit and n_tests >= limit:
+                complete = False
+                break
+            if not live(keep, r):
+                keep[:, r] = 0
+                skipped += 1
+                progress(done + 1, len(receivers), f"acdc: {n_tests} edge tests, {len(receivers) - done - 1} receivers left")
+                continue
+            cands = sender_order(g, r, options.acdc_order)
+            i = 0
+            while i < len(cands):
+                if limit and n_tests >= limit:
+                    complete = False
+                    break
+                chunk = cands[i:i + min(cap, len(cands) - i, (limit - n_tests) if limit else cap)]
+                columns = keep[:, r].repeat(len(chunk), 1)  # [c, S]
+                for j, s in enumerate(chunk):
+                    columns[j, s] = 0.0
+                    if guess:
+                        columns[j + 1:, s] = 0.0
+                measured = tests(keep, r, columns)
+                for j, s in enumerate(chunk):
+                    delta = float(measured[j]) - current
+                    scores[s, r] = delta
+                    n_tests += 1
+                    i += 1
+                    removed = abs(delta) < tau
+                    if removed:
+                        keep[s, r] = 0.0
+                        current = float(measured[j])
+                    if removed != guess:  # later copies assumed the other decision
+                        guess = removed
+                        break
+                progress(done, len(receivers), f"acdc: {n_tests} edge tests, {len(receivers) - done} receivers left")
+            tested += 1
+            progress(done + 1, len(receivers), f"acdc: {n_tests} edge tests, {len(receivers) - done - 1} receivers left")
+        kept = keep.cpu() > 0
+        info = {"tau": tau, "order": options.acdc_order, "edge_tests": n_tests, "passes": tests.passes,
+                "forward_passes": tests.passes, "copies_evaluated": tests.copies, "receivers_tested": tested,
+                "receivers_skipped": skipped, "complete": complete, "max_tests": limit, "edges_kept_acdc": int(kept.sum()),
+                "metric_full": tests.full, "metric_final": current, "ablation": options.ablation}
+        return Scores(graph=g, method=self.name, edge_scores=scores, extra={"kept_mask": kept}, info=info)

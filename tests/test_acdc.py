@@ -1,0 +1,183 @@
+"""ACDC against a plainly written one-edge-at-a-time loop over the engine's patched ``run``."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits import names
+from circuits.engine import GraphEngine, Patch
+from circuits.errors import CircuitsError
+from circuits.models.weights import cast_weights, extract_weights
+from circuits.registry import get_method
+from circuits.scores import MethodOptions
+from circuits.tasks.greater_than import GreaterThan
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, one_thread):
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuits.models.tokenizers import gpt2_tokenizer
+
+    folder = tmp_path_factory.mktemp("acdc-gpt2")
+    tok = gpt2_tokenizer()
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_head=3, n_embd=24, n_positions=32, vocab_size=len(tok), initializer_range=0.3)
+    GPT2LMHeadModel(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float64)
+    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    engine = GraphEngine(cast_weights(extract_weights(bridge), dtype=torch.float64))
+    task = GreaterThan()
+    return engine, task, task.build(tok, n=5, seed=2)
+
+
+def plain_acdc(engine, data, metric, tau: float, order: str, ablation: str = "corrupted"):
+    """ACDC written out: one full patched forward per edge test, every test on the current circuit."""
+    g = engine.graph
+    ref = engine.run(data.corrupted, data.answer_pos, collect=True).outputs
+    if ablation == "zero":
+        ref = torch.zeros_like(ref)
+
+    def mean_metric(keep):
+        return float(metric(engine.run(data.clean, data.answer_pos, patch=Patch(keep, ref)).logits, data).double().mean())
+
+    def node_of(r):  # the sender index of a receiver's node, from its name
+        name = g.receiver_names[r]
+        return g.n_senders if name == names.LOGITS else g.sender_index(names.format_node(names.parse_receiver(name)[0]))
+
+    keep = g.valid_mask().double()
+    current = mean_metric(keep)
+    effects, alive = {}, {g.n_senders: True}
+    for r in reversed(range(g.n_receivers)):
+        node = node_of(r)
+        if node not in alive:  # all of the node's outgoing edges are decided by now
+            alive[node] = any(keep[node, r2] > 0 and alive.get(node_of(r2), False) for r2 in range(g.n_receivers))
+        if not alive[node]:
+            keep[:, r] = 0
+            continue
+        senders = list(range(g.n_valid_senders(r)))
+        for s in (reversed(senders) if order == "reverse" else senders):
+            trial = keep.clone()
+            trial[s, r] = 0
+            value = mean_metric(trial)
+            effects[(s, r)] = value - current
+            if abs(value - current) < tau:
+                keep, current = trial, value
+    return keep > 0, effects
+
+
+@pytest.mark.parametrize("order, metric_name, ablation", [
+    ("reverse", "task", "corrupted"),
+    ("reverse", "kl", "zero"),
+    pytest.param("normal", "task", "corrupted", marks=pytest.mark.slow),
+])
+def test_acdc_matches_the_plain_loop(setup, order, metric_name, ablation):
+    from circuits.metrics import build_metric
+
+    engine, task, data = setup
+    metric = build_metric(metric_name, task, engine, data)
+    everything = get_method("acdc").score(engine, data, metric, MethodOptions(tau=0.0, acdc_order=order, ablation=ablation))
+    sizes = sorted(abs(v) for v in everything.edge_scores[engine.graph.valid_mask()].tolist())  # tau 0: all kept
+    tau = sizes[len(sizes) * 3 // 4]  # removes most edges, keeps some: both kinds of decision happen
+    kept, effects = plain_acdc(engine, data, metric, tau=tau, order=order, ablation=ablation)
+    assert min(abs(abs(v) - tau) for v in effects.values()) > 1e-8, "a decision sits on the threshold"
+    result = get_method("acdc").score(engine, data, metric, MethodOptions(tau=tau, acdc_order=order, ablation=ablation))
+    assert torch.equal(result.extra["kept_mask"], kept)
+    assert 0 < int(kept.sum()) < int(engine.graph.valid_mask().sum())
+    assert result.info["edge_tests"] == len(effects)
+    untested = torch.ones_like(kept)
+    for s, r in effects:
+        untested[s, r] = False
+    assert bool((result.edge_scores[untested] == 0).all())  # untested edges score 0
+    for (s, r), v in effects.items():
+        assert float(result.edge_scores[s, r]) == pytest.approx(v, abs=1e-6)
+    assert result.info["receivers_skipped"] > 0
+    assert result.info["complete"] is True
+
+
+def test_acdc_batches_tests(setup, monkeypatch):
+    """Many candidates per pass: far fewer passes than tests, and the same answer with one candidate per pass."""
+    engine, task, data = setup
+    options = MethodOptions(tau=0.002)
+    batched = get_method("acdc").score(engine, data, task.metric, options)
+    monkeypatch.setattr("circuits.methods.acdc.MAX_COPIES", 1)
+    single = get_method("acdc").score(engine, data, task.metric, options)
+    assert torch.equal(batched.extra["kept_mask"], single.extra["kept_mask"])
+    assert torch.allclose(batched.edge_scores, single.edge_scores, atol=1e-9)
+    assert batched.info["passes"] < single.info["passes"] / 3
+    monkeypatch.undo()
+    parts = get_method("acdc").score(engine, data, task.metric, MethodOptions(tau=0.002, batch_size=2))  # 3 parts
+    assert torch.equal(parts.extra["kept_mask"], batched.extra["kept_mask"])
+    assert torch.allclose(parts.edge_scores, batched.edge_scores, atol=1e-9)
+
+
+def test_max_tests_stops_the_search(setup):
+    engine, task, data = setup
+    result = get_method("acdc").score(engine, data, task.metric, MethodOptions(tau=0.002, max_tests=7))
+    assert result.info["edge_tests"] == 7 and result.info["complete"] is False
+    g = engine.graph  # 7 of the logits' 9 senders tested: every other edge is untested and stays
+    valid = g.valid_mask()
+    assert torch.equal(result.extra["kept_mask"][:, :-1], valid[:, :-1])
+    assert int((result.edge_scores[:, :-1] != 0).sum()) == 0
+
+
+@pytest.mark.parametrize("bad", [MethodOptions(acdc_order="sideways"), MethodOptions(tau=-1.0), MethodOptions(max_tests=-2)])
+def test_bad_options_are_user_errors(setup, bad):
+    engine, task, data = setup
+    with pytest.raises(CircuitsError):
+        get_method("acdc").score(engine, data, task.metric, bad)
+
+
+# ---------------------------------------------------------------- the planted circuits and the CLI
+def _planted_run(tmp_path, spec, *extra):
+    from cli_helpers import invoke
+
+    out = tmp_path / spec
+    code, stdout, err = invoke("discover", "greater-than", "--model", spec, "--method", "acdc", "--out", str(out),
+                               "--n", "16", "--seed", "3", *extra)
+    assert code == 0, err
+    return out, stdout, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["planted", "planted-deep"])
+def test_default_settings_find_the_planted_circuit(tmp_path, spec):
+    """Default tau, default selection (ACDC's own kept set): recall 1.0, precision >= 0.9 against the reference."""
+    import json
+
+    from circuits.graphs.build import edge_names, load_circuit
+    from circuits.models.planted import ground_truth
+
+    out, stdout, _ = _planted_run(tmp_path, spec)
+    found = set(edge_names(load_circuit(out / "circuit.json")))
+    truth = set(ground_truth(spec)["edges"])
+    recall, precision = len(found & truth) / len(truth), len(found & truth) / max(1, len(found))
+    print(f"{spec}: acdc kept {len(found)} edges, recall {recall:.3f}, precision {precision:.3f}")
+    assert recall == 1.0 and precision >= 0.9
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["selection"]["mode"] == "acdc" and m["complete"] is True
+    assert m["acdc"]["tau"] == 0.01 and m["acdc"]["order"] == "reverse" and m["acdc"]["edge_tests"] > 0
+    assert m["acdc"]["passes"] < m["acdc"]["edge_tests"]
+    assert "acdc, tau 0.01" in stdout
+
+
+def test_a_stopped_run_says_so(tmp_path):
+    import json
+
+    out, _, err = _planted_run(tmp_path, "planted", "--max-tests", "4", "--top-k", "20")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["complete"] is False and m["acdc"]["edge_tests"] == 4 and m["selection"]["mode"] == "top-k"
+    assert "stopped early after 4 edge tests" in err
+
+
+def test_bad_acdc_flags_are_one_line_errors(tmp_path):
+    from cli_helpers import assert_user_error, invoke
+
+    code, _, err = invoke("discover", "greater-than", "--model", "planted", "--method", "acdc", "--out",
+                          str(tmp_path / "x"), "--acdc-order", "up")
+    assert_user_error(code, err, "--acdc-order")
+    code, _, err = invoke("discover", "greater-than", "--model", "planted", "--method", "eap", "--out",
+                          str(tmp_path / "y"), "--tau", "-1")
+    assert_user_error(code, err, "--tau")
