@@ -299,9 +299,10 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         ev_held = CircuitEvaluator(engine, heldout, metric, ref_held, batch_size=options.batch_size,
                                    ablation=options.ablation)
         held_curve = faithfulness_curve(ev_held, scores, fractions, progress=_stage(progress, "held-out curve"),
-                                        neurons=neurons) if curve else None
-        held = HeldOut(n=len(heldout), faithfulness=ev_held.faithfulness(chosen.keep_mask, chosen.neurons),
-                       curve=held_curve)
+                                        granularity=granularity, neurons=neurons) if curve else None
+        held = HeldOut(n=len(heldout), curve=held_curve,
+                       faithfulness=ev_held.faithfulness(evaluation_mask(chosen.keep_mask, graph, granularity),
+                                                         chosen.neurons))
         timings["heldout"] = time.perf_counter() - t
 
     passes = scores.info.get("forward_passes") if isinstance(scores.info, Mapping) else None

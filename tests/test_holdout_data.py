@@ -100,3 +100,25 @@ def test_bad_holdout_is_a_one_line_error(tmp_path, flags, fragment):
     code, _, err = invoke("discover", "greater-than", "--model", "planted", "--method", "eap",
                           "--out", str(tmp_path / "r"), *flags)
     assert_user_error(code, err, fragment)
+
+
+@pytest.mark.parametrize("method", ["eap-ig", "activation-patching"])
+def test_heldout_faithfulness_is_the_circuits_faithfulness_on_those_prompts(method):
+    """The held-out figure is plain faithfulness of the chosen circuit (edge or node) on the held-out prompts."""
+    from circuits.discover import SelectionSpec, discover, evaluation_mask, split_holdout
+    from circuits.engine import GraphEngine
+    from circuits.faithfulness import faithfulness
+    from circuits.models import load_model
+    from circuits.registry import get_method, get_task
+
+    loaded = load_model("planted")
+    engine, task = GraphEngine.from_model(loaded), get_task("greater-than")
+    scored, held = split_holdout(task.build(loaded.tokenizer, n=10, seed=1), 0.3, seed=1)
+    method_obj = get_method(method)
+    result = discover(engine, scored, task.metric, method_obj, selection=SelectionSpec("top-k", 6), curve=False,
+                      heldout=held)
+    granularity = getattr(method_obj, "granularity", "edge")
+    mask = evaluation_mask(result.selection.keep_mask, engine.graph, granularity)
+    want = faithfulness(engine, held, task.metric, mask)
+    assert result.heldout.n == 3 and result.heldout.faithfulness.f == pytest.approx(want.f, abs=1e-9)
+    assert result.heldout.faithfulness.m_full == pytest.approx(want.m_full, abs=1e-12)
