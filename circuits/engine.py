@@ -81,10 +81,21 @@ class GraphEngine:
         self.kv_of_head = torch.arange(weights.n_heads, device=weights.W_Q.device) // group
 
     @classmethod
-    def from_model(cls, loaded) -> "GraphEngine":
+    def from_model(cls, loaded, *, check: bool = True) -> "GraphEngine":
+        """The engine of a loaded model.  ``check``: first refuse an architecture the engine does not
+        implement (from its HF config), then one whose logits differ from the bridge's on a few prompts."""
+        from circuits.models.support import check_config, check_logits
         from circuits.models.weights import extract_weights
 
-        return cls(extract_weights(loaded.bridge))
+        bridge = loaded.bridge
+        if check:
+            hf = getattr(bridge, "original_model", None)
+            names = [name for name, _ in hf.named_modules()] if hf is not None else None
+            check_config(getattr(hf, "config", None), names)
+        engine = cls(extract_weights(bridge))
+        if check:
+            check_logits(engine, bridge)
+        return engine
 
     @property
     def device(self) -> torch.device:

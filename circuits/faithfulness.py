@@ -13,7 +13,8 @@ circuit gives exactly 1 and the empty circuit exactly 0.
 
 The faithfulness curve keeps, for each edge fraction in :data:`FRACTIONS`, the top
 ``ceil(fraction * E)`` edges by ``|score|`` and then prunes them to the edges on an
-input -> logits path (:func:`circuits.select.prune`).  CPR is the area under ``f`` and CMD
+input -> logits path (:func:`circuits.ranking.prune`); a node method's curve keeps the top
+``ceil(fraction * N)`` of the N heads and MLPs instead.  CPR is the area under ``f`` and CMD
 the area under ``|1 - f|`` over that range (MIB's definitions), by the trapezoid rule on a
 *linear* x axis (the fractions as given), divided by the x range (1 - 0.001), so a circuit
 as faithful as the model at every size has CPR = 1 and CMD = 0.
@@ -35,6 +36,7 @@ from circuits.ablation import reference as ablation_reference
 from circuits.dataset import PromptDataset
 from circuits.engine import GraphEngine, Patch
 from circuits.neurons import HiddenReference, NeuronMasks, hidden_edit, hidden_reference, masks_key
+from circuits.ranking import evaluation_mask, n_units, prune, top_k_mask, top_k_nodes_mask
 from circuits.scores import Metric, Progress, Scores, no_progress
 
 FRACTIONS: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -205,16 +207,18 @@ def normalized_area(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: Sequence[float] = FRACTIONS,
-                       *, progress: Optional[Progress] = None, neurons: Optional[NeuronMasks] = None) -> Curve:
+                       *, progress: Optional[Progress] = None, granularity: str = "edge",
+                       neurons: Optional[NeuronMasks] = None) -> Curve:
     """f of the top-``ceil(fraction * E)`` edges by ``|score|`` (each pruned) for each fraction, with CPR and CMD.
 
     ``neurons``: MLPs reduced to these neurons in every circuit of the curve (``discover --keep-neurons``).
-    """
-    from circuits.select import prune, top_k_mask
 
+    With ``granularity="node"`` the fractions are of the heads and MLPs (ranked by ``|node score|``),
+    each circuit the subgraph its nodes induce with ``input`` and ``logits``; ``k`` then counts nodes.
+    """
     progress = progress or no_progress
     graph = scores.graph
-    n_edges = graph.n_edges
+    n_units_total = n_units(graph, granularity)
     xs = sorted(float(x) for x in fractions)
     total = len(xs) + 2
     progress(0, total, "faithfulness curve")
@@ -224,9 +228,13 @@ def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: S
     progress(2, total, "faithfulness curve")
     points = []
     for i, x in enumerate(xs):
-        k = edges_for_fraction(x, n_edges)
-        mask = prune(top_k_mask(scores, k), graph)
-        f = evaluator.faithfulness(mask, neurons) if neurons else evaluator.faithfulness(mask)
+        k = edges_for_fraction(x, n_units_total)
+        if granularity == "node":
+            mask = top_k_nodes_mask(scores, k)
+        else:
+            mask = prune(top_k_mask(scores, k), graph)
+        shown = evaluation_mask(mask, graph, granularity)
+        f = evaluator.faithfulness(shown, neurons) if neurons else evaluator.faithfulness(shown)
         points.append(CurvePoint(fraction=x, k=k, edges=int(mask.sum()), faithfulness=f.f))
         progress(3 + i, total, "faithfulness curve")
     ys = [p.faithfulness for p in points]

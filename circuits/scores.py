@@ -19,6 +19,9 @@ def no_progress(done: int, total: int, message: str) -> None:
     """The default progress callback: ignore."""
 
 
+DEFAULT_MAX_PASSES = 800  # path patching: about 20 min for SmolLM2-135M, greater-than n = 50, on a 2-core CPU
+
+
 @dataclass(frozen=True)
 class MethodOptions:
     """Options shared by the scoring methods (each uses the ones that apply to it).
@@ -31,6 +34,8 @@ class MethodOptions:
     top_neurons: how many neurons per MLP to report.
     threshold: path patching's recursion threshold, as a fraction of the full effect
         ``|m(clean) - m(corrupted)|``: senders whose edge effect is smaller are not explored.
+    max_passes: path patching's budget of patched forward passes (each over every prompt); the
+        search stops there and reports ``info["complete"] = False``.
     batch_size: prompts per forward pass (0: all at once).
     tau: ACDC's threshold: an edge whose patching moves the mean metric by less than ``tau`` is removed.
     acdc_order: ACDC's sender order within a receiver: ``reverse`` (latest sender first, as ACDC's
@@ -43,6 +48,7 @@ class MethodOptions:
     neurons: Tuple[str, ...] = ()
     top_neurons: int = 10
     threshold: float = 0.02
+    max_passes: int = DEFAULT_MAX_PASSES
     batch_size: int = 0
     tau: float = 0.01
     acdc_order: str = "reverse"
@@ -88,9 +94,16 @@ Metric = Callable[["Tensor", "PromptDataset"], "Tensor"]
 
 
 class Method(Protocol):
-    """The signature every scoring method plugin shares."""
+    """The signature every scoring method plugin shares.
+
+    granularity: ``"edge"`` or ``"node"`` (what it scores; a node method's circuits are chosen by
+    node).  cost: one line, shown by ``circuits methods list``.
+    """
 
     name: str
+    description: str
+    granularity: str
+    cost: str
 
     def score(self, engine, dataset, metric: Metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:

@@ -1,9 +1,12 @@
-"""Choosing a circuit from edge scores: top-k, a score threshold, or the smallest faithful top-k.
+"""Choosing a circuit from scores: top-k, a score threshold, or the smallest faithful top-k.
 
 Every mode ranks the graph's edges by ``|score|`` (ties: compute order of the receiver,
 then of the sender; NaN scores last), keeps a prefix of that ranking and then **prunes**
 it: an edge stays only if it lies on a path from ``input`` to ``logits`` through kept
 edges.  ``k`` is the number of edges taken before pruning, ``edges_kept`` the number left.
+With ``granularity="node"`` (methods that score nodes) the ranking is of heads and MLPs by
+``|node score|``, ``k`` counts nodes and the circuit is the subgraph they induce with
+``input`` and ``logits`` (see :mod:`circuits.ranking`).
 
 Nothing here prints or writes files.
 """
@@ -11,19 +14,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from circuits.errors import CircuitsError
-from circuits.graph import ComputationalGraph
+from circuits.faithfulness import CircuitEvaluator
+from circuits.ranking import (GRANULARITIES, evaluation_mask, n_units, node_values, prune, ranked_edges, top_k_mask,
+                              top_k_nodes_mask)
 from circuits.scores import Progress, Scores, no_progress
 
 MODES = ("top-k", "threshold", "target-faithfulness", "acdc")
 
 __all__ = [
-    "MODES", "Selection", "prune", "ranked_edges", "top_k_mask", "top_k", "threshold",
+    "MODES", "Selection", "prune", "ranked_edges", "top_k_mask", "circuit_mask", "top_k", "threshold",
     "target_faithfulness", "search_smallest_k", "SearchResult", "own_circuit",
 ]
 
@@ -37,6 +42,8 @@ class Selection:
     (``target-faithfulness`` computes it; the other modes leave None).  mode: one of :data:`MODES`;
     value: the mode's parameter (k, the threshold or the target).  evaluations: new faithfulness
     evaluations the search made (0 for the other modes).  reached: False when no k reached the target.
+    granularity: ``"edge"`` (k counts edges) or ``"node"`` (k counts heads and MLPs; the mask keeps every
+    edge among the kept nodes, ``input`` and ``logits``).
     neurons: MLP layer -> bool [d_mlp] of the neurons kept in MLPs the circuit keeps only in part
     (their other neurons carry reference activations); an MLP not in the map is kept or dropped whole.
     """
@@ -49,92 +56,50 @@ class Selection:
     value: float
     evaluations: int = 0
     reached: bool = True
+    granularity: str = "edge"
     neurons: Mapping[int, Tensor] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- pruning
-def _receiver_node(graph: ComputationalGraph) -> Tensor:
-    """For each receiver input, the sender index of the node it belongs to (``logits``: S)."""
-    out = torch.empty(graph.n_receivers, dtype=torch.long)
-    for layer in range(graph.n_layers):
-        for h in range(graph.n_heads):
-            for qkv in "qkv":
-                out[graph.head_receiver(layer, h, qkv)] = graph.head_sender(layer, h)
-        out[graph.mlp_receiver(layer)] = graph.mlp_sender(layer)
-    out[graph.logits_receiver] = graph.n_senders
-    return out
+# ---------------------------------------------------------------- top-k and threshold
+def _check_granularity(granularity: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise CircuitsError(f"unknown granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
 
 
-def prune(keep_mask, graph: ComputationalGraph) -> Tensor:
-    """Keep only the edges on some ``input -> logits`` path through kept edges.
-
-    A node is reached from ``input`` if a kept edge from a reached node enters any of its
-    inputs (one of a head's q, k, v is enough); it reaches ``logits`` if one of its kept
-    outgoing edges enters a node that reaches ``logits``.  An edge survives when its sender is
-    reached from ``input`` and its receiver's node reaches ``logits``.  Returns a bool
-    [S, R] mask on the CPU (entries outside the graph are False).
-    """
-    keep = torch.as_tensor(keep_mask).detach().cpu()
-    keep = (keep != 0) & graph.valid_mask()
-    S = graph.n_senders
-    node_of = _receiver_node(graph)
-    inputs_of: List[List[int]] = [[] for _ in range(S + 1)]
-    for r, s in enumerate(node_of.tolist()):
-        inputs_of[s].append(r)
-    # forward: senders in compute order; only earlier senders feed a node's inputs
-    fwd = torch.zeros(S, dtype=torch.bool)
-    fwd[0] = True
-    for s in range(1, S):
-        fwd[s] = bool(keep[:s, inputs_of[s]].any(1)[fwd[:s]].any())
-    # backward: a receiver input is live when its node reaches logits
-    live = torch.zeros(graph.n_receivers, dtype=torch.bool)
-    live[inputs_of[S]] = True
-    for s in range(S - 1, -1, -1):
-        if bool((keep[s] & live).any()):
-            live[inputs_of[s]] = True
-    return keep & fwd[:, None] & live[None, :]
+def circuit_mask(scores: Scores, k: int, granularity: str = "edge") -> Tensor:
+    """The circuit of the top ``k`` units: ``k`` edges pruned, or the subgraph of ``k`` nodes."""
+    if granularity == "node":
+        return top_k_nodes_mask(scores, k)
+    return prune(top_k_mask(scores, k), scores.graph)
 
 
-# ---------------------------------------------------------------- ranking
-def ranked_edges(scores: Scores) -> Tuple[Tensor, Tensor]:
-    """(sender, receiver) index tensors of every edge, largest ``|score|`` first (NaN last, ties in compute order)."""
-    graph = scores.graph
-    edges = torch.tensor(graph.edges(), dtype=torch.long)  # [E, 2], receivers in compute order
-    values = torch.as_tensor(scores.edge_scores).detach().cpu().double()[edges[:, 0], edges[:, 1]].abs()
-    values = torch.nan_to_num(values, nan=-1.0)
-    order = torch.argsort(-values, stable=True)
-    return edges[order, 0], edges[order, 1]
+def _selection(scores: Scores, k: int, granularity: str, **fields) -> Selection:
+    mask = circuit_mask(scores, k, granularity)
+    return Selection(keep_mask=mask, k=k, edges_kept=int(mask.sum()), granularity=granularity, **fields)
 
 
-def top_k_mask(scores: Scores, k: int) -> Tensor:
-    """Bool [S, R] mask of the ``k`` edges with the largest ``|score|`` (not pruned)."""
-    s, r = ranked_edges(scores)
-    mask = torch.zeros(scores.graph.n_senders, scores.graph.n_receivers, dtype=torch.bool)
-    k = max(0, min(int(k), len(s)))
-    mask[s[:k], r[:k]] = True
-    return mask
-
-
-def top_k(scores: Scores, k: int) -> Selection:
-    """The ``k`` edges with the largest ``|score|``, pruned."""
-    n_edges = scores.graph.n_edges
+def top_k(scores: Scores, k: int, *, granularity: str = "edge") -> Selection:
+    """The ``k`` edges (pruned) or nodes with the largest ``|score|``."""
+    _check_granularity(granularity)
     if k < 0:
         raise CircuitsError(f"--top-k must be 0 or more (got {k})")
-    k = min(int(k), n_edges)
-    mask = prune(top_k_mask(scores, k), scores.graph)
-    return Selection(keep_mask=mask, k=k, edges_kept=int(mask.sum()), faithfulness=None, mode="top-k", value=k)
+    k = min(int(k), n_units(scores.graph, granularity))
+    return _selection(scores, k, granularity, faithfulness=None, mode="top-k", value=k)
 
 
-def threshold(scores: Scores, t: float) -> Selection:
-    """Every edge with ``|score| >= t``, pruned."""
+def threshold(scores: Scores, t: float, *, granularity: str = "edge") -> Selection:
+    """Every edge (pruned) or node with ``|score| >= t``."""
+    _check_granularity(granularity)
     if not math.isfinite(t) or t < 0:
         raise CircuitsError(f"--threshold must be a finite number >= 0 (got {t})")
     graph = scores.graph
-    values = torch.as_tensor(scores.edge_scores).detach().cpu().double().abs()
-    values = torch.nan_to_num(values, nan=-1.0)
-    k = int(((values >= t) & graph.valid_mask()).sum())
-    mask = prune(top_k_mask(scores, k), graph)
-    return Selection(keep_mask=mask, k=k, edges_kept=int(mask.sum()), faithfulness=None, mode="threshold", value=float(t))
+    if granularity == "node":
+        k = int((node_values(scores)[1:] >= t).sum())
+    else:
+        values = torch.as_tensor(scores.edge_scores).detach().cpu().double().abs()
+        values = torch.nan_to_num(values, nan=-1.0)
+        k = int(((values >= t) & graph.valid_mask()).sum())
+    return _selection(scores, k, granularity, faithfulness=None, mode="threshold", value=float(t))
 
 
 def own_circuit(scores: Scores) -> Selection:
@@ -225,17 +190,17 @@ def search_smallest_k(f: Callable[[int], float], n_edges: int, target: float,
 
 def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Tensor, target: float = 0.9, *,
                         batch_size: int = 0, progress: Optional[Progress] = None, evaluator=None,
-                        known: Optional[Mapping[int, float]] = None,
+                        known: Optional[Mapping[int, float]] = None, granularity: str = "edge",
                         neurons: Optional[Mapping[int, Tensor]] = None) -> Selection:
-    """The smallest top-``k`` circuit (pruned) whose faithfulness is at least ``target`` (see :func:`search_smallest_k`).
+    """The smallest top-``k`` circuit (``k`` edges pruned, or ``k`` nodes) whose faithfulness is at least
+    ``target`` (see :func:`search_smallest_k`).
 
     ``evaluator``: a :class:`circuits.faithfulness.CircuitEvaluator` to share its cache (built
     from ``engine``, ``dataset``, ``metric`` and ``reference`` if not given).  ``known``: k -> f
     already computed for these scores (e.g. the curve's points).  ``neurons``: MLPs reduced to
     these neurons (MLP layer -> bool [d_mlp]) in every circuit tried.
     """
-    from circuits.faithfulness import CircuitEvaluator
-
+    _check_granularity(granularity)
     if not math.isfinite(target):
         raise CircuitsError(f"--target-faithfulness must be a number (got {target})")
     if evaluator is None:
@@ -248,11 +213,9 @@ def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Tens
         )
 
     def f(k: int) -> float:
-        mask = prune(top_k_mask(scores, k), graph)
+        mask = evaluation_mask(circuit_mask(scores, k, granularity), graph, granularity)
         return (evaluator.faithfulness(mask, neurons) if neurons else evaluator.faithfulness(mask)).f
 
-    result = search_smallest_k(f, graph.n_edges, target, known=known, progress=progress)
-    mask = prune(top_k_mask(scores, result.k), graph)
-    return Selection(keep_mask=mask, k=result.k, edges_kept=int(mask.sum()), faithfulness=result.f,
-                     mode="target-faithfulness", value=float(target), evaluations=result.evaluations,
-                     reached=result.reached)
+    result = search_smallest_k(f, n_units(graph, granularity), target, known=known, progress=progress)
+    return _selection(scores, result.k, granularity, faithfulness=result.f, mode="target-faithfulness",
+                      value=float(target), evaluations=result.evaluations, reached=result.reached)

@@ -19,14 +19,15 @@ from circuits.graphs.build import circuit_neurons, edge_names
 SCORES_FILE = "scores.tsv"
 HEADER = "edge\tscore"
 
-__all__ = ["SCORES_FILE", "compare", "overlap", "auroc", "load_scores", "write_scores"]
+__all__ = ["SCORES_FILE", "compare", "granularity", "overlap", "auroc", "load_scores", "write_scores"]
 
 
 def compare(a: nx.DiGraph, b: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None) -> dict:
     """How well circuit ``a`` matches reference circuit ``b``.
 
     Returns ``{"nodes": {precision, recall, jaccard}, "edges": {precision, recall, jaccard,
-    auroc}}``. Nodes are compared by component name, edges by full edge name (a head's
+    auroc}, "granularity"}`` (``a``'s: for a node circuit, the node figures are the ones that
+    measure it; its edges are all those among its nodes). Nodes are compared by component name, edges by full edge name (a head's
     q, k and v inputs count apart). ``auroc`` is None unless ``scores`` (every scored edge
     of ``a``'s run, name -> score) is given; then it is the AUROC of ``|score|`` as a
     classifier of membership in ``b``'s edges over all scored edges (see :func:`auroc`).
@@ -40,7 +41,7 @@ def compare(a: nx.DiGraph, b: nx.DiGraph, *, scores: Optional[Mapping[str, float
     edges["auroc"] = None
     if scores is not None:
         edges["auroc"] = auroc(scores, edge_names(b))
-    out = {"nodes": overlap(_components(a), _components(b)), "edges": edges}
+    out = {"nodes": overlap(_components(a), _components(b)), "edges": edges, "granularity": granularity(a)}
     na, nb = circuit_neurons(a), circuit_neurons(b)
     if na or nb:
         both = sorted(set(na) & set(nb), key=lambda m: names.parse_node(m).layer)
@@ -54,6 +55,11 @@ def compare(a: nx.DiGraph, b: nx.DiGraph, *, scores: Optional[Mapping[str, float
 
 def _components(G: nx.DiGraph) -> set:
     return {n for n in G.nodes if names.parse_node(n).kind != "neuron"}
+
+
+def granularity(G: nx.DiGraph) -> str:
+    """``"node"`` for a circuit chosen by node (a node method's), else ``"edge"`` (older files say nothing)."""
+    return "node" if G.graph.get("granularity") == "node" else "edge"
 
 
 def overlap(found: set, reference: set) -> dict[str, float]:

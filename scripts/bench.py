@@ -226,6 +226,32 @@ def loadavg() -> Optional[List[float]]:
 
 
 # --------------------------------------------------------------------------- main
+def per_pass_costs(results: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Activation patching's cost per node (one partial forward per head, MLP or residual position) and path
+    patching's cost per pass (one patched edge), as ratios to one forward pass over the same prompts
+    (the engine's forward when measured, else the bridge's)."""
+    forward_name = "engine_forward" if "engine_forward" in results else "forward"
+    if forward_name not in results:
+        return {}
+    forward = results[forward_name]["seconds"]
+    out: Dict[str, Dict[str, Any]] = {}
+    if "activation_patching" in results:
+        r = results["activation_patching"]
+        passes = int(r["info"]["forward_passes"])
+        out["activation_patching_per_node"] = {"seconds": r["seconds"] / passes, "passes": passes}
+    if "path_patching" in results:
+        r = results["path_patching"]
+        info = r["info"]
+        if info.get("complete") is False and "measured_seconds" in info:  # stopped by the bench's time budget
+            seconds, passes = info["measured_seconds"], int(info["passes"])
+        else:
+            seconds, passes = r["seconds"], int(info.get("passes_used") or info["forward_passes"])
+        out["path_patching_per_pass"] = {"seconds": seconds / passes, "passes": passes}
+    for row in out.values():
+        row.update(ratio_to_forward=row["seconds"] / forward, forward=forward_name.replace("_", " "))
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke mode: a 2-layer, 4-head, width-64 model, 10 prompts, fewer scaling points")
@@ -443,6 +469,11 @@ def main(argv=None) -> int:
         print(f"activation_patching: {results['activation_patching']['info']['forward_passes']} forward passes "
               "(every head and MLP, plus the residual stream at every layer input and position)")
 
+    per_pass = per_pass_costs(results)
+    for key, row in per_pass.items():
+        print(f"{key}: {row['seconds']:.4f} s per pass = {row['ratio_to_forward']:.3f}x one {row['forward']} "
+              f"({row['passes']} passes)")
+
     targets = []
     print()
     for label, key, limit in TARGETS:
@@ -525,6 +556,7 @@ def main(argv=None) -> int:
             "process_start": runner.start_method, "device": args.device, "threads_per_measurement": fb["threads"],
         },
         "measurements": rows,
+        "per_pass": per_pass,
         "targets": targets,
         "checks": checks,
         "scaling": scaling,

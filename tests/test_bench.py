@@ -42,6 +42,10 @@ def test_rows_have_every_measurement(bench):
     assert rows["forward_backward"]["ratio_to_forward_backward"] == pytest.approx(1.0)
     assert rows["eap"]["details"]["forward_passes"] == 2
     assert rows["eap_ig"]["details"]["ig_steps"] == 5
+    per_pass = report["per_pass"]  # activation patching per node, path patching per pass, x one forward
+    assert set(per_pass) == {"activation_patching_per_node", "path_patching_per_pass"}
+    for row in per_pass.values():
+        assert _positive(row["ratio_to_forward"]) and row["passes"] > 0 and row["forward"] == "engine forward", row
 
 
 def test_machine_settings_and_checks(bench):

@@ -109,7 +109,7 @@ def test_compare_json_with_run_folder(run_dir, reference):
     proc = run_cli("compare", str(run_dir), str(reference), "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # exactly one JSON object
-    assert set(result) == {"nodes", "edges"}
+    assert set(result) == {"nodes", "edges", "granularity"} and result["granularity"] == "edge"
     # nodes: A {a0.h1, a9.h1, logits, m3}, B {a0.h1, a9.h1, logits, a0.h2}
     assert result["nodes"] == pytest.approx({"precision": 0.75, "recall": 0.75, "jaccard": 0.6})
     # edges: A 4, B 3, shared 2 (q into a9.h1, a9.h1->logits)

@@ -15,19 +15,9 @@ from cli_helpers import assert_user_error
 MANIFEST_KEYS = {
     "faithfulness", "edges_kept", "edges_total", "cpr", "cmd", "command", "task", "model", "method", "n", "seed",
     "ablation", "versions", "timings", "forward_passes", "selection", "curve", "metric_full", "metric_empty",
-    "metric_circuit",
+    "metric_circuit", "granularity",
 }
 EDGES_2x4 = 110  # edges of a 2-layer, 4-head model
-
-
-def _eap_available() -> str:
-    try:
-        from circuits.registry import get_method
-
-        get_method("eap")
-        return ""
-    except Exception as exc:  # not written yet, or broken
-        return f"the eap method is not available yet ({exc})"
 
 
 def invoke(*args: str, cwd: Path | None = None):
@@ -86,9 +76,6 @@ def fake_method(monkeypatch):
 @pytest.fixture(scope="module")
 def eap_run(tiny_gpt2_dir, tmp_path_factory):
     """One real discovery run with eap (the default selection: target faithfulness 0.9)."""
-    reason = _eap_available()
-    if reason:
-        pytest.skip(reason)
     work = tmp_path_factory.mktemp("discover")
     code, out, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "eap", "--out", "run",
                             "--n", "12", "--seed", "1", cwd=work)
@@ -267,3 +254,17 @@ def test_evaluate_circuit_needs_a_task(tmp_path):
     path = write_json(build_graph({"a0.h1->logits": 1.0}, metadata={"model": "gpt2"}), tmp_path / "c.json")
     code, _, err = invoke("evaluate-circuit", str(path))
     assert_user_error(code, err, "--task")
+
+
+def test_path_patching_budget_warns_and_records_it(tiny_gpt2_dir, tmp_path):
+    code, out, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "path-patching",
+                            "--max-passes", "6", "--path-threshold", "0", "--top-k", "3", "--n", "4", "--out", "run",
+                            cwd=tmp_path)
+    assert code == 0, err
+    assert "warning: path-patching stopped at its budget (6 of --max-passes 6 passes)" in err
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert (m["complete"], m["passes_used"], m["max_passes"], m["granularity"]) == (False, 6, 6, "edge")
+    assert m["options"]["threshold"] == 0.0
+    code, _, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "path-patching",
+                          "--max-passes", "0", "--out", "run2", cwd=tmp_path)
+    assert_user_error(code, err, "--max-passes")

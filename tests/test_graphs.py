@@ -314,7 +314,10 @@ def test_compare_hand_built_graphs():
     assert compare(a, b) == {
         "nodes": {"precision": 3 / 4, "recall": 3 / 4, "jaccard": 3 / 5},
         "edges": {"precision": 2 / 4, "recall": 2 / 3, "jaccard": 2 / 5, "auroc": None},
+        "granularity": "edge",
     }
+    a.graph["granularity"] = "node"
+    assert compare(a, b)["granularity"] == "node"
     same = compare(a, a)
     assert same["nodes"]["jaccard"] == same["edges"]["jaccard"] == 1.0
 

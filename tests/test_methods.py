@@ -124,10 +124,15 @@ def test_eap_ig_matches_integrated_hook_gradients(setup):
 
 
 def test_eap_ig_with_one_step_is_eap(setup):
-    _, engine, task, data = setup
-    eap = get_method("eap").score(engine, data, task.metric).edge_scores
+    """One integration step evaluates the gradient at the clean input only: EAP's Taylor term, from the hooks."""
+    bridge, engine, task, data = setup
     ig1 = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(ig_steps=1)).edge_scores
-    assert torch.allclose(eap, ig1, atol=1e-12)
+    with PerHeadFlags(bridge):
+        delta = _sender_outputs(bridge, data.corrupted) - _sender_outputs(bridge, data.clean)
+        grads = _receiver_grads(bridge, task, data)
+    expected = torch.einsum("sbpd,rbpd->sr", delta, grads) * engine.graph.valid_mask()
+    assert expected.abs().max() > 1e-4
+    assert torch.allclose(ig1, expected, atol=1e-10, rtol=1e-7)
 
 
 def test_eap_is_additive_over_batches(setup):
@@ -157,6 +162,11 @@ def test_activation_patching_matches_one_component_at_a_time(setup):
             assert result.node_scores[f"a{layer}.h{h}"] == pytest.approx(expected, abs=1e-10)
         expected = _patched_metric(bridge, task, data, [(f"blocks.{layer}.hook_mlp_out", lambda t, hook, layer=layer: corr[f"blocks.{layer}.hook_mlp_out"])]) - base
         assert result.node_scores[f"m{layer}"] == pytest.approx(expected, abs=1e-10)
+    # input: the embeddings take the corrupted prompts' values, so the whole run is the corrupted one
+    corrupted_metric = float(_metric_of(task, data, bridge(data.corrupted).detach()))
+    assert result.node_scores["input"] == pytest.approx(corrupted_metric - base, abs=1e-10)
+    assert abs(corrupted_metric - base) > 1e-4
+    assert torch.all(result.edge_scores[0][engine.graph.valid_mask()[0]] == result.node_scores["input"])
     resid = torch.tensor(result.extra["resid"])
     for layer in range(N_LAYERS):
         for pos in (0, data.info["yy_pos"], data.clean.shape[1] - 1):
@@ -178,18 +188,44 @@ def test_activation_patching_matches_one_component_at_a_time(setup):
 
 
 def test_path_patching_scores_equal_single_edge_patches(setup):
-    """Each explored edge's score is the metric change with that edge alone patched (engine semantics)."""
-    _, engine, task, data = setup
+    """Each explored edge's score is the metric change with that edge alone patched, by the hook-based patcher."""
+    from reference import edge_patched_logits
+
+    bridge, engine, task, data = setup
     result = get_method("path-patching").score(engine, data, task.metric, MethodOptions(threshold=0.0))
     g = engine.graph
     assert result.info["receivers_explored"] == g.n_senders  # threshold 0: everything is explored
-    ref = engine.run(data.corrupted, data.answer_pos, collect=True).outputs
-    base = float(task.metric(engine.run(data.clean, data.answer_pos).logits, data).mean())
-    for s, r in [(0, g.logits_receiver), (1, g.head_receiver(1, 2, "k")), (g.mlp_sender(0), g.head_receiver(1, 0, "v")), (2, g.mlp_receiver(0))]:
-        keep = torch.ones(g.n_senders, g.n_receivers, dtype=torch.float64)
-        keep[s, r] = 0
-        patched = float(task.metric(engine.run(data.clean, data.answer_pos, patch=Patch(keep, ref)).logits, data).mean())
-        assert float(result.edge_scores[s, r]) == pytest.approx(patched - base, abs=1e-10)
+    assert result.info["complete"] is True
+    base = _patched_metric(bridge, task, data, [])
+    for s, r in [(0, g.head_receiver(0, 2, "v")), (g.head_sender(1, 1), g.logits_receiver), (1, g.head_receiver(1, 2, "k")), (g.mlp_sender(0), g.head_receiver(1, 0, "v")),
+                 (2, g.mlp_receiver(0)), (g.head_sender(0, 3), g.head_receiver(1, 1, "q"))]:
+        with torch.no_grad():
+            logits = edge_patched_logits(bridge, data.clean, data.corrupted, [g.edge_name(s, r)])
+        patched = float(_metric_of(task, data, logits))
+        assert abs(patched - base) > 1e-7  # each edge moves the metric: the check is not vacuous
+        assert float(result.edge_scores[s, r]) == pytest.approx(patched - base, rel=1e-6, abs=1e-13)
+
+
+def test_path_patching_stops_at_its_budget(setup):
+    """A budget-stopped search returns the edges it scored (the same values as the full search), most promising first."""
+    _, engine, task, data = setup
+    method = get_method("path-patching")
+    full = method.score(engine, data, task.metric, MethodOptions(threshold=0.0))
+    bars = []
+    part = method.score(engine, data, task.metric, MethodOptions(threshold=0.0, max_passes=40),
+                        progress=lambda done, total, msg: bars.append((done, total)))
+    assert part.info["complete"] is False and part.info["passes_used"] == 40 and part.info["max_passes"] == 40
+    scored = part.edge_scores != 0
+    # the full effect, then 39 edges; input->logits scores exactly 0 (the prompts differ before the answer position)
+    assert int(scored.sum()) == 38 and full.edge_scores[0, engine.graph.logits_receiver] == 0
+    assert torch.equal(part.edge_scores[scored], full.edge_scores[scored])
+    g = engine.graph
+    assert scored[1:, g.logits_receiver].all()  # the logits first
+    # then the node whose edge into the logits is largest
+    first = int(full.edge_scores[1:, g.logits_receiver].abs().argmax()) + 1
+    assert scored[:, [r for r in range(g.n_receivers) if g.sender_names[first] in g.receiver_names[r]]].any()
+    assert {t for _, t in bars} == {40} and [d for d, _ in bars] == sorted(d for d, _ in bars)  # one bar
+    assert full.info["passes_used"] < 10_000 and full.info["complete"] is True
 
 
 def test_mean_ablation_changes_the_reference(setup):
@@ -209,3 +245,40 @@ def test_mean_ablation_changes_the_reference(setup):
         run = engine.run(data.clean, data.answer_pos, patch=Patch(keep, clean + delta))
         values.append(float(task.metric(run.logits, data).mean()))
     assert float(mean[s, r]) == pytest.approx((values[0] - values[1]) / (2 * eps), rel=1e-5, abs=1e-9)
+
+
+def test_activation_patching_mean_ablation_uses_the_dataset_means(setup):
+    """Residual positions take the dataset's mean residual stream: batch 7 and all at once agree, and a
+    patched position matches the bridge's hook with the mean over every prompt."""
+    bridge, engine, task, _ = setup
+    data = task.build(bridge.tokenizer, n=14, seed=4)
+    method = get_method("activation-patching")
+    whole = method.score(engine, data, task.metric, MethodOptions(ablation="mean"))
+    batched = method.score(engine, data, task.metric, MethodOptions(ablation="mean", batch_size=7))
+    for name, value in whole.node_scores.items():
+        assert batched.node_scores[name] == pytest.approx(value, abs=1e-6)
+    assert torch.allclose(torch.tensor(whole.extra["resid"]), torch.tensor(batched.extra["resid"]), atol=1e-6)
+    _, cache = bridge.run_with_cache(data.clean)
+    base = _patched_metric(bridge, task, data, [])
+    layer, pos = 1, data.info["yy_pos"]
+    mean = cache[f"blocks.{layer}.hook_resid_pre"].mean(0)
+
+    def patch(t, hook):
+        t = t.clone()
+        t[:, pos] = mean[pos]
+        return t
+
+    expected = _patched_metric(bridge, task, data, [(f"blocks.{layer}.hook_resid_pre", patch)]) - base
+    assert abs(expected) > 1e-6
+    assert whole.extra["resid"][layer][pos] == pytest.approx(expected, abs=1e-10)
+    assert batched.extra["resid"][layer][pos] == pytest.approx(expected, abs=1e-10)
+
+
+def test_activation_patching_totals_stay_on_the_model(setup):
+    """Score totals live on the model's device in its dtype (float64 here), not on the CPU in float32."""
+    from circuits.methods.activation_patching import _Totals
+
+    _, engine, _, _ = setup
+    totals = _Totals.zeros(engine, (1,))
+    for t in (totals.nodes, totals.neurons[1]):
+        assert t.device == engine.device and t.dtype == engine.w.W_E.dtype == torch.float64

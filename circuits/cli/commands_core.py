@@ -1,4 +1,4 @@
-"""``circuits tasks list`` and ``circuits evaluate``."""
+"""``circuits tasks list``, ``circuits methods list`` and ``circuits evaluate``."""
 from __future__ import annotations
 
 import json
@@ -27,6 +27,9 @@ warnings.showwarning = _show_plugin_warning
 tasks_app = typer.Typer(help="List the tasks that are installed.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 
+methods_app = typer.Typer(help="List the scoring methods that are installed.", no_args_is_help=True)
+app.add_typer(methods_app, name="methods")
+
 MODEL_HELP = "Model: a hub name (gpt2), a local HF checkpoint folder, a .gguf file, or planted[-deep]."
 
 
@@ -37,6 +40,15 @@ def tasks_list() -> None:
 
     for name, task in discover(TASKS).items():
         typer.echo(f"{name}\t{getattr(task, 'description', '')}")
+
+
+@methods_app.command("list")
+def methods_list() -> None:
+    """List installed scoring methods: name, granularity (edge or node) and cost, one line each."""
+    from circuits.registry import METHODS, discover
+
+    for name, method in discover(METHODS).items():
+        typer.echo(f"{name}\t{getattr(method, 'granularity', 'edge')}\t{getattr(method, 'cost', '')}")
 
 
 def parse_mlp_layers(text: Optional[str]) -> Optional[Tuple[int, ...]]:

@@ -70,7 +70,7 @@ def compare_command(
     circuits: List[Path] = typer.Argument(..., metavar="A B [C ...]",
                                           help="Two circuits: A found (a run folder's scores.tsv gives the AUROC), B the "
                                           "reference. Three or more: a table of pairwise overlap. Each a run folder or a circuit.json."),
-    as_json: bool = typer.Option(False, "--json", help='Print one JSON object: {"nodes", "edges"} for two circuits, {"circuits", "pairs"} for more.'),
+    as_json: bool = typer.Option(False, "--json", help='Print one JSON object: {"nodes", "edges", "granularity"} for two circuits, {"circuits", "pairs"} for more.'),
 ) -> None:
     """Two circuits: precision, recall and Jaccard of A against reference B (nodes and edges) and the edge-score
     AUROC.  Three or more: the node and edge overlap of every pair (intersection, Jaccard, shares)."""
@@ -117,14 +117,16 @@ def _compare_two(a: Path, b: Path, as_json: bool) -> None:
         return
     typer.echo(f"A: {a} ({ga.number_of_nodes()} nodes, {len(edge_names(ga))} edges)")
     typer.echo(f"B: {b} ({gb.number_of_nodes()} nodes, {len(edge_names(gb))} edges)")
-    typer.echo(f"{'':6} {'precision':>9} {'recall':>7} {'jaccard':>7} {'auroc':>7}")
+    typer.echo(f"{'':7} {'precision':>9} {'recall':>7} {'jaccard':>7} {'auroc':>7}")
     for part in ("nodes", "edges", "neurons"):
         if part not in result:
             continue
         row = result[part]
         auroc = row.get("auroc")
         auroc_text = "-" if auroc is None else f"{auroc:.3f}"
-        typer.echo(f"{part:6} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['jaccard']:>7.3f} {auroc_text:>7}")
+        typer.echo(f"{part:7} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['jaccard']:>7.3f} {auroc_text:>7}")
+    if result["granularity"] == "node":
+        typer.echo("(A is a node circuit: compare its nodes; its edges are every edge among them)")
     if "neurons" in result:
         typer.echo("(neurons: of " + (", ".join(result["neurons"]["mlps"]) or "no MLP") + ", reduced in both A and B)")
     if scores is None:

@@ -2,16 +2,21 @@
 
 Scored, each with a forward pass that restarts at the component's layer from the clean run:
 
+- ``input`` (the embeddings take their reference value: a full forward pass);
 - every head and MLP (node scores; all of a node's outgoing edges patched at once, which is the
   same as shifting the residual stream by the node's reference - clean output where it enters);
-- the residual stream at each layer's input, per position (``extra["resid"]``, [L + 1, p]);
+- the residual stream at each layer's input, per position (``extra["resid"]``, [L + 1, p]); its
+  reference is the sum of the reference outputs (the corrupted run's residual stream, or the
+  dataset's mean one, whatever the batch size);
 - the neurons of the MLPs named in ``options.neurons`` (several neurons per batched pass).
 
 A score is ``mean M(patched) - mean M(clean)``.  Activation patching scores nodes, not
-edges: ``edge_scores`` gives each edge its sender's node score, so edge rankings still work.
+edges (``granularity = "node"``): its circuits are chosen by node, and ``edge_scores`` gives
+each edge its sender's node score only so that edge tables still read.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -24,9 +29,24 @@ from circuits.scores import MethodOptions, Progress, Scores, no_progress
 NEURON_BATCH = 16
 
 
+@dataclass(frozen=True)
+class _Totals:
+    """Running score totals, on the model's device and in its dtype: per sender [S], per MLP's neurons [m]."""
+
+    nodes: torch.Tensor
+    neurons: Dict[int, torch.Tensor]
+
+    @classmethod
+    def zeros(cls, engine, layers) -> "_Totals":
+        kind = dict(device=engine.device, dtype=engine.w.W_E.dtype)
+        return cls(torch.zeros(engine.graph.n_senders, **kind), {layer: torch.zeros(engine.w.d_mlp, **kind) for layer in layers})
+
+
 class ActivationPatching:
     name = "activation-patching"
     description = "Exact node scores: patch each head, MLP, residual position and chosen neuron one at a time."
+    granularity = "node"
+    cost = "one partial forward per node and residual position, --neurons in batches of 16"
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:
@@ -36,48 +56,50 @@ class ActivationPatching:
         means = prepare(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
         n = len(dataset)
         parts = list(chunks(dataset, options.batch_size))
-        node_total = torch.zeros(g.n_senders)
+        totals = _Totals.zeros(engine, layers)
         resid_total = None
-        neuron_total: Dict[int, torch.Tensor] = {layer: torch.zeros(w.d_mlp) for layer in layers}
         passes = 0
         for i, part in enumerate(parts):
             tokens = part.clean.to(engine.device)
             ref = reference(engine, part, options.ablation, means=means, hidden_layers=layers)
             with torch.no_grad():
                 clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True, capture_hidden=layers)
-                ref_resid = self._reference_resid(engine, part, options.ablation, clean)
+                ref_resid = self._reference_resid(engine, ref.outputs, options.ablation, clean)
                 base = metric(clean.logits, part).sum()
                 weight = 1.0 / n
 
-                def effect(run) -> float:
-                    return float((metric(run.logits, part).sum() - base) * weight)
+                def effect(run) -> torch.Tensor:
+                    return (metric(run.logits, part).sum() - base) * weight
 
-                # heads and MLPs
+                # input (the embeddings), heads and MLPs
+                totals.nodes[0] += effect(engine.run(tokens, part.answer_pos, resid0=ref.outputs[0]))
                 for s in range(1, g.n_senders):
-                    node_total[s] += effect(self._patch_node(engine, tokens, part, clean, ref.outputs, s))
+                    totals.nodes[s] += effect(self._patch_node(engine, tokens, part, clean, ref.outputs, s))
                     passes += 1
                     progress(i * g.n_senders + s, len(parts) * g.n_senders, "activation patching: nodes")
+                passes += 1
                 # residual stream per layer input and position
                 p = tokens.shape[1]
-                table = torch.zeros(w.n_layers + 1, p)
+                table = torch.zeros(w.n_layers + 1, p, dtype=torch.float64)
                 for layer in range(w.n_layers + 1):
                     for pos in range(p):
-                        table[layer, pos] = effect(self._patch_resid(engine, tokens, part, clean, ref_resid, layer, pos))
+                        table[layer, pos] = float(effect(self._patch_resid(engine, tokens, part, clean, ref_resid, layer, pos)))
                         passes += 1
                 resid_total = table if resid_total is None else resid_total + table
                 # neurons, several per pass (each copy of the batch patches one neuron)
                 for layer in layers:
                     for start in range(0, w.d_mlp, NEURON_BATCH):
-                        idx = torch.arange(start, min(start + NEURON_BATCH, w.d_mlp))
-                        neuron_total[layer][idx] += self._neuron_effects(
+                        idx = torch.arange(start, min(start + NEURON_BATCH, w.d_mlp), device=engine.device)
+                        totals.neurons[layer][idx] += self._neuron_effects(
                             engine, part, metric, clean, ref.hidden[layer], layer, idx, base / len(part)) * (len(part) / n)
                         passes += 1
                     progress(i + 1, len(parts), f"activation patching: neurons of m{layer}")
-        node_scores = {g.sender_names[s]: float(node_total[s]) for s in range(1, g.n_senders)}
+        node_total = totals.nodes.detach().cpu().double()
+        node_scores = {g.sender_names[s]: float(node_total[s]) for s in range(g.n_senders)}
         edge = node_total[:, None].expand(-1, g.n_receivers).clone() * g.valid_mask()
         return Scores(
             graph=g, method=self.name, edge_scores=edge, node_scores=node_scores,
-            neuron_scores=top_neurons(neuron_total, options.top_neurons),
+            neuron_scores=top_neurons({k: v.detach().cpu() for k, v in totals.neurons.items()}, options.top_neurons),
             extra={"resid": resid_total.tolist(), "resid_rows": [f"resid_pre {l}" for l in range(w.n_layers)] + ["resid_final"]},
             info={"forward_passes": passes, "ablation": options.ablation},
         )
@@ -96,15 +118,19 @@ class ActivationPatching:
                           edit_mid=lambda l, resid: resid + shift if l == layer else resid)
 
     @staticmethod
-    def _reference_resid(engine, part, ablation: str, clean) -> List[torch.Tensor]:
-        """Residual streams the residual-position patches take their values from."""
-        if ablation == "mean":
-            return [r.mean(0, keepdim=True).expand_as(r) for r in clean.resid_pre]
-        if ablation == "mean-positions":
-            return [r.mean((0, 1), keepdim=True).expand_as(r) for r in clean.resid_pre]
+    def _reference_resid(engine, ref_outputs: torch.Tensor, ablation: str, clean) -> List[torch.Tensor]:
+        """The residual streams [b, p, d] at each layer's input (and the final one) that residual-position
+        patches take: zeros for ``zero``; otherwise the reference outputs ``ref_outputs`` [S, b, p, d] summed
+        with the attention biases, which is the corrupted run's own residual stream, or the dataset's mean
+        one (per position, or over positions), the same whatever the batch size."""
+        g, w = engine.graph, engine.w
         if ablation == "zero":
             return [torch.zeros_like(r) for r in clean.resid_pre]
-        return engine.run(part.corrupted.to(engine.device), part.answer_pos, keep_resid=True).resid_pre
+        out = []
+        for layer in range(w.n_layers + 1):
+            n = g.senders_before_heads(layer) if layer < w.n_layers else g.n_senders
+            out.append(ref_outputs[:n].sum(0) + w.b_O[:layer].sum(0))
+        return out
 
     @staticmethod
     def _patch_resid(engine, tokens, part, clean, ref_resid, layer: int, pos: int):

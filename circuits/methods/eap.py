@@ -66,6 +66,8 @@ class EAP:
 
     name = "eap"
     description = "Edge attribution patching: first-order (gradient) estimate of every edge's patching effect."
+    granularity = "edge"
+    cost = "one forward+backward, one reference forward"
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:

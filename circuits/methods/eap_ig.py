@@ -16,6 +16,8 @@ from circuits.scores import MethodOptions, Progress, Scores, no_progress
 class EAPIG:
     name = "eap-ig"
     description = "EAP with integrated gradients on the input embeddings (default 5 steps)."
+    granularity = "edge"
+    cost = "--ig-steps forward+backward passes, one reference forward"
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:

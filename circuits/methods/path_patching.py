@@ -7,12 +7,20 @@ edge in the engine, run from the receiver's layer on (earlier layers are the cle
 
 The search starts at the logits: it scores every sender's path into them, then recurses
 into each sender whose |effect| reaches ``threshold`` x |M(empty) - M(clean)| and scores the
-paths into that node's inputs (q, k and v for heads).  Its cost grows with the circuit, not
-with the graph; unexplored edges score 0.  ``info["forward_passes"]`` counts the passes.
+paths into that node's inputs (q, k and v for heads).  The waiting node with the largest
+|effect| (of any edge from it found so far) is explored first.  Its cost grows with the
+circuit, not with the graph; unexplored edges score 0.
+
+The budget ``max_passes`` counts patched passes over every prompt (the full effect's
+included).  A search that reaches it stops and returns the edges scored so far, with
+``info["complete"] = False``; ``info["passes_used"]`` and ``info["max_passes"]`` give the
+budget, ``info["forward_passes"]`` every forward pass made (per batch, the clean and reference
+runs included).
 """
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -35,6 +43,8 @@ class _Batch:
 class PathPatching:
     name = "path-patching"
     description = "Exact path patching, searched from the logits back through the senders that matter."
+    granularity = "edge"
+    cost = "one partial forward per edge explored, at most --max-passes"
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:
@@ -61,30 +71,51 @@ class PathPatching:
                     total += float(metric(run.logits, bt.part).sum()) - bt.base
             return total / n
 
-        full = effect(torch.zeros(g.n_senders, g.n_receivers, device=engine.device), 0)
-        passes += len(batches)
+        budget = max(1, int(options.max_passes))
+        used = 0  # patched passes over every prompt, the budget's unit
+
+        def counted(keep: torch.Tensor, layer: int) -> float:
+            nonlocal used, passes
+            used += 1
+            passes += len(batches)
+            progress(min(used, budget), budget, "path patching: passes")
+            return effect(keep, layer)
+
+        full = counted(torch.zeros(g.n_senders, g.n_receivers, device=engine.device), 0)
         bar = abs(full) * options.threshold
         keep = torch.ones(g.n_senders, g.n_receivers, device=engine.device)
-        frontier = [-g.n_senders]  # senders as negative indices (max-heap); n_senders stands for the logits
-        seen = {g.n_senders}
-        explored = 0
-        while frontier:
-            node = -heapq.heappop(frontier)
+        # most promising first: a node waits with the largest |effect| of an edge from it found so far
+        best = {g.n_senders: math.inf}  # n_senders stands for the logits
+        frontier = [(-math.inf, -g.n_senders)]
+        done: set = set()
+        stopped = False
+        while frontier and not stopped:
+            _, node = heapq.heappop(frontier)
+            node = -node
+            if node in done:
+                continue  # a stale entry: the node was queued again with a larger priority
+            done.add(node)
             for r in self._inputs(g, node):
                 layer = g.receiver_layer(r)
                 for s in range(g.n_valid_senders(r)):
+                    if used >= budget:
+                        stopped = True
+                        break
                     keep[s, r] = 0.0
-                    scores[s, r] = effect(keep, layer)
+                    scores[s, r] = counted(keep, layer)
                     keep[s, r] = 1.0
-                    passes += len(batches)
-                    if s > 0 and abs(scores[s, r]) >= bar and s not in seen:
-                        seen.add(s)
-                        heapq.heappush(frontier, -s)
-            explored += 1
-            progress(explored, explored + len(frontier), "path patching: receivers")
+                    size = abs(float(scores[s, r]))
+                    if s > 0 and size >= bar and s not in done and size > best.get(s, -1.0):
+                        best[s] = size
+                        heapq.heappush(frontier, (-size, -s))
+                if stopped:
+                    break
+        waiting = {-s for _, s in frontier} - done
+        complete = not stopped and not waiting
         return Scores(graph=g, method=self.name, edge_scores=scores,
-                      info={"forward_passes": passes, "receivers_explored": explored, "full_effect": full,
-                            "threshold": options.threshold, "ablation": options.ablation})
+                      info={"forward_passes": passes, "receivers_explored": len(done), "full_effect": full,
+                            "threshold": options.threshold, "ablation": options.ablation, "complete": complete,
+                            "passes_used": used, "max_passes": budget, "nodes_waiting": len(waiting)})
 
     @staticmethod
     def _inputs(g, node: int) -> List[int]:

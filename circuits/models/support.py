@@ -1,0 +1,103 @@
+"""What the graph engine implements, checked before anything is scored.
+
+Two checks, both ending in a one-line ``CircuitsError``:
+
+- :func:`check_config` reads the Hugging Face config (and the module names) and refuses a
+  model that uses a feature the engine does not compute: q/k norms (Qwen3, OLMo-2), logit
+  soft-capping and sliding windows (Gemma 2), embedding or residual multipliers (Gemma's
+  sqrt(d) embedding scale and 1 + weight norms, Granite, MiniCPM), parallel attention and MLP
+  (GPT-J, Phi, Cohere, GPT-NeoX), post-norms, and biases it would ignore (a gated MLP's biases).
+- :func:`check_logits` runs a random prompt through the engine and through the bridge and
+  refuses a model whose logits differ beyond float tolerance, for whatever the first check missed.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from circuits.errors import CircuitsError
+
+QK_NORM_MODULES = ("q_norm", "k_norm", "q_layernorm", "k_layernorm", "query_layernorm", "key_layernorm")
+POST_NORM_MODULES = ("post_feedforward_layernorm", "pre_feedforward_layernorm", "post_attention_norm")
+SCALED_EMBEDDING_FAMILIES = ("gemma", "recurrent_gemma", "t5gemma", "vaultgemma")
+PARALLEL_FAMILIES = ("gptj", "phi", "codegen", "cohere", "cohere2")
+MULTIPLIERS = ("embedding_multiplier", "scale_emb", "emb_scale", "embedding_scale", "residual_multiplier",
+               "attention_multiplier", "logits_scaling", "logit_scale", "mup_width_multiplier")
+CHECK_LENGTH = 10  # one random prompt, every position compared
+RTOL = 1e-3  # of the largest |logit|: float32 rounding is ~1e-6 of it
+
+__all__ = ["unsupported_features", "check_config", "check_logits"]
+
+
+def _text_config(config: Any) -> Any:
+    return getattr(config, "text_config", None) or config
+
+
+def _set(config: Any, name: str) -> bool:
+    value = getattr(config, name, None)
+    return value is not None and value is not False and value != 0
+
+
+def unsupported_features(config: Any, module_names: Optional[List[str]] = None) -> List[str]:
+    """The features of a HF ``config`` (and its model's module names) the engine does not implement."""
+    cfg = _text_config(config)
+    model_type = str(getattr(cfg, "model_type", "") or "")
+    leaves = {name.rsplit(".", 1)[-1] for name in (module_names or [])}
+    found: List[str] = []
+    if leaves & set(QK_NORM_MODULES) or any(_set(cfg, f) for f in ("qk_layernorm", "use_qk_norm", "qk_norm")):
+        found.append("q/k norm")
+    if any(_set(cfg, f) for f in ("attn_logit_softcapping", "final_logit_softcapping", "logit_softcapping")):
+        found.append("logit soft-capping")
+    window = getattr(cfg, "sliding_window", None)
+    max_pos = getattr(cfg, "max_position_embeddings", None) or 0
+    layer_types = getattr(cfg, "layer_types", None) or ()
+    if ("sliding_attention" in layer_types or (window and getattr(cfg, "use_sliding_window", True) is not False
+                                               and window < max_pos) or _set(cfg, "attention_chunk_size")):
+        found.append("sliding-window attention")
+    if model_type.startswith(SCALED_EMBEDDING_FAMILIES):
+        found.append("embedding multiplier (sqrt(d_model)) and 1 + weight norms")
+    elif any(_set(cfg, f) and getattr(cfg, f) != 1 for f in MULTIPLIERS) or getattr(cfg, "scale_embedding", False):
+        found.append("embedding/residual multipliers")
+    if (model_type in PARALLEL_FAMILIES
+            or any(getattr(cfg, f, False) is True for f in ("parallel_attn", "use_parallel_residual", "parallel_residual"))):
+        found.append("parallel attention and MLP")
+    if leaves & set(POST_NORM_MODULES) or model_type.startswith(("olmo2", "olmo3")):
+        found.append("norms after attention/MLP outputs")
+    if getattr(cfg, "mlp_bias", False) is True:
+        found.append("MLP biases (the engine's gated MLP has none)")
+    return found
+
+
+def check_config(config: Any, module_names: Optional[List[str]] = None) -> None:
+    """Raise a one-line ``CircuitsError`` naming the architecture and what it needs, if anything is missing."""
+    if config is None:
+        return
+    found = unsupported_features(config, module_names)
+    if found:
+        cfg = _text_config(config)
+        arch = (getattr(config, "architectures", None) or [None])[0] or getattr(cfg, "model_type", "this model")
+        raise CircuitsError(
+            f"{arch} is not supported by the graph engine: it uses {', '.join(found)}, which the engine does not "
+            "implement (supported: GPT-2-style and Llama-style models without them); `circuits evaluate` still runs it")
+
+
+def check_logits(engine, bridge) -> None:
+    """Refuse a model whose engine logits differ from the bridge's at any position of a random prompt."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    vocab = int(engine.w.W_E.shape[0])
+    tokens = torch.randint(0, vocab, (1, CHECK_LENGTH), generator=g).to(engine.device)
+    every = torch.arange(CHECK_LENGTH, device=engine.device)[None]  # logits at every position: [1, p, V]
+    with torch.no_grad():
+        ours = engine.run(tokens, every).logits.double()
+        theirs = bridge(tokens).double()
+    if ours.shape != theirs.shape:
+        raise CircuitsError(f"the graph engine gives logits of shape {tuple(ours.shape)} but the model {tuple(theirs.shape)}; "
+                            "this architecture is not supported by the graph engine")
+    gap = float((ours - theirs).abs().max())
+    scale = max(1.0, float(theirs.abs().max()))
+    if not gap <= RTOL * scale:
+        arch = type(getattr(bridge, "original_model", bridge)).__name__
+        raise CircuitsError(
+            f"{arch}: the graph engine's logits differ from the model's by {gap:.3g} (largest |logit| {scale:.3g}), "
+            "so it computes something this architecture does differently; it is not supported by the graph engine")

@@ -1,0 +1,164 @@
+"""Ranking and pruning: which edges (or nodes) a circuit of a given size keeps.
+
+Kept apart from :mod:`circuits.select` (which chooses the size) and :mod:`circuits.faithfulness`
+(which measures a circuit), so both can import it without importing each other.
+
+- **Edges** are ranked by ``|score|`` (ties: compute order of the receiver, then of the
+  sender; NaN scores last).  A prefix of that ranking is **pruned** to the edges on an
+  ``input -> logits`` path through kept edges.
+- **Nodes** (heads and MLPs; ``input`` and ``logits`` are always in a circuit) are ranked by
+  ``|node score|`` (ties: compute order).  A node circuit keeps every edge among its kept nodes,
+  ``input`` and ``logits`` (:func:`node_mask`); each kept node feeds the logits directly and
+  reads ``input`` directly, so nothing is pruned.
+
+Nothing here prints or writes files.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+from circuits.graph import ComputationalGraph
+from circuits.scores import Scores
+
+GRANULARITIES = ("edge", "node")
+
+__all__ = [
+    "GRANULARITIES", "prune", "ranked_edges", "top_k_mask", "node_values", "ranked_nodes", "node_mask",
+    "top_k_nodes_mask", "node_outputs_mask", "evaluation_mask", "kept_nodes", "n_units",
+]
+
+
+# ---------------------------------------------------------------- pruning
+def _receiver_node(graph: ComputationalGraph) -> Tensor:
+    """For each receiver input, the sender index of the node it belongs to (``logits``: S)."""
+    out = torch.empty(graph.n_receivers, dtype=torch.long)
+    for layer in range(graph.n_layers):
+        for h in range(graph.n_heads):
+            for qkv in "qkv":
+                out[graph.head_receiver(layer, h, qkv)] = graph.head_sender(layer, h)
+        out[graph.mlp_receiver(layer)] = graph.mlp_sender(layer)
+    out[graph.logits_receiver] = graph.n_senders
+    return out
+
+
+def prune(keep_mask, graph: ComputationalGraph) -> Tensor:
+    """Keep only the edges on some ``input -> logits`` path through kept edges.
+
+    A node is reached from ``input`` if a kept edge from a reached node enters any of its
+    inputs (one of a head's q, k, v is enough); it reaches ``logits`` if one of its kept
+    outgoing edges enters a node that reaches ``logits``.  An edge survives when its sender is
+    reached from ``input`` and its receiver's node reaches ``logits``.  Returns a bool
+    [S, R] mask on the CPU (entries outside the graph are False).
+    """
+    keep = torch.as_tensor(keep_mask).detach().cpu()
+    keep = (keep != 0) & graph.valid_mask()
+    S = graph.n_senders
+    node_of = _receiver_node(graph)
+    inputs_of: List[List[int]] = [[] for _ in range(S + 1)]
+    for r, s in enumerate(node_of.tolist()):
+        inputs_of[s].append(r)
+    # forward: senders in compute order; only earlier senders feed a node's inputs
+    fwd = torch.zeros(S, dtype=torch.bool)
+    fwd[0] = True
+    for s in range(1, S):
+        fwd[s] = bool(keep[:s, inputs_of[s]].any(1)[fwd[:s]].any())
+    # backward: a receiver input is live when its node reaches logits
+    live = torch.zeros(graph.n_receivers, dtype=torch.bool)
+    live[inputs_of[S]] = True
+    for s in range(S - 1, -1, -1):
+        if bool((keep[s] & live).any()):
+            live[inputs_of[s]] = True
+    return keep & fwd[:, None] & live[None, :]
+
+
+# ---------------------------------------------------------------- edges
+def ranked_edges(scores: Scores) -> Tuple[Tensor, Tensor]:
+    """(sender, receiver) index tensors of every edge, largest ``|score|`` first (NaN last, ties in compute order)."""
+    graph = scores.graph
+    edges = torch.tensor(graph.edges(), dtype=torch.long)  # [E, 2], receivers in compute order
+    values = torch.as_tensor(scores.edge_scores).detach().cpu().double()[edges[:, 0], edges[:, 1]].abs()
+    values = torch.nan_to_num(values, nan=-1.0)
+    order = torch.argsort(-values, stable=True)
+    return edges[order, 0], edges[order, 1]
+
+
+def top_k_mask(scores: Scores, k: int) -> Tensor:
+    """Bool [S, R] mask of the ``k`` edges with the largest ``|score|`` (not pruned)."""
+    s, r = ranked_edges(scores)
+    mask = torch.zeros(scores.graph.n_senders, scores.graph.n_receivers, dtype=torch.bool)
+    k = max(0, min(int(k), len(s)))
+    mask[s[:k], r[:k]] = True
+    return mask
+
+
+# ---------------------------------------------------------------- nodes
+def n_units(graph: ComputationalGraph, granularity: str) -> int:
+    """What a circuit's size counts: edges, or nodes (heads and MLPs; ``input`` and ``logits`` are always kept)."""
+    return graph.n_edges if granularity == "edge" else graph.n_senders - 1
+
+
+def node_values(scores: Scores) -> Tensor:
+    """``|node score|`` per sender [S] (float64; unscored or NaN nodes -1, ``input`` +inf: it is always kept)."""
+    graph = scores.graph
+    values = torch.full((graph.n_senders,), -1.0, dtype=torch.float64)
+    for name, v in scores.node_scores.items():
+        try:
+            s = graph.sender_index(name)
+        except KeyError:
+            continue  # e.g. residual rows or neurons a method may add
+        v = float(v)
+        values[s] = abs(v) if math.isfinite(v) else -1.0
+    values[0] = math.inf
+    return values
+
+
+def ranked_nodes(scores: Scores) -> Tensor:
+    """Sender indices of the heads and MLPs, largest ``|node score|`` first (ties and unscored in compute order)."""
+    values = node_values(scores)[1:]
+    return torch.argsort(-values, stable=True) + 1
+
+
+def node_mask(graph: ComputationalGraph, kept) -> Tensor:
+    """Bool [S, R]: every edge among the senders in ``kept`` (a bool [S] or indices), ``input`` and ``logits``."""
+    kept = torch.as_tensor(kept)
+    senders = kept.clone().bool() if kept.dtype == torch.bool else torch.zeros(graph.n_senders, dtype=torch.bool)
+    if kept.dtype != torch.bool:
+        senders[kept.long()] = True
+    senders[0] = True
+    node_of = _receiver_node(graph)
+    receivers = torch.cat([senders, torch.ones(1, dtype=torch.bool)])[node_of]
+    return senders[:, None] & receivers[None, :] & graph.valid_mask()
+
+
+def top_k_nodes_mask(scores: Scores, k: int) -> Tensor:
+    """:func:`node_mask` of the ``k`` heads and MLPs with the largest ``|node score|``."""
+    order = ranked_nodes(scores)
+    return node_mask(scores.graph, order[: max(0, min(int(k), len(order)))])
+
+
+def kept_nodes(keep_mask, graph: ComputationalGraph) -> Tensor:
+    """Bool [S]: the senders of a node circuit (those with a kept edge into the logits; ``input`` always)."""
+    keep = torch.as_tensor(keep_mask).detach().cpu().bool()
+    out = keep[:, graph.logits_receiver].clone()
+    out[0] = True
+    return out
+
+
+def node_outputs_mask(keep_mask, graph: ComputationalGraph) -> Tensor:
+    """The node circuit ``keep_mask`` as "every output of a kept node kept, every output of a removed one patched".
+
+    Its faithfulness equals the induced mask's (a removed node's inputs reach nothing once all its
+    outputs are patched), and every receiver of a layer then sees the same input, so the engine
+    runs each layer whole instead of head by head.
+    """
+    return kept_nodes(keep_mask, graph)[:, None] & graph.valid_mask()
+
+
+def evaluation_mask(keep_mask, graph: ComputationalGraph, granularity: str = "edge") -> Tensor:
+    """The mask to measure a circuit's faithfulness with: the circuit itself, or for a node circuit
+    its :func:`node_outputs_mask` (same faithfulness, faster)."""
+    return node_outputs_mask(keep_mask, graph) if granularity == "node" else torch.as_tensor(keep_mask)
