@@ -92,11 +92,11 @@ def _load(model: str, device: str, dtype: str = "float32"):
     from circuits.engine import GraphEngine
     from circuits.memory import parse_dtype
     from circuits.models import load_model
-    from circuits.models.weights import cast_weights, extract_weights
+    from circuits.models.weights import cast_weights
 
     torch_dtype = parse_dtype(dtype)
     loaded = load_model(model, device=device)
-    weights = extract_weights(loaded.bridge)
+    weights = GraphEngine.from_model(loaded).w  # refuses architectures the engine does not implement
     if weights.W_E.dtype != torch_dtype:
         weights = cast_weights(weights, dtype=torch_dtype)
     return loaded.tokenizer, GraphEngine(weights)
