@@ -16,8 +16,8 @@ from circuits.scores import MethodOptions, Progress, Scores, no_progress
 from circuits.ranking import evaluation_mask
 from circuits.select import MODES, Selection, own_circuit, target_faithfulness, threshold, top_k
 
-__all__ = ["SelectionSpec", "DiscoveryResult", "discover", "select", "method_granularity", "reduced_mlps",
-           "kept_edge_scores", "top_components"]
+__all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "method_granularity", "reduced_mlps",
+           "holdout_count", "split_holdout", "kept_edge_scores", "top_components"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,50 @@ class SelectionSpec:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """The chosen circuit measured on prompts that scoring and selection never saw: its
+    faithfulness there, the curve of the same ranking there (CPR, CMD), and how many prompts."""
+
+    n: int
+    faithfulness: Faithfulness
+    curve: Optional[Curve]
+
+
+def holdout_count(fraction: float, n: int) -> int:
+    """How many of ``n`` prompts ``--holdout fraction`` holds out (``floor(fraction * n)``), checked."""
+    import math
+
+    if not 0 <= fraction < 1:
+        raise CircuitsError(f"--holdout must be at least 0 and below 1 (got {fraction:g}); 0 turns it off")
+    if fraction == 0:
+        return 0
+    k = math.floor(round(fraction * n, 9))
+    if k < 1:
+        raise CircuitsError(f"--holdout {fraction:g} of {n} prompts holds out fewer than 1 prompt; "
+                            f"raise --holdout or --n, or pass --holdout 0")
+    if k >= n:
+        raise CircuitsError(f"--holdout {fraction:g} of {n} prompts leaves no prompt to score; lower --holdout or raise --n")
+    return k
+
+
+def split_holdout(dataset, fraction: float, *, seed: int = 0):
+    """``(in_sample, held_out)``: a seeded ``fraction`` of the prompts held out (``held_out`` None for 0).
+
+    The held-out count is ``floor(fraction * n)``; both parts keep the prompts' order and ids.
+    """
+    import torch
+
+    k = holdout_count(fraction, len(dataset))
+    if k == 0:
+        return dataset, None
+    n = len(dataset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held = order[:k].sort().values
+    kept = order[k:].sort().values
+    return dataset.subset(kept), dataset.subset(held)
+
+
+@dataclass(frozen=True)
 class DiscoveryResult:
     """Everything a discovery run found.
 
@@ -66,6 +110,7 @@ class DiscoveryResult:
     timings: Mapping[str, float] = field(default_factory=dict)
     forward_passes: Optional[int] = None
     circuit_evaluations: int = 0
+    heldout: Optional[HeldOut] = None
 
     @property
     def edges_total(self) -> int:
@@ -191,17 +236,19 @@ def _stage(progress: Progress, name: str) -> Progress:
 
 def discover(engine, dataset, metric: Callable, method, options: MethodOptions = MethodOptions(),
              selection: SelectionSpec = SelectionSpec(), *, fractions=FRACTIONS, curve: bool = True,
-             progress: Optional[Progress] = None) -> DiscoveryResult:
+             heldout=None, progress: Optional[Progress] = None) -> DiscoveryResult:
     """Score ``dataset`` with ``method``, measure the faithfulness curve and choose a circuit.
 
     Args:
         engine: a :class:`circuits.engine.GraphEngine`.  dataset: the task's :class:`PromptDataset`.
-        metric: the task's single-position metric ``metric(logits [b, V], dataset) -> [b]``.
+        metric: a :data:`circuits.scores.Metric`, ``metric(logits [b, V] or [b, k, V], dataset) -> [b]``.
         method: a scoring method (``method.score(engine, dataset, metric, options, progress=...)``).
         options: the method's options; ``ablation`` and ``batch_size`` also drive faithfulness.
         selection: how to choose the circuit; a method with ``granularity = "node"`` is selected by node
             (``k`` and the curve's fractions count heads and MLPs).  fractions: the curve's fractions.
         curve: measure the curve (CPR, CMD); the target search then starts from its points.
+        heldout: prompts kept apart (:func:`split_holdout`): after selection, the circuit's
+            faithfulness (and the curve) are measured on them too, with their own reference.
         progress: ``progress(done, total, message)`` for each long step.
     """
     progress = progress or no_progress
@@ -245,8 +292,21 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     timings["faithfulness"] = time.perf_counter() - t
     chosen = replace(chosen, faithfulness=faith.f)
 
+    held = None
+    if heldout is not None and len(heldout):
+        t = time.perf_counter()
+        ref_held = reference_outputs(engine, heldout, ablation=options.ablation, batch_size=options.batch_size)
+        ev_held = CircuitEvaluator(engine, heldout, metric, ref_held, batch_size=options.batch_size,
+                                   ablation=options.ablation)
+        held_curve = faithfulness_curve(ev_held, scores, fractions, progress=_stage(progress, "held-out curve"),
+                                        granularity=granularity, neurons=neurons) if curve else None
+        held = HeldOut(n=len(heldout), curve=held_curve,
+                       faithfulness=ev_held.faithfulness(evaluation_mask(chosen.keep_mask, graph, granularity),
+                                                         chosen.neurons))
+        timings["heldout"] = time.perf_counter() - t
+
     passes = scores.info.get("forward_passes") if isinstance(scores.info, Mapping) else None
     return DiscoveryResult(
         scores=scores, selection=chosen, faithfulness=faith, curve=found_curve, options=options, timings=timings,
-        forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs,
+        forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs, heldout=held,
     )

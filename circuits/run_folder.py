@@ -81,6 +81,7 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "metric_full": faith.m_full,
         "metric_empty": faith.m_empty,
         "metric_circuit": faith.m_circuit,
+        **_heldout_fields(getattr(result, "heldout", None)),
         "selection": {"mode": sel.mode, "value": sel.value, "k": sel.k, "edges_kept": sel.edges_kept,
                       "evaluations": sel.evaluations, "reached": sel.reached},
         "forward_passes": result.forward_passes,
@@ -99,6 +100,17 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
     if result.scores.method == "acdc":
         manifest["acdc"] = {k: info.get(k) for k in ("tau", "order", "edge_tests", "passes", "max_tests", "complete")}
     return manifest
+
+
+def _heldout_fields(held) -> Dict[str, Any]:
+    """``n_heldout`` (0 when nothing was held out) and the circuit's figures on the held-out prompts."""
+    if held is None:
+        return {"n_heldout": 0, "faithfulness_heldout": None, "cpr_heldout": None, "cmd_heldout": None}
+    curve = held.curve
+    return {"n_heldout": held.n, "faithfulness_heldout": held.faithfulness.f,
+            "cpr_heldout": None if curve is None else curve.cpr, "cmd_heldout": None if curve is None else curve.cmd,
+            "metric_full_heldout": held.faithfulness.m_full, "metric_empty_heldout": held.faithfulness.m_empty,
+            "metric_circuit_heldout": held.faithfulness.m_circuit}
 
 
 def _budget(info: Mapping[str, Any]) -> Dict[str, Any]:
@@ -149,7 +161,8 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     manifest = build_manifest(result, run, timings)
     sel = result.selection
     metadata = {k: manifest.get(k) for k in ("task", "model", "method", "granularity", "metric", "n", "seed", "ablation",
-                                             "faithfulness", "edges_kept", "edges_total", "cpr", "cmd")}
+                                             "faithfulness", "edges_kept", "edges_total", "cpr", "cmd", "data", "holdout",
+                                             "n_heldout", "faithfulness_heldout")}
     metadata.update(selection=sel.mode, k=sel.k)
     shape = getattr(result.scores, "graph", None)
     for key in ("n_layers", "n_heads"):

@@ -24,7 +24,13 @@ _SUMMARY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("faithfulness", ("faithfulness", "f")),
     ("CPR", ("cpr", "CPR")),
     ("CMD", ("cmd", "CMD")),
+    ("faithfulness, held-out prompts", ("faithfulness_heldout",)),
+    ("CPR, held-out prompts", ("cpr_heldout",)),
+    ("CMD, held-out prompts", ("cmd_heldout",)),
     ("prompts (n)", ("n", "n_prompts")),
+    ("held-out prompts (never scored or selected on)", ("n_heldout",)),
+    ("metric", ("metric",)),
+    ("ablation", ("ablation",)),
     ("seed", ("seed",)),
     ("device", ("device",)),
 )

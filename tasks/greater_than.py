@@ -7,17 +7,24 @@ Centuries XX = 11..17 and YY = 02..98.  A year counts only if `` XXYY`` tokenize
 exactly `` XX`` followed by ``YY``; the first and last such year of each century are
 dropped.  Positions and answer tokens are derived from the tokenizer, never hard-coded.
 
-Two forms of the metrics:
+Year probabilities p(YY') of the 100 two-digit continuations ``00``..``99``: with a tokenizer
+that has two-digit tokens (GPT-2) they are read at the answer position; with a digit-splitting
+tokenizer (SmolLM2) they are ``P(tens) x P(units | tens)``, teacher-forced.
 
-- **Reported** (``evaluate``, ``year_probabilities``): probabilities of the 100 two-digit
-  continuations ``00``..``99``.  With a tokenizer that has two-digit tokens (GPT-2) they are
-  read at the answer position.  With a digit-splitting tokenizer (SmolLM2) they are
-  ``P(tens) x P(units | tens)``, teacher-forced with one extra forward per tens digit.
-  ``PD = sum p(y > YY) - sum p(y <= YY)``, ``CS = p(YY+1) - p(YY-1)``.
-- **Single-position** (``metric``), differentiable and used by every scoring method and by
-  faithfulness: PD read at the answer position only.  With two-digit tokens it is the
-  reported PD exactly.  With digit tokens it is the tens-digit PD,
-  ``sum_{d > t} p(d) - sum_{d < t} p(d)`` with ``t`` the tens digit of YY.
+**Two-digit tokens.**  ``answer_pos`` is ``[n]`` (the prompt's last token) and
+``PD = sum p(y > YY) - sum p(y <= YY)``, ``CS = p(YY+1) - p(YY-1)``.
+
+**Digit tokens.**  The prompts carry one teacher-forced token: the true tens digit ``t`` of YY is
+appended to the clean *and* the corrupted prompt, and ``answer_pos`` is ``[n, 2]``: the prompt's
+last token (which predicts the tens digit) and ``t`` (which predicts the units digit).  The
+metric is the exact two-digit PD, differentiable:
+
+    PD = sum_{d != t} sign(d - t) P(d) + P(t) [sum_{u > u0} P(u | t) - sum_{u <= u0} P(u | t)]
+
+with ``u0`` YY's units digit: a year in another decade is decided by its tens digit alone.
+``evaluate`` reports the same PD (so ``discover``'s m(N) is ``evaluate``'s PD), and
+``CS = p(YY+1) - p(YY-1)`` with ``p(y) = P(tens) x P(units | tens)`` (teacher-forced for every
+tens digit, since YY +- 1 may lie in the next or the previous decade).
 
 The prompt form is a :class:`YearTemplate` (class attribute ``template``): its text, its
 centuries, the corrupted start year and its direction.  ``direction="less"`` flips the sign of
@@ -224,14 +231,21 @@ class GreaterThan:
         lengths = {len(c) for c in clean} | {len(k) for k in corrupted}
         if len(lengths) != 1:
             raise CircuitsError(f"greater-than prompts tokenize to different lengths {sorted(lengths)}; use nouns that are one token each")
-        clean_t = torch.tensor(clean, dtype=torch.long)
-        seq = clean_t.shape[1]
+        seq = len(clean[0])
         info = {"mode": vocab.mode, "year_ids": vocab.year_ids, "digit_ids": vocab.digit_ids,
-                "yy_pos": self._yy_pos(tokenizer, triples[0], bos), "direction": tpl.direction}
+                "yy_pos": self._yy_pos(tokenizer, triples[0], bos), "direction": tpl.direction,
+                "prompt_len": seq}
+        if vocab.mode == "token":
+            answer_pos = torch.full((len(clean),), seq - 1, dtype=torch.long)
+        else:  # teacher-force the true tens digit: positions seq - 1 (tens) and seq (units | tens)
+            for c, k, m in zip(clean, corrupted, meta):
+                forced = vocab.digit_ids[m["yy"] // 10]
+                c.append(forced)
+                k.append(forced)
+            answer_pos = torch.tensor([[seq - 1, seq]] * len(clean), dtype=torch.long)
         return PromptDataset(
-            clean=clean_t, corrupted=torch.tensor(corrupted, dtype=torch.long),
-            answer_pos=torch.full((len(clean),), seq - 1, dtype=torch.long),
-            metadata=meta, task=self.name, info=info,
+            clean=torch.tensor(clean, dtype=torch.long), corrupted=torch.tensor(corrupted, dtype=torch.long),
+            answer_pos=answer_pos, metadata=meta, task=self.name, info=info,
         )
 
     def _yy_pos(self, tokenizer, triple, bos: int) -> int:
@@ -267,54 +281,94 @@ class GreaterThan:
 
     # ------------------------------------------------------------------ metrics
     def metric(self, logits, dataset: PromptDataset):
-        """Single-position PD from answer-position logits [n, vocab] (differentiable)."""
+        """PD from the logits at the answer positions (differentiable): [n, vocab] with two-digit
+        tokens, [n, 2, vocab] (tens, then units given the forced tens digit) with digit tokens."""
         import torch
 
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
-        probs = torch.softmax(logits, dim=-1)
         yy = torch.tensor([m["yy"] for m in dataset.metadata], device=logits.device)
         direction = self.template.direction
         if dataset.info["mode"] == "token":
+            probs = torch.softmax(logits, dim=-1)
             return probability_difference(probs[:, dataset.info["year_ids"]], yy, direction)
-        tens = yy // 10
-        p = probs[:, dataset.info["digit_ids"]]  # [n, 10]
-        d = torch.arange(10, device=logits.device)
-        sign = (d[None, :] > tens[:, None]).float() - (d[None, :] < tens[:, None]).float()
-        return (p * sign).sum(-1) * (1 if direction == "greater" else -1)
+        if logits.ndim != 3 or logits.shape[1] != 2:
+            raise ValueError("greater-than with digit tokens scores two positions (tens, units | tens): "
+                             f"expected logits [n, 2, vocab], got {tuple(logits.shape)}")
+        digits = dataset.info["digit_ids"]
+        p = torch.softmax(logits, dim=-1)[:, :, digits]  # [n, 2, 10]
+        return digit_probability_difference(p[:, 0], p[:, 1], yy, direction)
+
+    @staticmethod
+    def prompts(dataset: PromptDataset):
+        """The clean prompts without teacher-forced tokens: [n, prompt_len] (everything up to the
+        first answer position)."""
+        return dataset.clean[:, : int(dataset.first_answer_pos.max()) + 1]
+
+    def digit_probabilities(self, forward, dataset: PromptDataset, *, batch_size: int = 64):
+        """Digit tokens: ``(P(tens) [n, 10], P(units | tens) [n, 10, 10])``, teacher-forced, no gradient."""
+        import torch
+
+        tens, units = [], []
+        digits = torch.tensor(dataset.info["digit_ids"])
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                prompts = self.prompts(dataset.subset(slice(start, start + batch_size)))
+                b = prompts.shape[0]
+                tens.append(torch.softmax(forward(prompts)[:, -1].float(), -1)[:, digits])
+                # teacher forcing: append each tens digit, read the units digit's distribution
+                forced = torch.cat([prompts.repeat_interleave(10, 0), digits.repeat(b)[:, None]], dim=1)
+                units.append(torch.softmax(forward(forced)[:, -1].float(), -1)[:, digits].view(b, 10, 10))
+        return torch.cat(tens), torch.cat(units)
+
+    def year_table(self, forward, dataset: PromptDataset, *, batch_size: int = 64):
+        """``(p(YY') [n, 100], PD [n], CS [n])`` in the reported form (see the module docstring)."""
+        import torch
+
+        yy = torch.tensor([m["yy"] for m in dataset.metadata])
+        direction = self.template.direction
+        if dataset.info["mode"] == "token":
+            out = []
+            with torch.no_grad():
+                for start in range(0, len(dataset), batch_size):
+                    prompts = self.prompts(dataset.subset(slice(start, start + batch_size)))
+                    out.append(torch.softmax(forward(prompts)[:, -1].float(), -1)[:, dataset.info["year_ids"]])
+            p = torch.cat(out)
+            return p, probability_difference(p, yy, direction), cutoff_sharpness(p, yy, direction)
+        p_tens, p_units = self.digit_probabilities(forward, dataset, batch_size=batch_size)
+        p = (p_tens[:, :, None] * p_units).reshape(len(dataset), 100)
+        own = p_units[torch.arange(len(dataset)), yy // 10]
+        return p, digit_probability_difference(p_tens, own, yy, direction), cutoff_sharpness(p, yy, direction)
 
     def year_probabilities(self, forward, dataset: PromptDataset, *, batch_size: int = 64):
         """p(YY') for the 100 two-digit continuations: [n, 100], no gradient."""
-        import torch
-
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
-                part = dataset.subset(slice(start, start + batch_size))
-                logits = forward(part.clean)
-                idx = torch.arange(len(part))
-                probs = torch.softmax(logits[idx, part.answer_pos].float(), -1)
-                if dataset.info["mode"] == "token":
-                    out.append(probs[:, dataset.info["year_ids"]])
-                    continue
-                digits = torch.tensor(dataset.info["digit_ids"])
-                p_tens = probs[:, digits]  # [b, 10]
-                # teacher forcing: append each tens digit, read the units digit's distribution
-                b, seq = part.clean.shape
-                forced = torch.cat([part.clean.repeat_interleave(10, 0), digits.repeat(b)[:, None]], dim=1)
-                units = torch.softmax(forward(forced)[:, -1].float(), -1)[:, digits].view(b, 10, 10)
-                out.append((p_tens[:, :, None] * units).reshape(b, 100))
-        return torch.cat(out)
+        return self.year_table(forward, dataset, batch_size=batch_size)[0]
 
     def evaluate(self, forward, dataset: PromptDataset) -> Dict[str, Any]:
         """Per-prompt ``probability_difference`` and ``cutoff_sharpness`` (reported form)."""
-        import torch
+        _, pd, cs = self.year_table(forward, dataset)
+        return {"probability_difference": pd, "cutoff_sharpness": cs}
 
-        p = self.year_probabilities(forward, dataset)
-        yy = torch.tensor([m["yy"] for m in dataset.metadata])
-        direction = self.template.direction
-        return {"probability_difference": probability_difference(p, yy, direction),
-                "cutoff_sharpness": cutoff_sharpness(p, yy, direction)}
+
+def digit_probability_difference(p_tens, p_units, yy, direction: str = "greater"):
+    """The exact two-digit PD from digit probabilities: ``p_tens`` [n, 10] = P(d), ``p_units``
+    [n, 10] = P(u | t) after the true tens digit t, yy [n]:
+    ``sum_{d != t} sign(d - t) P(d) + P(t) (sum_{u > u0} P(u | t) - sum_{u <= u0} P(u | t))``.
+
+    ``direction="less"`` (the correct years are below YY): ``sum_{d != t} sign(t - d) P(d)
+    + P(t) (sum_{u < u0} P(u | t) - sum_{u >= u0} P(u | t))``.
+    """
+    import torch
+
+    t, u0 = yy // 10, yy % 10
+    d = torch.arange(10, device=p_tens.device)
+    sign = ((d[None, :] > t[:, None]).to(p_tens.dtype) - (d[None, :] < t[:, None]).to(p_tens.dtype))
+    right = d[None, :] > u0[:, None] if direction == "greater" else d[None, :] < u0[:, None]
+    within = right.to(p_units.dtype) * 2 - 1
+    if direction != "greater":
+        sign = -sign
+    p_t = p_tens.gather(1, t[:, None])[:, 0]
+    return (p_tens * sign).sum(-1) + p_t * (p_units * within).sum(-1)
 
 
 def probability_difference(p_years, yy, direction: str = "greater"):

@@ -48,8 +48,8 @@ def engine64(loaded) -> GraphEngine:
 
 def slow_forward(engine: GraphEngine, dataset, keep=None):
     """Obviously correct: every sequence (prompt or prompt + token) run whole, patched against its own corrupted twin."""
-    twins = {tuple(c.tolist()): k for c, k in zip(dataset.clean, dataset.corrupted)}
-    seq = dataset.clean.shape[1]
+    seq = GT.prompts(dataset).shape[1]  # without the teacher-forced tens digit (digit tokens)
+    twins = {tuple(c[:seq].tolist()): k[:seq] for c, k in zip(dataset.clean, dataset.corrupted)}
 
     def forward(tokens):
         b, length = tokens.shape
@@ -124,13 +124,14 @@ def test_engine_forward_logits_for_prompts_and_forced_sequences(request, which):
     loaded, engine, ds = request.getfixturevalue(which)
     keep = random_keep(engine.graph, seed=1)
     fast, slow = EngineForward(engine, ds, keep, max_rows=3), slow_forward(engine, ds, keep)
-    assert torch.allclose(fast(ds.clean)[:, -1], slow(ds.clean)[:, -1], atol=1e-9, rtol=0)
+    prompts = GT.prompts(ds)
+    assert torch.allclose(fast(prompts)[:, -1], slow(prompts)[:, -1], atol=1e-9, rtol=0)
     gen = torch.Generator().manual_seed(2)
     rows = torch.randint(0, len(ds), (7,), generator=gen)
     extra = torch.randint(0, engine.w.W_E.shape[0], (7, 1), generator=gen)
-    forced = torch.cat([ds.clean[rows], extra], 1)
+    forced = torch.cat([prompts[rows], extra], 1)
     a, b = fast(forced), slow(forced)
-    assert a.shape == b.shape == (7, ds.clean.shape[1] + 1, engine.w.W_U.shape[1])
+    assert a.shape == b.shape == (7, prompts.shape[1] + 1, engine.w.W_U.shape[1])
     assert torch.allclose(a[:, -1], b[:, -1], atol=1e-9, rtol=0), float((a[:, -1] - b[:, -1]).abs().max())
 
 

@@ -199,21 +199,30 @@ def test_token_mode_metrics_on_a_model(gpt2_model):
     assert torch.equal(single, reported["probability_difference"])
 
 
-def _digit_loop(model, ds, i: int) -> tuple[list[float], list[float]]:
-    """P(YY') = P(tens) x P(units | prompt + tens), one unbatched forward per tens digit; and P(digit)."""
+def _digit_loop(model, ds, i: int) -> tuple[list[float], list[float], list[list[float]]]:
+    """P(YY') = P(tens) x P(units | prompt + tens), one unbatched forward per tens digit; P(digit); P(u | t)."""
     tok = model.tokenizer
     digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
-    prompt = ds.clean[i:i + 1]
+    prompt = ds.clean[i:i + 1, :-1]  # without the teacher-forced tens digit
     with torch.no_grad():
         p_first = torch.softmax(model.bridge(prompt)[0, -1].double(), -1)
         p_tens = [float(p_first[d]) for d in digits]
         p = [0.0] * 100
+        units = []
         for t in range(10):
             forced = torch.cat([prompt, torch.tensor([[digits[t]]])], dim=1)
             p_units = torch.softmax(model.bridge(forced)[0, -1].double(), -1)
+            units.append([float(p_units[digits[u]]) for u in range(10)])
             for u in range(10):
                 p[10 * t + u] = p_tens[t] * float(p_units[digits[u]])
-    return p, p_tens
+    return p, p_tens, units
+
+
+def _exact_pd_loop(p_tens, units, yy: int) -> float:
+    """The issue's two-digit PD: decades other than t by their tens digit, decade t by its units digit."""
+    t, u0 = divmod(yy, 10)
+    out = sum((1.0 if d > t else -1.0) * p_tens[d] for d in range(10) if d != t)
+    return out + p_tens[t] * sum((1.0 if u > u0 else -1.0) * units[t][u] for u in range(10))
 
 
 def _check_digit_mode(model, n: int, seed: int, tol: float):
@@ -224,21 +233,26 @@ def _check_digit_mode(model, n: int, seed: int, tol: float):
     tok = model.tokenizer
     ds = GT.build(tok, n=n, seed=seed)
     assert ds.info["mode"] == "digits"
-    assert _tokens(tok, ds.clean[0, -3:]) == ["Ġ", *str(ds.metadata[0]["century"])]
+    assert _tokens(tok, ds.clean[0, -4:-1]) == ["Ġ", *str(ds.metadata[0]["century"])]
+    # one teacher-forced token, the true tens digit, on both prompts; scored at the prompt's end and there
+    seq = ds.clean.shape[1]
+    assert ds.answer_pos.tolist() == [[seq - 2, seq - 1]] * n
+    for row, twin, meta in zip(ds.clean, ds.corrupted, ds.metadata):
+        assert _tokens(tok, row[-1:]) == _tokens(tok, twin[-1:]) == [str(meta["yy"] // 10)]
     forward = model_forward(model)
     p = GT.year_probabilities(forward, ds, batch_size=2)  # more than one batch
     assert p.shape == (n, 100)
     reported = GT.evaluate(forward, ds)
     single = GT.metric(answer_logits(forward(ds.clean), ds), ds)
     for i in range(n):
-        expected, p_tens = _digit_loop(model, ds, i)
+        expected, p_tens, units = _digit_loop(model, ds, i)
         assert max(abs(a - b) for a, b in zip(p[i].tolist(), expected)) < tol
         yy = ds.metadata[i]["yy"]
-        assert abs(float(reported["probability_difference"][i]) - _pd_loop(expected, yy)) < 10 * tol
+        exact = _exact_pd_loop(p_tens, units, yy)
+        assert abs(float(reported["probability_difference"][i]) - exact) < 10 * tol
         assert abs(float(reported["cutoff_sharpness"][i]) - (expected[yy + 1] - expected[yy - 1])) < 10 * tol
-        # the single-position metric is the tens-digit PD
-        t = yy // 10
-        assert abs(float(single[i]) - (sum(p_tens[t + 1:]) - sum(p_tens[:t]))) < 10 * tol
+        # the metric (two scored positions) is the same exact PD
+        assert abs(float(single[i]) - exact) < 10 * tol
 
 
 def test_digit_mode_on_a_tiny_llama(tiny_llama_dir, digit_tokenizer):

@@ -292,3 +292,22 @@ def _mean_patched_logits(reference, bridge, clean, patched, neurons):
     hooks += [(n, patch(n)) for n in dict.fromkeys(n for n, _ in by_receiver)]
     with reference.PerHeadFlags(bridge), torch.no_grad():
         return reference._run(bridge, clean, hooks)
+
+
+def test_analyze_says_it_does_not_draw_reduced_mlps():
+    from circuits.analysis.circuit import from_graph
+    from circuits.graph import ComputationalGraph
+
+    with pytest.raises(CircuitsError, match=r"m1 \(48 neurons\).*evaluate-circuit"):
+        from_graph(load_circuit(PLANTED_NEURONS), ComputationalGraph(2, 4))
+
+
+def test_keep_neurons_needs_a_method_that_scores_neurons():
+    from circuits.neurons import top_neuron_masks
+
+    with pytest.raises(CircuitsError, match="path-patching gave no neuron scores for m1"):
+        top_neuron_masks({}, [1], 4, d_mlp=8, method="path-patching")
+    with pytest.raises(CircuitsError, match="only 2 neurons of m1 were scored"):
+        top_neuron_masks({"m1": [(0, 1.0), (5, -2.0)]}, [1], 4, d_mlp=8, method="eap")
+    mask = top_neuron_masks({"m1": [(0, 1.0), (5, -2.0), (3, 0.5)]}, [1], 2, d_mlp=8, method="eap")[1]
+    assert torch.nonzero(mask).flatten().tolist() == [0, 5]

@@ -80,6 +80,7 @@ def test_prompts_and_corruption_smollm2(smollm2_tok, task):
         assert set((clean != corrupt).nonzero().flatten().tolist()) <= {pos, pos + 1}
         century, end = str(meta["century"]), ds.info.get("prompt_len", ds.clean.shape[1])  # before any forced digit
         assert smollm2_tok.convert_ids_to_tokens(clean[end - len(century):end].tolist()) == list(century)
+        assert int(clean[-1]) == int(corrupt[-1]) == digits[yy // 10]  # the teacher-forced tens digit (issue 12)
 
 
 @pytest.mark.parametrize("task", TASKS_, ids=IDS)

@@ -29,7 +29,7 @@ def mean_attention(engine, dataset, heads: Sequence[Tuple[int, int]], *, batch_s
     with torch.no_grad():
         for sl, part in batches(dataset, batch_size):
             idx = torch.arange(len(part), device=engine.device)
-            answer = part.answer_pos.to(engine.device)
+            answer = part.first_answer_pos.to(engine.device)
             for layer in layers:
                 pattern = engine.attention_pattern(layer, runs.resid_pre[layer][sl])  # [b, H, q, k]
                 rows = pattern[idx, :, answer]  # [b, H, k]

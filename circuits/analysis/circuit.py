@@ -36,8 +36,14 @@ def from_graph(G, graph: ComputationalGraph, *, source: str = "", model: str = "
     Raises CircuitsError when an edge is not in the graph (a circuit of another model) or the
     circuit has no edges.
     """
-    from circuits.graphs.build import edge_names
+    from circuits.graphs.build import circuit_neurons, edge_names
 
+    reduced = circuit_neurons(G)
+    if reduced:
+        listing = ", ".join(f"{m} ({len(idx)} neurons)" for m, idx in reduced.items())
+        raise CircuitsError(f"the circuit{' ' + source if source else ''} keeps {listing} through some neurons only, "
+                            "which analyze does not draw yet; evaluate it with `circuits evaluate-circuit`, or pass a "
+                            "circuit with whole MLPs")
     found = sorted(edge_names(G))
     if not found:
         raise CircuitsError(f"the circuit{' ' + source if source else ''} has no edges; pass a circuit with at least one edge")

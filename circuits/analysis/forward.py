@@ -147,7 +147,8 @@ class EngineForward:
 
     Args:
         engine: the graph engine.  dataset: the prompts (their corrupted twins are looked up by the
-            clean prompt's tokens; the answer must be each prompt's last position).
+            clean prompt's tokens; the first answer position must be each prompt's last token;
+            teacher-forced answer tokens after it are not part of the prompt).
         keep: the circuit's keep mask [S, R] (None: the full model).
         progress: ``(done, total, message)``; ``total`` is the number of prompts, counted when
             the prompts are run (teacher-forced calls count no further).
@@ -158,10 +159,13 @@ class EngineForward:
                  progress: Optional[Progress] = None, message: str = "year probabilities", max_rows: int = 256):
         self.engine = engine
         self.keep = None if keep is None else torch.as_tensor(keep).to(device=engine.device, dtype=engine.w.W_E.dtype)
-        self.seq = int(dataset.clean.shape[1])
-        if not bool((torch.as_tensor(dataset.answer_pos) == self.seq - 1).all()):
-            raise ValueError("EngineForward computes the last position only: the answer must be each prompt's last token")
-        self.twins: Dict[tuple, Tensor] = {tuple(c.tolist()): k for c, k in zip(dataset.clean, dataset.corrupted)}
+        first = torch.as_tensor(dataset.first_answer_pos)
+        self.seq = int(first.max()) + 1  # the prompts, without teacher-forced answer tokens
+        if not bool((first == self.seq - 1).all()):
+            raise ValueError("EngineForward computes the last position only: every prompt's first answer position "
+                             "must be its last prompt token")
+        self.twins: Dict[tuple, Tensor] = {tuple(c[:self.seq].tolist()): k[:self.seq]
+                                           for c, k in zip(dataset.clean, dataset.corrupted)}
         self.progress = progress or no_progress
         self.message = message
         self.total = len(dataset)

@@ -129,13 +129,13 @@ def analyze(engine, dataset, task, *, model: str = "", seed: int = 0, circuit: O
 
     # 1-2: year probabilities, PD and CS
     full_forward = forward or EngineForward(engine, dataset, progress=_stage(progress, "full model"))
-    full = timed("year_probabilities_model", lambda: heatmaps.year_result(
-        task.year_probabilities(_counted(full_forward, len(dataset), _stage(progress, "full model")), dataset), dataset))
+    full = timed("year_probabilities_model", lambda: _year_result(
+        task, _counted(full_forward, len(dataset), _stage(progress, "full model")), dataset))
     circ = None
     if circuit is not None:
         circuit_forward = EngineForward(engine, dataset, circuit.keep, progress=_stage(progress, "circuit"))
-        circ = timed("year_probabilities_circuit", lambda: heatmaps.year_result(
-            task.year_probabilities(circuit_forward, dataset, batch_size=batch_size or len(dataset)), dataset))
+        circ = timed("year_probabilities_circuit", lambda: _year_result(
+            task, circuit_forward, dataset, batch_size=batch_size or len(dataset)))
 
     # one clean and one corrupted pass, shared by the analyses below
     runs = timed("clean_and_corrupted_runs", lambda: collect_runs(
@@ -188,6 +188,12 @@ def analyze(engine, dataset, task, *, model: str = "", seed: int = 0, circuit: O
                     attention=attention, labels=labels, marks=marks, mlp_layers=mlp_layers, lens=lens,
                     lens_cols=cols, lens_xlabel=xlabel, effects=effects, neurons=reports, settings=settings,
                     timings=timings)
+
+
+def _year_result(task, forward: Callable, dataset, **kwargs) -> heatmaps.YearResult:
+    """Year probabilities with the task's own PD and CS (``year_table``: the exact two-digit PD with digit tokens)."""
+    probs, pd, cs = task.year_table(forward, dataset, **kwargs)
+    return heatmaps.year_result(probs, dataset, pd=pd, cs=cs)
 
 
 def _counted(forward: Callable, total: int, progress: Progress) -> Callable:
@@ -335,8 +341,9 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
     sec.paragraphs.append(
         "Direct and indirect effects by path patching (corrupted run as reference): direct patches only the edge "
         "m<l> -> logits, total patches the MLP's output on all its outgoing edges, indirect = total - direct. "
-        "Effects are changes of the mean single-position metric (PD at the answer position"
-        + (", over the tens digit" if a.mode != "token" else "") + "); negative means the MLP helps.")
+        "Effects are changes of the task's mean metric (PD"
+        + (", the exact two-digit PD over both scored positions" if a.mode != "token" else "")
+        + "); negative means the MLP helps.")
     files.append(mlps.plot_effects(a.effects, out / "mlp_effects.png"))
     files.append(mlps.write_effects(out / "mlp_effects.csv", a.effects))
     sec.figures.append(("mlp_effects.png", "Total, direct and indirect effect per MLP (table: mlp_effects.csv)"))
@@ -350,7 +357,7 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
     sec = html.Section("Neurons")
     sec.paragraphs.append(
         "Top neurons by exact activation-patching effect (each neuron's activation set to the corrupted run's at every "
-        "position; change of the mean single-position metric). Output directions: W_out[layer, n] through the final "
+        "position; change of the task's mean metric, PD). Output directions: W_out[layer, n] through the final "
         f"norm's weight and the unembedding over {lens_note}, centred. The joint effect patches the top neurons together.")
     if a.neurons:
         files.append(neurons.plot_directions(a.neurons, a.lens_cols, a.lens_xlabel, out / "neuron_directions.png"))

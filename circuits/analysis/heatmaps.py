@@ -69,11 +69,12 @@ class YearResult:
         return float(self.cs.double().std()) if self.cs.numel() > 1 else 0.0
 
 
-def year_result(probs: torch.Tensor, dataset) -> YearResult:
-    """PD, CS and the per-YY means from year probabilities [n, 100]."""
+def year_result(probs: torch.Tensor, dataset, pd=None, cs=None) -> YearResult:
+    """PD, CS and the per-YY means from year probabilities [n, 100] (PD and CS computed from them
+    unless given: with digit tokens, pass ``GreaterThan.year_table``'s exact two-digit PD)."""
     yy = start_years(dataset).to(probs.device)
-    pd = probability_difference(probs, yy)
-    cs = cutoff_sharpness(probs, yy)
+    pd = probability_difference(probs, yy) if pd is None else pd
+    cs = cutoff_sharpness(probs, yy) if cs is None else cs
     return YearResult(probs=probs, yy=yy.cpu(), pd=pd, cs=cs, matrix=by_start_year(probs, yy),
                       pd_by_yy=by_start_year(pd, yy), cs_by_yy=by_start_year(cs, yy))
 

@@ -11,7 +11,7 @@ shared by all years changes none of their probabilities).
 **Direct and indirect effects** (path patching, corrupted run as reference):
 ``direct`` patches only the edge ``m{l} -> logits``; ``total`` patches the MLP node (all its
 outgoing edges, i.e. its output in the residual stream); ``indirect = total - direct``.  An effect is ``mean M(patched) - mean M(clean)``
-of the task's single-position metric, so a negative effect means the MLP helps.
+of the task's metric (PD), so a negative effect means the MLP helps.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def logit_lens(engine, dataset, layers: Sequence[int], *, batch_size: int = 0,
     if runs is None or not runs.covers(mlp_layers=layers):
         runs = collect_runs(engine, dataset, mlp_layers=layers, batch_size=batch_size)
     idx = torch.arange(len(dataset), device=engine.device)
-    final = runs.resid_pre[-1][idx, dataset.answer_pos.to(engine.device)]
+    final = runs.resid_pre[-1][idx, dataset.first_answer_pos.to(engine.device)]
     out: Dict[int, Tensor] = {}
     with torch.no_grad():
         for layer in layers:

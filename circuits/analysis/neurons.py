@@ -2,7 +2,7 @@
 
 **Effects** are activation patching's neuron effects (``ActivationPatching`` with
 ``options.neurons``): the neuron's hidden activation at every position takes the corrupted
-run's value and the task's single-position metric is re-read; effect = ``mean M(patched) -
+run's value and the task's metric (PD) is re-read; effect = ``mean M(patched) -
 mean M(clean)``.  Because an MLP's output is linear in its hidden activations, the patched run
 restarts at the *next* layer from the clean residual stream plus ``delta_h * W_out[n]`` — the
 same numbers as editing the activation, without recomputing the MLP's own layer.

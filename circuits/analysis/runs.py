@@ -18,8 +18,8 @@ class Runs:
     """Per prompt (all on the engine's device):
 
     resid_pre: the clean residual stream at each layer's input, then the final one: L + 1 x [n, p, d].
-    logits: clean logits at the answer positions [n, V].
-    mlp_answer: layer -> the clean MLP output at the answer position [n, d].
+    logits: clean logits at the answer positions [n, V] (or [n, k, V]).
+    mlp_answer: layer -> the clean MLP output at the (first) answer position [n, d].
     mlp_delta: layer -> corrupted minus clean MLP output [n, p, d].
     hidden_delta: layer -> corrupted minus clean MLP hidden activations [n, p, m].
     """
@@ -58,7 +58,7 @@ def collect_runs(engine, dataset, *, mlp_layers: Sequence[int] = (), hidden_laye
             resid.append(clean.resid_pre)
             logits.append(clean.logits)
             idx = torch.arange(len(part), device=engine.device)
-            pos = part.answer_pos.to(engine.device)
+            pos = part.first_answer_pos.to(engine.device)
             for l in mlp_layers:
                 s = g.mlp_sender(l)
                 answer[l].append(clean.outputs[s][idx, pos])

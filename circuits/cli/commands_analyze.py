@@ -23,6 +23,7 @@ def greater_than(
     circuit: Optional[Path] = typer.Option(None, "--circuit", help="A circuit.json, or a run folder holding one: also analyse the circuit alone."),
     n: int = typer.Option(200, "--n", help="Number of prompts."),
     seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Read prompts from a CSV or JSONL file instead of sampling (formats as in `circuits evaluate`)."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="MLPs whose neurons are analysed, e.g. m10 or m8,m9 (default: m<L-2>, the second-to-last MLP)."),
     top_k: int = typer.Option(10, "--top-k", help="Top neurons per MLP."),
     candidates: int = typer.Option(100, "--candidates",
@@ -71,7 +72,7 @@ def greater_than(
     circ = None
     if graph_of_circuit is not None:
         circ = from_graph(graph_of_circuit, engine.graph, source=str(circuit), model=model)
-    dataset = task.build(loaded.tokenizer, n=n, seed=seed)
+    dataset = task.build(loaded.tokenizer, n=n, seed=seed, **({"data": data} if data is not None else {}))
     bars = ProgressBars()
     try:
         result = analyze(engine, dataset, task, model=model, seed=seed, circuit=circ, forward=model_forward(loaded),

@@ -49,6 +49,10 @@ class ProgressBars:
 
 ABLATION_HELP = ("What patched edges carry: corrupted (the corrupted run), mean (the clean mean over prompts, per "
                  "position), mean-positions (over prompts and positions) or zero.")
+DATA_HELP = "Read prompts from a CSV or JSONL file instead of sampling (at most --n of them; formats as in `circuits evaluate`)."
+HOLDOUT_HELP = ("Fraction of the prompts held out: scoring and selection never see them, and the circuit's "
+                "faithfulness is also reported on them (0: off) [default: 0.2, or 0 when that is under one prompt].")
+DEFAULT_HOLDOUT = 0.2
 METRIC_HELP = ("Metric to score and select with: task (the task's own) or kl (KL divergence of the patched "
                "next-token distribution from the clean one at the answer positions).")
 
@@ -93,7 +97,9 @@ def discover(
     method: str = typer.Option(..., "--method", help="Scoring method: eap, eap-ig, activation-patching, path-patching, acdc."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (must be empty unless --force)."),
     n: int = typer.Option(100, "--n", help="Number of prompts."),
-    seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling."),
+    seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling (and for choosing the held-out prompts)."),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help=HOLDOUT_HELP, show_default=False),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune); for a node method (activation-patching), the K nodes."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge (node, for a node method) with |score| >= T (then prune)."),
     target: Optional[float] = typer.Option(None, "--target-faithfulness",
@@ -119,11 +125,14 @@ def discover(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
 ) -> None:
     """Score every edge, keep a faithful circuit, and write it (JSON, DOT, SVG, scores, manifest, report) to --out."""
+    from circuits.discover import holdout_count, split_holdout
     from circuits.metrics import build_metric, check_metric
     from circuits.run_folder import check_out_dir
 
     _check_ablation(ablation)
     check_metric(metric)
+    if holdout is not None:
+        holdout_count(holdout, n)  # checked before the model loads (and again on the prompts built)
     neuron_layers = parse_mlp_layers(neurons) or ()
     from circuits.registry import get_method
 
@@ -168,7 +177,12 @@ def discover(
         if layer >= g.n_layers:
             raise CircuitsError(f"--neurons m{layer}: the model has MLPs m0..m{g.n_layers - 1}")
     t = time.perf_counter()
-    dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
+    dataset = _build(task_obj, loaded.tokenizer, n=n, seed=seed, data=data)
+    if holdout is None:  # the default holds out 20% when that is at least one prompt
+        holdout = DEFAULT_HOLDOUT if DEFAULT_HOLDOUT * len(dataset) >= 1 else 0.0
+        if holdout == 0.0:
+            typer.echo(f"note: {len(dataset)} prompts are too few to hold out {DEFAULT_HOLDOUT:g}; nothing is held out", err=True)
+    scored, heldout = split_holdout(dataset, holdout, seed=seed)
     timings["dataset"] = time.perf_counter() - t
 
     if keep_neurons is not None and keep_neurons > engine.w.d_mlp:
@@ -176,11 +190,12 @@ def discover(
     bars = ProgressBars()
     try:
         metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch_size)
-        result = run_discovery(engine, dataset, metric_fn, method_obj, options, spec, progress=bars)
+        result = run_discovery(engine, scored, metric_fn, method_obj, options, spec, heldout=heldout, progress=bars)
     finally:
         bars.close()
     run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
-           "method": method, "metric": metric, "n": len(dataset), "seed": seed, "device": device}
+           "method": method, "metric": metric, "n": len(dataset), "n_scored": len(scored), "holdout": holdout,
+           "data": None if data is None else str(data), "seed": seed, "device": device}
     d_model = getattr(getattr(engine, "w", None), "d_model", None)
     if isinstance(d_model, int):
         run["d_model"] = d_model  # EAP-IG's graph files need it (cfg.d_model)
@@ -204,6 +219,12 @@ def discover(
                                                 for mlp, idx in neuron_lists(sel.neurons).items()))
     if result.curve is not None:
         typer.echo(f"CPR {result.curve.cpr:.3f}, CMD {result.curve.cmd:.3f}")
+    if result.heldout is not None:
+        h = result.heldout
+        line = f"held-out ({h.n} prompts): faithfulness {h.faithfulness.f:.3f}"
+        if h.curve is not None:
+            line += f", CPR {h.curve.cpr:.3f}, CMD {h.curve.cmd:.3f}"
+        typer.echo(line)
     info = result.scores.info
     if info.get("complete") is False and "passes_used" in info:
         typer.echo(f"warning: {method} stopped at its budget ({info.get('passes_used')} of --max-passes "
@@ -215,6 +236,11 @@ def discover(
     if not sel.reached:
         typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
     typer.echo(str(out))
+
+
+def _build(task_obj, tokenizer, *, n: int, seed: int, data: Optional[Path]):
+    """The task's prompts: sampled, or read from ``data`` (as ``circuits evaluate --data`` does)."""
+    return task_obj.build(tokenizer, n=n, seed=seed, **({"data": data} if data is not None else {}))
 
 
 def _keep_mask(G, graph, model: str):
@@ -275,6 +301,8 @@ def evaluate_circuit(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " [default: the circuit's model]"),
     n: Optional[int] = typer.Option(None, "--n", help="Number of prompts [default: the circuit's n, else 100]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Prompt seed [default: the circuit's seed, else 0]."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Read prompts from a CSV or JSONL file [default: the circuit's --data, else sample]."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="Also report faithfulness on this held-out fraction, split as discover does [default: the circuit's, else 0]."),
     task: Optional[str] = typer.Option(None, "--task", help="Task [default: the circuit's task]."),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     ablation: Optional[str] = typer.Option(None, "--ablation", help="corrupted, mean, mean-positions or zero [default: the circuit's, else corrupted]."),
@@ -315,11 +343,18 @@ def evaluate_circuit(
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
     reduce_layers = _reduce_request(G, neurons, keep_neurons)
+    from circuits.discover import holdout_count, split_holdout
+
+    if data is None and meta.get("data"):
+        data = Path(meta["data"])
+    holdout = float(holdout if holdout is not None else (meta.get("holdout") or 0.0))
+    holdout_count(holdout, n)
 
     loaded, engine = _load(model, device)
     keep = _keep_mask(G, engine.graph, model)
     neuron_masks = _circuit_neurons(G, engine)
-    dataset = task_obj.build(loaded.tokenizer, n=n, seed=seed)
+    dataset = _build(task_obj, loaded.tokenizer, n=n, seed=seed, data=data)
+    scored, heldout = split_holdout(dataset, holdout, seed=seed)
     metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch_size)
     if reduce_layers:
         from circuits.neurons import score_top_neurons
@@ -329,9 +364,9 @@ def evaluate_circuit(
         from circuits.registry import get_method
 
         get_method(neuron_method)  # an unknown name is a one-line error before any work
-        neuron_masks.update(score_top_neurons(engine, dataset, metric_fn, reduce_layers, keep_neurons,
+        neuron_masks.update(score_top_neurons(engine, scored, metric_fn, reduce_layers, keep_neurons,
                                               method=neuron_method, ablation=ablation, batch_size=batch_size))
-    faith = faithfulness(engine, dataset, metric_fn, keep, ablation=ablation, batch_size=batch_size,
+    faith = faithfulness(engine, scored, metric_fn, keep, ablation=ablation, batch_size=batch_size,
                          neurons=neuron_masks)
     from circuits.neurons import neuron_lists
 
@@ -340,9 +375,16 @@ def evaluate_circuit(
                       n=len(dataset), seed=seed, ablation=ablation, metric=metric)
 
     result = {"faithfulness": faith.f, "edges": int(keep.sum()), "metric_full": faith.m_full,
-              "metric_empty": faith.m_empty, "metric_circuit": faith.m_circuit, "n": len(dataset), "seed": seed,
+              "metric_empty": faith.m_empty, "metric_circuit": faith.m_circuit, "n": len(dataset),
+              "n_scored": len(scored), "seed": seed, "data": None if data is None else str(data),
               "model": model, "task": getattr(task_obj, "name", task_name), "ablation": ablation, "metric": metric,
-              "neurons_kept": neuron_lists(neuron_masks)}
+              "neurons_kept": neuron_lists(neuron_masks),
+              "n_heldout": 0 if heldout is None else len(heldout), "faithfulness_heldout": None}
+    if heldout is not None:
+        held = faithfulness(engine, heldout, metric_fn, keep, ablation=ablation, batch_size=batch_size,
+                            neurons=neuron_masks)
+        result.update(faithfulness_heldout=held.f, metric_full_heldout=held.m_full,
+                      metric_circuit_heldout=held.m_circuit, metric_empty_heldout=held.m_empty)
     if as_json:
         from circuits.graphs.build import jsonable
 
@@ -350,7 +392,9 @@ def evaluate_circuit(
         return
     typer.echo(f"{result['task']} on {model}: {result['edges']} edges, {len(dataset)} prompts (seed {seed}, "
                f"{ablation} ablation, metric {metric})")
-    typer.echo(f"  faithfulness     {faith.f:.4f}")
+    typer.echo(f"  faithfulness     {faith.f:.4f}" + (f" ({len(scored)} prompts)" if heldout is not None else ""))
+    if heldout is not None:
+        typer.echo(f"  held-out         {result['faithfulness_heldout']:.4f} ({len(heldout)} prompts)")
     for mlp, idx in result["neurons_kept"].items():
         typer.echo(f"  {mlp} reduced to {len(idx)} of {engine.w.d_mlp} neurons")
     if save is not None:

@@ -117,14 +117,14 @@ def _compare_two(a: Path, b: Path, as_json: bool) -> None:
         return
     typer.echo(f"A: {a} ({ga.number_of_nodes()} nodes, {len(edge_names(ga))} edges)")
     typer.echo(f"B: {b} ({gb.number_of_nodes()} nodes, {len(edge_names(gb))} edges)")
-    typer.echo(f"{'':6} {'precision':>9} {'recall':>7} {'jaccard':>7} {'auroc':>7}")
+    typer.echo(f"{'':7} {'precision':>9} {'recall':>7} {'jaccard':>7} {'auroc':>7}")
     for part in ("nodes", "edges", "neurons"):
         if part not in result:
             continue
         row = result[part]
         auroc = row.get("auroc")
         auroc_text = "-" if auroc is None else f"{auroc:.3f}"
-        typer.echo(f"{part:6} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['jaccard']:>7.3f} {auroc_text:>7}")
+        typer.echo(f"{part:7} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['jaccard']:>7.3f} {auroc_text:>7}")
     if result["granularity"] == "node":
         typer.echo("(A is a node circuit: compare its nodes; its edges are every edge among them)")
     if "neurons" in result:
