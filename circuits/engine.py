@@ -284,6 +284,10 @@ class GraphEngine:
         """
         w, g = self.w, self.graph
         b, p = tokens.shape
+        if trace and patch is not None:
+            # Patched layers compute q/k/v per head and keep no trace, so receiver_grads would read the
+            # wrong layers: refuse rather than return wrong gradients.
+            raise ValueError("run(trace=True) cannot be combined with patch: gradients are traced on unpatched runs only")
         tr = Trace() if trace else None
         shape = (g.n_senders, b, p, w.d_model)
         outs = torch.zeros(shape, dtype=w.W_E.dtype, device=self.device) if collect else None

@@ -282,3 +282,18 @@ def test_activation_patching_totals_stay_on_the_model(setup):
     totals = _Totals.zeros(engine, (1,))
     for t in (totals.nodes, totals.neurons[1]):
         assert t.device == engine.device and t.dtype == engine.w.W_E.dtype == torch.float64
+
+
+def test_tracing_a_patched_run_is_refused(setup):
+    """Patched layers keep no q/k/v trace, so tracing them would index the wrong layers: it must raise."""
+    _, engine, _, data = setup
+    g = engine.graph
+    keep = torch.ones(g.n_senders, g.n_receivers, dtype=torch.float64)
+    keep[0, g.head_receiver(1, 0, "q")] = 0.0  # one edge patched: layer 1's heads get per-head inputs
+    ref = engine.run(data.corrupted, data.answer_pos, collect=True).outputs
+    with pytest.raises(ValueError, match="trace"):
+        engine.run(data.clean, data.answer_pos, patch=Patch(keep=keep, reference=ref), trace=True)
+    # the unpatched traced run still works and its trace covers every layer
+    x = engine.embed(data.clean).detach().requires_grad_(True)
+    run = engine.run(data.clean, data.answer_pos, trace=True, resid0=x)
+    assert len(run.trace.q) == engine.w.n_layers
