@@ -73,7 +73,7 @@ def free_memory(device: Union[str, torch.device]) -> int:
 
         return int(psutil.virtual_memory().available)
     except ImportError:
-        kb = _meminfo_kb("MemAvailable")
+        kb = proc_field_kb("MemAvailable")
         if kb is None:
             raise CircuitsError("cannot tell the free memory on this machine; pass --max-memory")
         return kb * 1024
@@ -84,7 +84,8 @@ def default_budget(device) -> int:
     return int(FREE_SHARE * free_memory(device))
 
 
-def _meminfo_kb(field: str, path: str = "/proc/meminfo") -> Optional[int]:
+def proc_field_kb(field: str, path: str = "/proc/meminfo") -> Optional[int]:
+    """A kB field of a /proc file (MemAvailable of /proc/meminfo, VmHWM of /proc/self/status), or None."""
     try:
         with open(path) as fh:
             for line in fh:
@@ -116,7 +117,7 @@ class PeakMeter:
                 fh.write("5")  # reset the resident-set high-water mark to the current resident set
         except OSError:
             raise CircuitsError("--batch-size auto needs Linux's /proc/self/clear_refs on the CPU; pass a number instead")
-        self.before = 1024 * (_meminfo_kb("VmRSS", "/proc/self/status") or 0)
+        self.before = 1024 * (proc_field_kb("VmRSS", "/proc/self/status") or 0)
         self.how = "resident-set high-water mark (VmHWM)"
         return self
 
@@ -124,7 +125,7 @@ class PeakMeter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return int(torch.cuda.max_memory_allocated(self.device)) - self.before
-        return 1024 * (_meminfo_kb("VmHWM", "/proc/self/status") or 0) - self.before
+        return 1024 * (proc_field_kb("VmHWM", "/proc/self/status") or 0) - self.before
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import networkx as nx
 from circuits import names
 from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
-from circuits.graphs.build import build_graph, edge_names, jsonable
+from circuits.graphs.build import _parse_edge, _parse_node, build_graph, edge_names, jsonable
 
 MIB_CAPS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 IMPORTANCES_FILE = "importances.json"
@@ -215,20 +215,6 @@ def _mlp_level(name: str) -> str:
 def _edge_order(name: str) -> tuple:
     e = names.parse_edge(name)
     return (names.node_layer_order(e.dst), e.qkv or "", names.node_layer_order(e.src))
-
-
-def _parse_edge(name: str) -> names.Edge:
-    try:
-        return names.parse_edge(str(name))
-    except names.NameError_ as exc:
-        raise CircuitsError(str(exc)) from None
-
-
-def _parse_node(name: str) -> names.Node:
-    try:
-        return names.parse_node(str(name))
-    except names.NameError_ as exc:
-        raise CircuitsError(str(exc)) from None
 
 
 def _number(value: Any) -> bool:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from circuits.engine import GraphEngine, Patch
+from circuits.memory import proc_field_kb
 from circuits.models import load_model
 from circuits.registry import get_method
 from circuits.scores import MethodOptions
@@ -41,14 +42,7 @@ gc.freeze()  # the libraries' objects: never collected, so each gc.collect() bel
 
 # --------------------------------------------------------------------------- memory
 def _status_kb(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return proc_field_kb(field, "/proc/self/status")
 
 
 def _reset_rss_peak() -> bool:
