@@ -13,18 +13,8 @@ from typing import Any, Dict, List
 
 import torch
 
+from bench_work import sender_hooks
 from circuits.methods.acdc import Liveness, sender_order
-
-
-def _sender_hooks(n_layers: int, store: Dict[str, torch.Tensor]):
-    def keep(name):
-        def hook(t, hook):
-            store[name] = t.detach()
-        return hook
-    names = ["hook_embed", "hook_pos_embed"]
-    for layer in range(n_layers):
-        names += [f"blocks.{layer}.attn.hook_result", f"blocks.{layer}.hook_mlp_out"]
-    return [(name, keep(name)) for name in names]
 
 
 def _senders(store: Dict[str, torch.Tensor], n_layers: int, with_heads_of: int = -1) -> torch.Tensor:
@@ -45,7 +35,7 @@ def naive_acdc(bridge, data, metric, graph, *, tau: float, budget: int, order: s
     pos = data.answer_pos
     corrupted: Dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        bridge.run_with_hooks(data.corrupted, fwd_hooks=_sender_hooks(L, corrupted))
+        bridge.run_with_hooks(data.corrupted, fwd_hooks=sender_hooks(L, corrupted))
     corr = _senders(corrupted, L)
     keep = graph.valid_mask().to(corr.dtype)
 
@@ -72,7 +62,7 @@ def naive_acdc(bridge, data, metric, graph, *, tau: float, budget: int, order: s
                 return t + torch.einsum("sbpd,sh->bphd", delta, drop)
             return hook
 
-        hooks = _sender_hooks(L, current)
+        hooks = sender_hooks(L, current)
         for layer in range(L):
             hooks += [(f"blocks.{layer}.hook_{x}_input", receiver(layer, x)) for x in "qkv"]
             hooks.append((f"blocks.{layer}.hook_mlp_in", receiver(layer, "mlp")))

@@ -145,6 +145,18 @@ class Flags:
 MLP_IN_HOOK = "blocks.{layer}.ln2.hook_in"
 
 
+def sender_hooks(n_layers: int, store: Dict[str, torch.Tensor]):
+    """Forward hooks that record every sender's output (embeddings, each layer's head results, MLP outputs) in ``store``."""
+    def keep(name):
+        def hook(t, hook):
+            store[name] = t.detach()
+        return hook
+    names = ["hook_embed", "hook_pos_embed"]
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.attn.hook_result", f"blocks.{layer}.hook_mlp_out"]
+    return [(name, keep(name)) for name in names]
+
+
 def peer_style_eap(bridge, data, metric, n_layers: int, n_heads: int, graph) -> torch.Tensor:
     """EAP as EAP-IG's and auto-circuit's code computes it, on the bridge's TransformerLens hooks.
 
@@ -157,16 +169,6 @@ def peer_style_eap(bridge, data, metric, n_layers: int, n_heads: int, graph) -> 
     """
     clean_tokens, corrupted_tokens = data.clean, data.corrupted
 
-    def sender_hooks(store: Dict[str, torch.Tensor]):
-        def keep(name):
-            def hook(t, hook):
-                store[name] = t.detach()
-            return hook
-        names = ["hook_embed", "hook_pos_embed"]
-        for layer in range(n_layers):
-            names += [f"blocks.{layer}.attn.hook_result", f"blocks.{layer}.hook_mlp_out"]
-        return [(name, keep(name)) for name in names]
-
     def sender_stack(store) -> torch.Tensor:  # [S, b, p, d] in the graph's sender order
         outs = [store["hook_embed"] + store["hook_pos_embed"]]
         for layer in range(n_layers):
@@ -176,7 +178,7 @@ def peer_style_eap(bridge, data, metric, n_layers: int, n_heads: int, graph) -> 
 
     corrupted: Dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        bridge.run_with_hooks(corrupted_tokens, fwd_hooks=sender_hooks(corrupted))
+        bridge.run_with_hooks(corrupted_tokens, fwd_hooks=sender_hooks(n_layers, corrupted))
     clean: Dict[str, torch.Tensor] = {}
     probes: Dict[str, torch.Tensor] = {}
 
@@ -191,7 +193,7 @@ def peer_style_eap(bridge, data, metric, n_layers: int, n_heads: int, graph) -> 
         receivers += [f"blocks.{layer}.hook_{x}_input" for x in "qkv"] + [MLP_IN_HOOK.format(layer=layer)]
     receivers.append("ln_final.hook_in")
     with torch.enable_grad():
-        logits = bridge.run_with_hooks(clean_tokens, fwd_hooks=sender_hooks(clean) + [(r, probe(r)) for r in receivers])
+        logits = bridge.run_with_hooks(clean_tokens, fwd_hooks=sender_hooks(n_layers, clean) + [(r, probe(r)) for r in receivers])
         metric(_answer_logits(logits, data), data).mean().backward()
     del logits
     delta = sender_stack(corrupted)
