@@ -20,6 +20,7 @@ from circuits.engine import GraphEngine
 from circuits.models.weights import cast_weights, extract_weights
 from circuits.registry import get_method
 from circuits.scores import MethodOptions
+from circuits.task import answer_logits
 from circuits.tasks.greater_than import GreaterThan
 from reference import PerHeadFlags
 
@@ -50,7 +51,7 @@ def setup(tmp_path_factory, digit_tokenizer):
 
 
 def _metric(task, data, logits):
-    return task.metric(logits[torch.arange(len(data)), data.answer_pos], data).mean()
+    return task.metric(answer_logits(logits, data), data).mean()
 
 
 def _senders(bridge, tokens):
@@ -122,7 +123,7 @@ def test_engine_matches_the_llama_bridge(setup):
     bridge, engine, _, data = setup
     assert engine.w.norm == "RMS" and engine.w.rotary_base is not None and engine.w.n_kv_heads == K < engine.w.n_heads
     with torch.no_grad():
-        ref = bridge(data.clean)[torch.arange(len(data)), data.answer_pos]
+        ref = answer_logits(bridge(data.clean), data)
     assert (engine.run(data.clean, data.answer_pos).logits - ref).abs().max() < TOL * ref.abs().max()
 
 
