@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# The quick bench takes about a minute: the whole module is a slow test (the guide puts test_bench there).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
          "faithfulness", "eap_peer_style", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive")
@@ -86,7 +89,6 @@ def test_streaming_and_large_model(bench):
     assert big["parameters"] > 0 and _positive(big["seconds"]) and big["prompts"] == 4
 
 
-@pytest.mark.slow
 def test_gpu_plan_runs_on_the_cpu(tmp_path):
     """The ``--device cuda`` plan's code path, exercised on the CPU with ``--plan cuda --quick``."""
     out = tmp_path / "bench-cuda.json"
