@@ -186,3 +186,18 @@ def _hidden(bridge: Any, tokens: torch.Tensor, layer: int) -> torch.Tensor:
 def hooks_left(bridge: Any) -> list[str]:
     """Names of hook points that still hold a hook (should be empty after any call here)."""
     return sorted({name for name, point in bridge.hook_dict.items() if point.has_hooks()})
+
+
+def boot_float64(folder, model, tokenizer):
+    """Save an HF ``model`` and ``tokenizer`` to ``folder``, boot them as a float64 bridge in compatibility
+    mode, and build the float64 engine over its weights: ``(bridge, engine)``."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from circuits.engine import GraphEngine
+    from circuits.models.weights import cast_weights, extract_weights
+
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float64)
+    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    return bridge, GraphEngine(cast_weights(extract_weights(bridge), dtype=torch.float64))

@@ -5,17 +5,16 @@ import pytest
 import torch
 
 from circuits import names
-from circuits.engine import GraphEngine, Patch
+from circuits.engine import Patch
 from circuits.errors import CircuitsError
-from circuits.models.weights import cast_weights, extract_weights
 from circuits.registry import get_method
 from circuits.scores import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
+from reference import boot_float64
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from circuits.models.tokenizers import gpt2_tokenizer
@@ -24,11 +23,7 @@ def setup(tmp_path_factory, one_thread):
     tok = gpt2_tokenizer()
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_head=3, n_embd=24, n_positions=32, vocab_size=len(tok), initializer_range=0.3)
-    GPT2LMHeadModel(cfg).eval().save_pretrained(folder)
-    tok.save_pretrained(folder)
-    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float64)
-    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
-    engine = GraphEngine(cast_weights(extract_weights(bridge), dtype=torch.float64))
+    bridge, engine = boot_float64(folder, GPT2LMHeadModel(cfg), tok)
     task = GreaterThan()
     return engine, task, task.build(tok, n=5, seed=2)
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.engine import GraphEngine
-from circuits.models.weights import cast_weights, extract_weights
 from circuits.registry import get_method
 from circuits.scores import MethodOptions
 from circuits.task import answer_logits
 from circuits.tasks.greater_than import GreaterThan
-from reference import PerHeadFlags
+from reference import PerHeadFlags, boot_float64
 
 L, H, K = 2, 4, 2
 TOL = 1e-4  # of the largest value (see above)
@@ -32,7 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, digit_tokenizer):
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = digit_tokenizer
@@ -41,11 +38,7 @@ def setup(tmp_path_factory, digit_tokenizer):
                       num_attention_heads=H, num_key_value_heads=K, max_position_embeddings=64, initializer_range=0.3,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     folder = tmp_path_factory.mktemp("peaked-llama")
-    LlamaForCausalLM(cfg).eval().save_pretrained(folder)
-    tok.save_pretrained(folder)
-    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float64)
-    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
-    engine = GraphEngine(cast_weights(extract_weights(bridge), dtype=torch.float64))
+    bridge, engine = boot_float64(folder, LlamaForCausalLM(cfg), tok)
     task = GreaterThan()
     return bridge, engine, task, task.build(tok, n=5, seed=1)
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.engine import GraphEngine, Patch
-from circuits.models.weights import cast_weights, extract_weights
+from circuits.engine import Patch
 from circuits.registry import get_method
 from circuits.scores import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
-from reference import PerHeadFlags
+from reference import PerHeadFlags, boot_float64
 
 N_LAYERS, N_HEADS = 2, 4
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from circuits.models.tokenizers import gpt2_tokenizer
@@ -31,11 +29,7 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     # a large init gives peaked, prompt-dependent predictions, so scores are far from zero
     cfg = GPT2Config(n_layer=N_LAYERS, n_head=N_HEADS, n_embd=32, n_positions=32, vocab_size=len(tok), initializer_range=0.3)
-    GPT2LMHeadModel(cfg).eval().save_pretrained(folder)
-    tok.save_pretrained(folder)
-    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float64)
-    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
-    engine = GraphEngine(cast_weights(extract_weights(bridge), dtype=torch.float64))
+    bridge, engine = boot_float64(folder, GPT2LMHeadModel(cfg), tok)
     task = GreaterThan()
     data = task.build(tok, n=6, seed=1)
     return bridge, engine, task, data
