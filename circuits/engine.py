@@ -40,12 +40,21 @@ class Patch:
     groups of the batch (group ``i`` is rows ``i*b/c .. (i+1)*b/c``): group ``i`` reads receiver
     ``column``'s senders with ``column_keep[i]`` instead of ``keep[:, column]``.  ACDC uses it to
     test many candidate edges of one receiver in one pass.
+
+    ``reference`` may have a batch of ``b/g`` rows: it is then shared by the ``g`` equal groups of the
+    batch (a batch repeated ``g`` times needs its reference once).
+
+    ``buffer`` [S, b, p, d], for restarted runs (``start_layer``): a preallocated tensor for
+    ``current - reference`` whose rows before ``start_layer``'s heads already hold it.  The run
+    writes the later rows and leaves those alone, so a caller that restarts many passes from the
+    same clean run (ACDC, path patching) fills the prefix once instead of once per pass.
     """
 
     keep: Tensor
     reference: Tensor
     column: Optional[int] = None
     column_keep: Optional[Tensor] = None
+    buffer: Optional[Tensor] = None
 
 
 @dataclass
@@ -191,21 +200,28 @@ class GraphEngine:
 
     # ------------------------------------------------------------------ patching helpers
     @staticmethod
-    def _patched_inputs(base: Tensor, ref_base: Optional[Tensor], patch: Optional[Patch], diff: Optional[Tensor],
-                        n_s: int, cols: slice):
+    def _patched_inputs(base: Tensor, ref_base: Optional[Callable[[int], Tensor]], patch: Optional[Patch], diff: Optional[Tensor],
+                        n_s: int, cols: slice, defer_column: bool = False):
         """Inputs of the receivers in ``cols``: ``base`` [b,p,d] shared, or [r, b, p, d] when they differ.
 
         A receiver's input is ``sum_s keep*current_s + (1-keep)*reference_s`` plus the biases.  It is
         built from whichever side touches fewer senders: the current residual ``base`` minus the
-        patched senders' ``diff = current - reference``, or the reference residual ``ref_base`` plus
+        patched senders' ``diff = current - reference``, or the reference residual ``ref_base(n_s)`` plus
         the kept senders' ``diff`` (small circuits patch almost everything).
+
+        Returns ``(x, split, column)``.  With ``defer_column``, when only ``patch.column`` differs from
+        a shared input, ``x`` is that shared input and ``column`` is ``(j, x_j)``: the column's index in
+        ``cols`` and its own input [b,p,d], for the caller to compute that one receiver apart.
         """
         if patch is None:
-            return base, False
+            return base, False, None
         x, split = GraphEngine._shared_inputs(base, ref_base, patch, diff, n_s, cols)
         if patch.column is None or not cols.start <= patch.column < cols.stop:
-            return x, split
-        return GraphEngine._column_inputs(x, split, patch, diff, n_s, cols), cols.stop - cols.start > 1
+            return x, split, None
+        if defer_column and not split and cols.stop - cols.start > 1:
+            one = slice(patch.column, patch.column + 1)
+            return x, False, (patch.column - cols.start, GraphEngine._column_inputs(x, False, patch, diff, n_s, one))
+        return GraphEngine._column_inputs(x, split, patch, diff, n_s, cols), cols.stop - cols.start > 1, None
 
     @staticmethod
     def _column_inputs(x: Tensor, split: bool, patch: Patch, diff: Tensor, n_s: int, cols: slice) -> Tensor:
@@ -225,7 +241,7 @@ class GraphEngine:
         return out
 
     @staticmethod
-    def _shared_inputs(base: Tensor, ref_base: Optional[Tensor], patch: Patch, diff: Optional[Tensor],
+    def _shared_inputs(base: Tensor, ref_base: Optional[Callable[[int], Tensor]], patch: Patch, diff: Optional[Tensor],
                        n_s: int, cols: slice):
         keep = patch.keep[:n_s, cols]  # [n_s, r]
         drop = 1.0 - keep
@@ -235,7 +251,7 @@ class GraphEngine:
             return base, False
         keep_rows = keep.abs().sum(1) > 0
         if int(keep_rows.sum()) < n_drop:
-            start, weights, rows = ref_base, keep, keep_rows
+            start, weights, rows = ref_base(n_s), keep, keep_rows
         else:
             start, weights, rows = base, -drop, drop_rows
         k = int(rows.sum())
@@ -248,6 +264,16 @@ class GraphEngine:
         if bool((weights == weights[:, :1]).all()):
             return start + (weights[:, 0] @ flat).view_as(start), False
         return start[None] + (weights.T @ flat).view(weights.shape[1], *start.shape), True
+
+    def _one_head_input(self, layer: int, column: tuple, qkv: tuple, ln1_w: Tensor, ln1_b: Optional[Tensor]) -> None:
+        """In place: head ``h``'s q, k or v (receiver ``j = kind * H + h`` of the layer) from its own input."""
+        j, x_in = column
+        w = self.w
+        kind, h = divmod(j, w.n_heads)
+        x, _, _ = self._norm(x_in, ln1_w, ln1_b)
+        W, bias = ((w.W_Q, w.b_Q), (w.W_K, w.b_K), (w.W_V, w.b_V))[kind]
+        src = h if kind == 0 else int(self.kv_of_head[h])
+        qkv[kind][:, :, h] = x @ W[layer][src] + bias[layer][src]
 
     # ------------------------------------------------------------------ forward
     def run(
@@ -291,29 +317,35 @@ class GraphEngine:
         tr = Trace() if trace else None
         shape = (g.n_senders, b, p, w.d_model)
         outs = torch.zeros(shape, dtype=w.W_E.dtype, device=self.device) if collect else None
-        diff = torch.zeros(shape, dtype=w.W_E.dtype, device=self.device) if patch is not None else None
+        diff, groups = None, 1
+        if patch is not None:
+            groups = _groups(b, patch.reference.shape[1])
+            # every row of diff is written before it is read (a receiver reads only earlier senders)
+            diff = patch.buffer if patch.buffer is not None else torch.empty(shape, dtype=w.W_E.dtype, device=self.device)
 
-        def store(first: int, values: Tensor) -> None:
+        def store(first: int, values: Tensor, outputs: bool = True, difference: bool = True) -> None:
             """Record senders' outputs (and, when patching, their difference from the reference)."""
             last = first + values.shape[0]
-            if outs is not None:
+            if outs is not None and outputs:
                 outs[first:last] = values
-            if diff is not None:
-                torch.sub(values, patch.reference[first:last], out=diff[first:last])
+            if diff is not None and difference:
+                ref = patch.reference[first:last]
+                if groups == 1:
+                    torch.sub(values, ref, out=diff[first:last])
+                else:
+                    torch.sub(_grouped(values, groups), ref[:, None], out=_grouped(diff[first:last], groups))
 
         if start_resid is None:
             resid = self.embed(tokens) if resid0 is None else resid0
             store(0, resid.detach()[None])
         else:
             resid = start_resid
-            if outs is not None or diff is not None:
-                store(0, start_outputs[: g.senders_before_heads(start_layer)])
+            if outs is not None or (diff is not None and patch.buffer is None):
+                store(0, start_outputs[: g.senders_before_heads(start_layer)], difference=patch is None or patch.buffer is None)
         resid_pre = [] if keep_resid else None
         hiddens: dict = {}
-        ref_resid = None  # the residual stream made of reference outputs (plus biases), when patching
-        if patch is not None:
-            n = g.senders_before_heads(start_layer)
-            ref_resid = patch.reference[:n].sum(0) + w.b_O[:start_layer].sum(0)
+        # the residual stream made of reference outputs (plus biases), summed when first needed
+        ref_resid = _ReferenceResidual(g, w.b_O, patch.reference, groups) if patch is not None else None
         kv = self.kv_of_head
         for layer in range(start_layer, w.n_layers):
             if keep_resid:
@@ -321,7 +353,8 @@ class GraphEngine:
             ln1_w, ln1_b = w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer]
             block = g.receiver_block(layer)
             heads = slice(block.start, block.start + 3 * w.n_heads)
-            x_in, split = self._patched_inputs(resid, ref_resid, patch, diff, g.senders_before_heads(layer), heads)
+            x_in, split, column = self._patched_inputs(resid, ref_resid, patch, diff, g.senders_before_heads(layer), heads,
+                                                       defer_column=True)
             if split:  # every head's q, k and v input on its own
                 x, _, _ = self._norm(x_in, ln1_w, ln1_b)  # [3H, b, p, d]
                 H = w.n_heads
@@ -333,6 +366,8 @@ class GraphEngine:
                 q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
                 k = (torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer])[:, :, kv]
                 v = (torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer])[:, :, kv]
+                if column is not None:  # one receiver's input differs: recompute only its head's q, k or v
+                    self._one_head_input(layer, column, (q, k, v), ln1_w, ln1_b)
                 if tr is not None:
                     for t in (q, k, v):
                         t.retain_grad()
@@ -346,14 +381,11 @@ class GraphEngine:
             else:
                 attn = torch.einsum("bphe,hed->bpd", z, w.W_O[layer])
             resid = resid + attn + w.b_O[layer]
-            if ref_resid is not None:
-                first = g.head_sender(layer, 0)
-                ref_resid = ref_resid + patch.reference[first:first + w.n_heads].sum(0) + w.b_O[layer]
             if edit_mid is not None:
                 resid = edit_mid(layer, resid)
 
             mlp_r = g.mlp_receiver(layer)
-            x_in, _ = self._patched_inputs(resid, ref_resid, patch, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
+            x_in, _, _ = self._patched_inputs(resid, ref_resid, patch, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
             x, xhat, scale = self._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
             if tr is not None:
                 x.retain_grad()
@@ -369,11 +401,9 @@ class GraphEngine:
             mlp_out = hidden @ w.W_out[layer] + w.b_out[layer]
             store(g.mlp_sender(layer), mlp_out.detach()[None])
             resid = resid + mlp_out
-            if ref_resid is not None:
-                ref_resid = ref_resid + patch.reference[g.mlp_sender(layer)]
         if keep_resid:
             resid_pre.append(resid.detach())
-        final, _ = self._patched_inputs(resid, ref_resid, patch, diff, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
+        final, _, _ = self._patched_inputs(resid, ref_resid, patch, diff, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
         logits = self.unembed(final, answer_pos, tr)
         return RunResult(logits=logits, outputs=outs, trace=tr, resid_pre=resid_pre, hidden=hiddens or None)
 
@@ -423,6 +453,50 @@ class GraphEngine:
         pos = answer_pos.to(g.device)
         full.index_put_((_rows(pos, g.device).expand_as(pos), pos), g, accumulate=True)
         return full
+
+
+class _ReferenceResidual:
+    """``self(n)``: the residual stream the first ``n`` senders' reference outputs make, with the attention
+    biases of the layers whose heads are among them, for the whole batch.  Summed incrementally and only
+    when asked for (only circuits that keep fewer senders than they patch read it)."""
+
+    def __init__(self, graph: ComputationalGraph, b_O: Tensor, reference: Tensor, groups: int):
+        self.g, self.b_O, self.reference, self.groups = graph, b_O, reference, groups
+        self.n, self.value = 0, None
+
+    def __call__(self, n: int) -> Tensor:
+        if n < self.n:
+            raise ValueError("the reference residual is built forwards only")
+        g, ref = self.g, self.reference
+        while self.n < n:  # sender block by block, in the order the residual stream itself is summed
+            if self.n == 0:
+                self.value, self.n = ref[0], 1
+                continue
+            layer, offset = divmod(self.n - 1, g.n_heads + 1)
+            if offset == 0:  # the layer's heads, then its attention bias
+                self.value = self.value + ref[self.n:self.n + g.n_heads].sum(0) + self.b_O[layer]
+                self.n += g.n_heads
+            else:  # its MLP
+                self.value = self.value + ref[self.n]
+                self.n += 1
+        return _ungrouped(self.value, self.groups)
+
+
+def _groups(batch: int, ref_batch: int) -> int:
+    """How many equal groups of the batch share a reference of ``ref_batch`` rows."""
+    if ref_batch <= 0 or batch % ref_batch:
+        raise ValueError(f"a patch reference of {ref_batch} rows cannot serve a batch of {batch}")
+    return batch // ref_batch
+
+
+def _grouped(x: Tensor, groups: int) -> Tensor:
+    """[k, g*r, ...] -> [k, g, r, ...] (a view of a contiguous ``x``)."""
+    return x.reshape(x.shape[0], groups, x.shape[1] // groups, *x.shape[2:])
+
+
+def _ungrouped(x: Tensor, groups: int) -> Tensor:
+    """A per-group tensor [r, ...] repeated for the ``groups`` groups of the batch: [g*r, ...]."""
+    return x if groups == 1 else x.repeat(groups, *([1] * (x.ndim - 1)))
 
 
 def _rows(answer_pos: Tensor, device) -> Tensor:

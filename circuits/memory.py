@@ -29,6 +29,29 @@ _UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 
           "t": 10 ** 12, "tb": 10 ** 12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 
 
+_LIBC: Any = None
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    Between batches, a batch's tensors have been freed but glibc keeps the pages of its heap, and
+    a next batch of the same shapes does not always fit the holes: the resident set then creeps up
+    batch after batch (about 1.1x over 64 batches of EAP on GPT-2 small).  Trimming after each
+    batch keeps the peak at one batch's working memory, whatever the number of batches."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def parse_dtype(name: str) -> torch.dtype:
     """``float32``, ``bfloat16`` or ``float16`` -> the torch dtype (a one-line error otherwise)."""
     if name not in DTYPES:

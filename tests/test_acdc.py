@@ -176,3 +176,59 @@ def test_bad_acdc_flags_are_one_line_errors(tmp_path):
     code, _, err = invoke("discover", "greater-than", "--model", "planted", "--method", "eap", "--out",
                           str(tmp_path / "y"), "--tau", "-1")
     assert_user_error(code, err, "--tau")
+
+
+@pytest.fixture(scope="module")
+def gqa_setup(tmp_path_factory, digit_tokenizer, one_thread):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = digit_tokenizer
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.3,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    _, engine = boot_float64(tmp_path_factory.mktemp("acdc-llama"), LlamaForCausalLM(cfg), tok)
+    task = GreaterThan()
+    return engine, task, task.build(tok, n=4, seed=5)
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("kind", ["q", "k", "v", "mlp", "logits"])
+@pytest.mark.parametrize("layer_keep", ["random", "whole"])
+def test_column_passes_equal_separate_full_runs(setup, gqa_setup, model, kind, layer_keep):
+    """What ACDC's batched tests rest on: one pass over ``c`` copies of the batch, restarted at the
+    receiver's layer from the clean run, with a reference given once for all copies and a difference
+    buffer whose prefix was filled beforehand, gives each copy the logits of its own circuit run in
+    full from the input with a plain ``Patch``."""
+    engine, _, data = setup if model == "gpt2" else gqa_setup
+    g = engine.graph
+    torch.manual_seed(0)
+    layer = g.n_layers if kind == "logits" else 1
+    r = {"mlp": g.mlp_receiver(layer) if kind == "mlp" else None, "logits": g.logits_receiver}.get(kind)
+    if r is None:
+        r = g.head_receiver(layer, g.n_heads - 1, kind)  # the last head: with GQA, it shares its k/v head
+    ref = engine.run(data.corrupted, data.answer_pos, collect=True).outputs
+    clean = engine.run(data.clean, data.answer_pos, collect=True, keep_resid=True)
+    keep = g.valid_mask().double() * (torch.rand(g.n_senders, g.n_receivers) > 0.3).double()
+    first = layer * (3 * g.n_heads + 1)  # the restart layer's first receiver: nothing before it is patched
+    keep[:, :first] = g.valid_mask().double()[:, :first]
+    if layer_keep == "whole":  # the layer's other receivers read one shared input: only the column's head differs
+        keep[:, first:first + 3 * g.n_heads + 1] = g.valid_mask().double()[:, first:first + 3 * g.n_heads + 1]
+    c, b = 3, len(data)
+    columns = keep[:, r].repeat(c, 1)
+    n = g.n_valid_senders(r)
+    columns[0, :n] = 1.0
+    columns[1, torch.randperm(n)[: n // 2]] = 0.0
+    columns[2, :n] = 0.0
+    n_before = g.senders_before_heads(layer)
+    buffer = torch.full((g.n_senders, c * b, *ref.shape[2:]), float("nan"), dtype=ref.dtype)
+    buffer[:n_before] = (clean.outputs[:n_before] - ref[:n_before]).repeat(1, c, 1, 1)
+    pos = data.answer_pos.repeat(c, *([1] * (data.answer_pos.ndim - 1)))
+    run = engine.run(data.clean.repeat(c, 1), pos, start_layer=layer,
+                     start_resid=clean.resid_pre[layer].repeat(c, 1, 1),
+                     patch=Patch(keep, ref, column=r, column_keep=columns, buffer=buffer))
+    for i in range(c):
+        own = keep.clone()
+        own[:, r] = columns[i]
+        want = engine.run(data.clean, data.answer_pos, patch=Patch(own, ref)).logits
+        torch.testing.assert_close(run.logits[i * b:(i + 1) * b], want, rtol=1e-9, atol=1e-9)

@@ -93,6 +93,10 @@ def forward_positions(engine: GraphEngine, tokens: Tensor, *, state: Optional[KV
             torch.sub(values, reference[first:last], out=diff[first:last])
 
     store(0, resid[None])
+
+    def reference_resid(n_senders: int) -> Tensor:  # summed below as the layers go, always up to n_senders
+        return ref_resid
+
     kv = engine.kv_of_head
     patched_inputs = GraphEngine._patched_inputs
     H = w.n_heads
@@ -101,7 +105,7 @@ def forward_positions(engine: GraphEngine, tokens: Tensor, *, state: Optional[KV
     new_v: List[Tensor] = []
     for layer in range(w.n_layers):
         block = g.receiver_block(layer)
-        x_in, split = patched_inputs(resid, ref_resid, patch, diff, g.senders_before_heads(layer),
+        x_in, split, _ = patched_inputs(resid, reference_resid, patch, diff, g.senders_before_heads(layer),
                               slice(block.start, block.start + 3 * H))
         x, _, _ = engine._norm(x_in, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
         if split:
@@ -130,14 +134,14 @@ def forward_positions(engine: GraphEngine, tokens: Tensor, *, state: Optional[KV
             first = g.head_sender(layer, 0)
             ref_resid = ref_resid + reference[first:first + H].sum(0) + w.b_O[layer]
         mlp_r = g.mlp_receiver(layer)
-        x_in, _ = patched_inputs(resid, ref_resid, patch, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
+        x_in, _, _ = patched_inputs(resid, reference_resid, patch, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
         x, _, _ = engine._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
         mlp_out = engine.mlp_hidden(layer, x) @ w.W_out[layer] + w.b_out[layer]
         store(g.mlp_sender(layer), mlp_out[None])
         resid = resid + mlp_out
         if ref_resid is not None:
             ref_resid = ref_resid + reference[g.mlp_sender(layer)]
-    final, _ = patched_inputs(resid, ref_resid, patch, diff, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
+    final, _, _ = patched_inputs(resid, reference_resid, patch, diff, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
     logits = engine.unembed(final, torch.full((B,), q - 1, dtype=torch.long, device=dev))
     return Positions(logits=logits, state=KVState(new_k, new_v) if keep_state else None, outputs=outs)
 

@@ -102,11 +102,31 @@ class _Part:
     resid_pre: List[torch.Tensor]
     outputs: torch.Tensor
     ref: torch.Tensor
-    repeated: Dict[int, tuple]
+    copies: Dict[int, "_Copies"]
+
+
+@dataclass
+class _Copies:
+    """A part repeated ``c`` times, and the engine's difference buffer for it (``Patch.buffer``):
+    rows ``[0, valid)`` hold the clean run's ``outputs - reference``, repeated."""
+
+    tokens: torch.Tensor
+    part: object
+    buffer: torch.Tensor
+    valid: int = 0
+
+
+KEPT_COPIES = 2  # repeated shapes kept per part at once (a full chunk and the last, shorter one of a receiver)
 
 
 class BatchedTests:
-    """Mean metric of many circuits that differ only in one receiver's keep column, in batched passes."""
+    """Mean metric of many circuits that differ only in one receiver's keep column, in batched passes.
+
+    The passes restart at the receiver's layer from the clean run.  The senders before that layer
+    therefore carry their clean outputs in every pass, and their part of the engine's
+    ``current - reference`` buffer is the same in every pass: it is filled once per repeated shape
+    and kept (receivers are visited from the last layer back, so a pass only needs rows that an
+    earlier pass left alone).  The reference is given once, shared by the copies."""
 
     def __init__(self, engine, dataset, metric, options: MethodOptions):
         self.engine, self.metric, self.n = engine, metric, len(dataset)
@@ -132,28 +152,34 @@ class BatchedTests:
         return total / self.n
 
     def max_copies(self) -> int:
-        """How many copies of the largest part fit the memory budget (replicated reference, buffers)."""
+        """How many copies of the largest part fit the memory budget (the difference buffer, the layer's buffers)."""
         w, g = self.engine.w, self.engine.graph
         rows = max(p.tokens.numel() for p in self.parts)
-        per_copy = rows * w.d_model * w.W_E.element_size() * (3 * g.n_senders + 6 * w.n_heads)
+        per_copy = rows * w.d_model * w.W_E.element_size() * (g.n_senders + 6 * w.n_heads)
         logits = max(len(p.part) for p in self.parts) * w.W_U.shape[-1]
         return max(1, min(MAX_COPIES, MEMORY_BUDGET // max(per_copy, 1), LOGIT_ROWS_BUDGET // max(logits, 1)))
 
-    def _repeated(self, p: _Part, c: int, layer: int):
-        """The part's tokens, prompts, reference, earlier outputs and residual at ``layer``, repeated ``c`` times
-        (cached for the next pass when the dataset is one part; with ``--batch-size`` parts, rebuilt each pass)."""
+    def _copies(self, p: _Part, c: int, layer: int) -> _Copies:
+        """The part repeated ``c`` times, with its buffer's rows before ``layer``'s heads filled.
+        Kept for later passes when the dataset is one part; with ``--batch-size`` parts, made per pass."""
         n_before = self.engine.graph.senders_before_heads(layer)
-        if c == 1:
-            return p.tokens, p.part, p.ref, p.outputs[:n_before], p.resid_pre[layer]
-        key = (c, layer)
-        if key not in p.repeated:
-            p.repeated.clear()  # one shape at a time: the buffers are large
-            value = (p.tokens.repeat(c, 1), p.part.subset(list(range(len(p.part))) * c), p.ref.repeat(1, c, 1, 1),
-                     p.outputs[:n_before].repeat(1, c, 1, 1), p.resid_pre[layer].repeat(c, 1, 1))
-            if len(self.parts) > 1:
-                return value
-            p.repeated[key] = value
-        return p.repeated[key]
+        entry = p.copies.get(c)
+        if entry is None:
+            b = len(p.part)
+            tokens = p.tokens if c == 1 else p.tokens.repeat(c, 1)
+            part = p.part if c == 1 else p.part.subset(list(range(b)) * c)
+            buffer = torch.empty((p.outputs.shape[0], c * b, *p.outputs.shape[2:]), dtype=p.outputs.dtype, device=p.outputs.device)
+            entry = _Copies(tokens, part, buffer)
+            if len(self.parts) == 1:
+                while len(p.copies) >= KEPT_COPIES:
+                    p.copies.pop(next(iter(p.copies)))
+                p.copies[c] = entry
+        if entry.valid < n_before:
+            rows = slice(entry.valid, n_before)
+            diff = (p.outputs[rows] - p.ref[rows])
+            entry.buffer[rows] = diff if c == 1 else diff.repeat(1, c, 1, 1)
+        entry.valid = n_before  # the pass overwrites the later rows
+        return entry
 
     def __call__(self, keep: torch.Tensor, receiver: int, columns: torch.Tensor) -> torch.Tensor:
         """Mean metric [c] of the circuits ``keep`` with receiver's column replaced by each row of ``columns`` [c, S]."""
@@ -164,12 +190,12 @@ class BatchedTests:
         with torch.no_grad():
             for p in self.parts:
                 b = len(p.part)
-                tokens, expanded, ref, outputs, resid = self._repeated(p, c, layer)
-                patch = Patch(keep, ref, column=receiver, column_keep=columns)
+                copies = self._copies(p, c, layer)
+                resid = p.resid_pre[layer] if c == 1 else p.resid_pre[layer].repeat(c, 1, 1)
+                patch = Patch(keep, p.ref, column=receiver, column_keep=columns, buffer=copies.buffer)
                 # layer n_layers (the logits' input): no layer runs, only the unembedding
-                run = self.engine.run(tokens, expanded.answer_pos, patch=patch, start_layer=layer,
-                                      start_resid=resid, start_outputs=outputs)
-                total += self.metric(run.logits, expanded).double().cpu().view(c, b).sum(1)
+                run = self.engine.run(copies.tokens, copies.part.answer_pos, patch=patch, start_layer=layer, start_resid=resid)
+                total += self.metric(run.logits, copies.part).double().cpu().view(c, b).sum(1)
                 self.passes += 1
         self.copies += c
         return total / self.n
