@@ -488,6 +488,14 @@ def main(argv=None) -> int:
               f"{per_naive / ni['bridge_forward_seconds']:.2f}x one TransformerLens forward")
         print(f"  naive / ours per edge test: {per_naive / per_ours:.1f}x (CPU time {cpu_naive / cpu_ours:.1f}x); at a layer-0 receiver "
               f"(ours restarts at the input): {per_naive / by_layer['0']:.1f}x")
+        sweep = oi["edge_tests_by_layer_full_sweep"]
+        sweep_s = sum(sweep[k] * by_layer[k] for k in sweep)
+        n_sweep = sum(sweep.values())
+        values["acdc_full_sweep_speedup"] = (per_naive * n_sweep / sweep_s, None)  # informational (no target)
+        print(f"  a full sweep with every receiver alive ({n_sweep} edge tests, weighted by layer): ours {duration(sweep_s)} "
+              f"({1000 * sweep_s / n_sweep:.1f} ms per test), naive {duration(per_naive * n_sweep)}: "
+              f"{per_naive * n_sweep / sweep_s:.1f}x (most tests are at late layers' receivers, which have the most senders, "
+              f"but an early receiver's test costs ours nearly a whole forward)")
         print(f"{'PASS' if checks['acdc_naive_matches']['ok'] else 'FAIL'}: naive ACDC made the same tests"
               f" ({'yes' if same else 'no'}) with the same effects (max |diff| {diff:.2e})")
     if "activation_patching" in results:

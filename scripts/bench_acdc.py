@@ -95,6 +95,15 @@ def naive_acdc(bridge, data, metric, graph, *, tau: float, budget: int, order: s
     return {"edge_tests": tests, "effects": effects, "kept": keep > 0}
 
 
+def sweep_tests(graph) -> Dict[int, int]:
+    """Edge tests per receiver layer of a full ACDC sweep in which every receiver stays alive (the most
+    tests ACDC can make: one per edge): a layer's heads and MLP test every earlier sender."""
+    out = {layer: 0 for layer in range(graph.n_layers + 1)}
+    for r in range(graph.n_receivers):
+        out[graph.receiver_layer(r)] += graph.n_valid_senders(r)
+    return out
+
+
 def layer_costs(engine, data, metric, options, layers: List[int]) -> Dict[int, float]:
     """Seconds per edge test of our batched passes for a receiver of each layer in ``layers``
     (full batches of candidates; layer 0 restarts at the input, i.e. a full forward per copy)."""

@@ -505,7 +505,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
             s = result["scores"]
             info.update({k: v for k, v in s.info.items() if isinstance(v, (int, float, str))})
     elif kind == "acdc":
-        from bench_acdc import layer_costs
+        from bench_acdc import layer_costs, sweep_tests
 
         method = get_method("acdc")
         options = MethodOptions(**spec.get("options", {}))
@@ -519,7 +519,8 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
             s = result["scores"]
             info.update({k: v for k, v in s.info.items() if isinstance(v, (int, float, str)) and k != "complete"})
             info["search_complete"] = s.info["complete"]  # False: stopped at the test budget, as intended
-            info["seconds_per_test_by_layer"] = {str(k): v for k, v in layer_costs(engine, data, metric, options, [0, engine.graph.n_layers // 2, engine.graph.n_layers]).items()}
+            info["seconds_per_test_by_layer"] = {str(k): v for k, v in layer_costs(engine, data, metric, options, list(range(engine.graph.n_layers + 1))).items()}
+            info["edge_tests_by_layer_full_sweep"] = {str(k): v for k, v in sweep_tests(engine.graph).items()}
             with torch.no_grad():
                 times = []
                 for _ in range(3):
