@@ -144,6 +144,18 @@ class PeakMeter:
         self.how = "resident-set high-water mark (VmHWM)"
         return self
 
+    @classmethod
+    def try_start(cls, device) -> Optional["PeakMeter"]:
+        """A started meter, or None where the platform cannot measure (no /proc/self/clear_refs)."""
+        try:
+            return cls(device).start()
+        except CircuitsError:
+            return None
+
+    def report(self) -> Dict[str, Any]:
+        """For the manifest: memory in use when the meter started and the peak growth since."""
+        return {"start_bytes": self.before, "peak_growth_bytes": self.growth(), "measured_by": self.how}
+
     def growth(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -137,6 +137,19 @@ def test_discover_auto_batch_and_dtype_in_the_manifest(tmp_path, tiny_gpt2_dir):
     assert m["dtype"] == "bfloat16" and m["batch_size"] == m["options"]["batch_size"] >= 1
     assert m["batch_size_auto"]["max_memory_bytes"] == 10 ** 9 and m["batch_size_auto"]["bytes_per_prompt"] > 0
     assert "--batch-size auto:" in err
+    # the run's own peak memory growth (over the loaded model and prompts): a tiny model's is small but not nothing
+    assert m["memory"]["start_bytes"] > 0 and 0 < m["memory"]["peak_growth_bytes"] < 2 ** 30, m["memory"]
+
+
+def test_peak_meter_sees_an_allocation():
+    from circuits.memory import PeakMeter
+
+    meter = PeakMeter.try_start("cpu")
+    if meter is None:
+        pytest.skip("no /proc/self/clear_refs here: the CPU peak cannot be measured")
+    block = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, written
+    del block
+    assert 60 * 2 ** 20 < meter.report()["peak_growth_bytes"] < 1 << 30
 
 
 def test_discover_rejects_bad_scale_options(tmp_path, tiny_gpt2_dir):

@@ -214,6 +214,9 @@ def discover(
 
     if keep_neurons is not None and keep_neurons > engine.w.d_mlp:
         raise CircuitsError(f"--keep-neurons {keep_neurons}: this model's MLPs have {engine.w.d_mlp} neurons; pass fewer")
+    from circuits.memory import PeakMeter
+
+    meter = PeakMeter.try_start(device)  # the manifest's peak memory growth over the model and prompts
     auto, extra = None, {}
     if batch is None:
         from circuits.memory import auto_batch_size
@@ -237,6 +240,8 @@ def discover(
            "method": method, "metric": metric, "n": len(dataset), "n_scored": len(scored), "holdout": holdout,
            "data": None if data is None else str(data), "seed": seed, "device": device, "dtype": dtype,
            "batch_size": batch, "batch_size_auto": None if auto is None else auto.manifest()}
+    if meter is not None:
+        run["memory"] = meter.report()
     d_model = getattr(getattr(engine, "w", None), "d_model", None)
     if isinstance(d_model, int):
         run["d_model"] = d_model  # EAP-IG's graph files need it (cfg.d_model)
