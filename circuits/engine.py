@@ -57,6 +57,34 @@ class Patch:
     buffer: Optional[Tensor] = None
 
 
+class RestartBuffer:
+    """A ``Patch.buffer`` for many passes restarted from one clean run (ACDC, path patching).
+
+    ``at(layer)`` gives the buffer with its rows before ``layer``'s heads holding the clean run's
+    ``outputs - reference`` (repeated ``copies`` times along the batch).  A pass overwrites the rows
+    from its restart layer on, so only rows an earlier pass overwrote are filled again: visiting
+    layers from the last back (ACDC) fills each row once."""
+
+    def __init__(self, graph: ComputationalGraph, outputs: Tensor, reference: Tensor, copies: int = 1):
+        self.graph, self.outputs, self.reference, self.copies = graph, outputs, reference, copies
+        S, b = outputs.shape[:2]
+        self.buffer = torch.empty((S, copies * b, *outputs.shape[2:]), dtype=outputs.dtype, device=outputs.device)
+        self.valid = 0  # rows [0, valid) hold the clean difference
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel() * self.buffer.element_size()
+
+    def at(self, layer: int) -> Tensor:
+        n = self.graph.senders_before_heads(layer)
+        if self.valid < n:
+            rows = slice(self.valid, n)
+            diff = self.outputs[rows] - self.reference[rows]
+            self.buffer[rows] = diff if self.copies == 1 else diff.repeat(1, self.copies, 1, 1)
+        self.valid = n  # the pass overwrites the later rows
+        return self.buffer
+
+
 @dataclass
 class Trace:
     """Tensors kept from a traced forward pass, to turn their gradients into receiver gradients."""

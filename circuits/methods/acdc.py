@@ -42,7 +42,7 @@ from typing import Dict, List, Optional
 import torch
 
 from circuits.ablation import chunks, prepare, reference
-from circuits.engine import Patch
+from circuits.engine import Patch, RestartBuffer
 from circuits.errors import CircuitsError
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 
@@ -107,13 +107,11 @@ class _Part:
 
 @dataclass
 class _Copies:
-    """A part repeated ``c`` times, and the engine's difference buffer for it (``Patch.buffer``):
-    rows ``[0, valid)`` hold the clean run's ``outputs - reference``, repeated."""
+    """A part repeated ``c`` times, and the engine's difference buffer for it."""
 
     tokens: torch.Tensor
     part: object
-    buffer: torch.Tensor
-    valid: int = 0
+    buffer: RestartBuffer
 
 
 KEPT_COPIES = 2  # repeated shapes kept per part at once (a full chunk and the last, shorter one of a receiver)
@@ -159,26 +157,19 @@ class BatchedTests:
         logits = max(len(p.part) for p in self.parts) * w.W_U.shape[-1]
         return max(1, min(MAX_COPIES, MEMORY_BUDGET // max(per_copy, 1), LOGIT_ROWS_BUDGET // max(logits, 1)))
 
-    def _copies(self, p: _Part, c: int, layer: int) -> _Copies:
-        """The part repeated ``c`` times, with its buffer's rows before ``layer``'s heads filled.
-        Kept for later passes when the dataset is one part; with ``--batch-size`` parts, made per pass."""
-        n_before = self.engine.graph.senders_before_heads(layer)
+    def _copies(self, p: _Part, c: int) -> _Copies:
+        """The part repeated ``c`` times, with its difference buffer.  Kept for later passes when the
+        dataset is one part; with ``--batch-size`` parts, made per pass."""
         entry = p.copies.get(c)
         if entry is None:
             b = len(p.part)
             tokens = p.tokens if c == 1 else p.tokens.repeat(c, 1)
             part = p.part if c == 1 else p.part.subset(list(range(b)) * c)
-            buffer = torch.empty((p.outputs.shape[0], c * b, *p.outputs.shape[2:]), dtype=p.outputs.dtype, device=p.outputs.device)
-            entry = _Copies(tokens, part, buffer)
+            entry = _Copies(tokens, part, RestartBuffer(self.engine.graph, p.outputs, p.ref, copies=c))
             if len(self.parts) == 1:
                 while len(p.copies) >= KEPT_COPIES:
                     p.copies.pop(next(iter(p.copies)))
                 p.copies[c] = entry
-        if entry.valid < n_before:
-            rows = slice(entry.valid, n_before)
-            diff = (p.outputs[rows] - p.ref[rows])
-            entry.buffer[rows] = diff if c == 1 else diff.repeat(1, c, 1, 1)
-        entry.valid = n_before  # the pass overwrites the later rows
         return entry
 
     def __call__(self, keep: torch.Tensor, receiver: int, columns: torch.Tensor) -> torch.Tensor:
@@ -190,9 +181,9 @@ class BatchedTests:
         with torch.no_grad():
             for p in self.parts:
                 b = len(p.part)
-                copies = self._copies(p, c, layer)
+                copies = self._copies(p, c)
                 resid = p.resid_pre[layer] if c == 1 else p.resid_pre[layer].repeat(c, 1, 1)
-                patch = Patch(keep, p.ref, column=receiver, column_keep=columns, buffer=copies.buffer)
+                patch = Patch(keep, p.ref, column=receiver, column_keep=columns, buffer=copies.buffer.at(layer))
                 # layer n_layers (the logits' input): no layer runs, only the unembedding
                 run = self.engine.run(copies.tokens, copies.part.answer_pos, patch=patch, start_layer=layer, start_resid=resid)
                 total += self.metric(run.logits, copies.part).double().cpu().view(c, b).sum(1)

@@ -14,6 +14,7 @@ from typing import Dict, Iterator, Optional
 import torch
 
 from circuits.ablation import REFERENCE_CACHE_BYTES, Reference, chunks, reference
+from circuits.engine import RestartBuffer
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,12 @@ class CleanBatch:
     clean: object  # RunResult with outputs and resid_pre
     ref: torch.Tensor  # reference outputs [S, b, p, d]
     base: float  # sum of the clean metric over the batch
+    buffer: RestartBuffer  # the patched passes' difference buffer (its clean rows are filled once)
 
 
 def _nbytes(batch: CleanBatch) -> int:
     tensors = [batch.clean.outputs, batch.ref, *batch.clean.resid_pre]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in tensors) + batch.buffer.nbytes
 
 
 class CleanRuns:
@@ -55,7 +57,8 @@ class CleanRuns:
             clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True)
             ref = reference(engine, part, self.ablation, means=self.means).outputs
         self.passes += 2
-        out = CleanBatch(part, tokens, clean, ref, float(self.metric(clean.logits, part).sum(dtype=self.sum_dtype)))
+        out = CleanBatch(part, tokens, clean, ref, float(self.metric(clean.logits, part).sum(dtype=self.sum_dtype)),
+                         RestartBuffer(engine.graph, clean.outputs, ref))
         size = _nbytes(out)
         if len(self.parts) == 1 or self._bytes + size <= self.cache_bytes:
             self._cache[i] = out

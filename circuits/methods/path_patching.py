@@ -51,7 +51,8 @@ class PathPatching:
             total = 0.0
             with torch.no_grad():
                 for bt in batches:
-                    run = engine.run(bt.tokens, bt.part.answer_pos, patch=Patch(keep, bt.ref), start_layer=layer,
+                    patch = Patch(keep, bt.ref, buffer=bt.buffer.at(layer))
+                    run = engine.run(bt.tokens, bt.part.answer_pos, patch=patch, start_layer=layer,
                                      start_resid=bt.clean.resid_pre[layer], start_outputs=bt.clean.outputs)
                     total += float(metric(run.logits, bt.part).sum(dtype=batches.sum_dtype)) - bt.base
             return total / n
