@@ -5,9 +5,12 @@
 - ``task`` (the default): the task's ``metric``.
 - ``kl``: for each prompt, ``sum over its answer positions of KL(P_clean || P_patched)``, the
   divergence of the patched model's next-token distribution from the clean model's (ACDC's
-  metric, in nats).  The clean distributions come from one unpatched engine pass over
-  ``dataset`` when the metric is built, and are found again by ``PromptDataset.ids``, so the
-  metric works on any subset (batches, held-out parts) of that dataset.  It is 0 for the full
+  metric, in nats).  The clean distributions come from unpatched engine passes over
+  ``dataset``, batch by batch, and are found again by ``PromptDataset.ids``, so the metric
+  works on any subset (batches, held-out parts) of that dataset.  They are kept while they
+  total at most ``cache_bytes`` (1 GiB; ``[n, V]`` floats: 1,600 GPT-2 prompts take 0.3 GiB);
+  beyond that the prompts past the budget are run again when asked (one clean forward per
+  batch), so memory stays bounded whatever ``n``.  It is 0 for the full
   model and grows as the circuit loses behaviour, so edge scores are positive where an edge
   matters; faithfulness ``(m(C) - m(empty)) / (m(N) - m(empty))`` is ``1 - KL(C) / KL(empty)``.
   Its gradient at the clean run is zero: use it with methods that do not rely on that point
@@ -15,12 +18,12 @@
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
 
-from circuits.ablation import chunks
+from circuits.ablation import REFERENCE_CACHE_BYTES, chunks
 from circuits.dataset import PromptDataset
 from circuits.errors import CircuitsError
 from circuits.scores import Metric
@@ -39,33 +42,62 @@ def check_metric(name: str) -> str:
 class KLMetric:
     """``KL(clean || patched)`` per prompt, summed over its answer positions (see the module docstring).
 
-    ``log_clean`` [n, V] or [n, k, V]: the clean run's log-probabilities, row ``i`` for prompt id ``i``
-    of the dataset it was built on.
+    ``engine`` and ``dataset``: the clean runs are made on them; prompt ``i`` of the metric's input is
+    looked up by its id in ``dataset``.  ``cache_bytes`` bounds the clean log-probabilities kept.
     """
 
     name = "kl"
 
-    def __init__(self, log_clean: Tensor, ids: Tensor):
-        order = torch.as_tensor(ids).long()
-        self.log_clean = log_clean
-        self.row_of = {int(i): j for j, i in enumerate(order.tolist())}
+    def __init__(self, engine, dataset: PromptDataset, *, batch_size: int = 0, cache_bytes: int = REFERENCE_CACHE_BYTES):
+        self.engine, self.dataset, self.cache_bytes = engine, dataset, cache_bytes
+        self.row_of = {int(i): j for j, i in enumerate(torch.as_tensor(dataset.ids).long().tolist())}
+        self.kept: Dict[int, Tensor] = {}  # prompt id -> clean log-probabilities [V] or [k, V]
+        self.kept_bytes = 0
+        self.clean_passes = 0
+        for part in chunks(dataset, batch_size):  # fill the cache up to its budget
+            if self.kept_bytes >= cache_bytes:
+                break
+            self._clean(part)
 
     @classmethod
-    def from_engine(cls, engine, dataset: PromptDataset, *, batch_size: int = 0) -> "KLMetric":
-        parts = []
+    def from_engine(cls, engine, dataset: PromptDataset, *, batch_size: int = 0,
+                    cache_bytes: int = REFERENCE_CACHE_BYTES) -> "KLMetric":
+        return cls(engine, dataset, batch_size=batch_size, cache_bytes=cache_bytes)
+
+    def _clean(self, part: PromptDataset) -> Tensor:
+        """Clean log-probabilities of ``part``'s prompts (one unpatched pass), kept while the budget lasts."""
         with torch.no_grad():
-            for part in chunks(dataset, batch_size):
-                logits = engine.run(part.clean.to(engine.device), part.answer_pos).logits
-                parts.append(torch.log_softmax(_float(logits), -1))
-        return cls(torch.cat(parts), dataset.ids)
+            logits = self.engine.run(part.clean.to(self.engine.device), part.answer_pos).logits
+            logp = torch.log_softmax(_float(logits), -1)
+        self.clean_passes += 1
+        for i, row in zip(torch.as_tensor(part.ids).tolist(), logp):
+            size = row.numel() * row.element_size()
+            if int(i) not in self.kept and self.kept_bytes + size <= self.cache_bytes:
+                self.kept[int(i)] = row
+                self.kept_bytes += size
+        return logp
+
+    def _reference(self, dataset: PromptDataset) -> Tensor:
+        ids = [int(i) for i in torch.as_tensor(dataset.ids).tolist()]
+        for i in ids:
+            if i not in self.row_of:
+                raise ValueError(f"prompt id {i} is not in the dataset the KL metric was built on")
+        missing = [j for j, i in enumerate(ids) if i not in self.kept]
+        if not missing:
+            return torch.stack([self.kept[i] for i in ids])
+        if len(missing) == len(ids):
+            # ``dataset`` may be a repeated batch (ACDC): run each prompt of the original dataset once
+            rows = [self.row_of[i] for i in ids]
+            unique = sorted(set(rows))
+            logp = self._clean(self.dataset.subset(unique))
+            at = {r: k for k, r in enumerate(unique)}
+            return logp[[at[r] for r in rows]]
+        fresh = iter(self._clean(self.dataset.subset([self.row_of[ids[j]] for j in missing])))
+        missing_at = set(missing)
+        return torch.stack([next(fresh) if j in missing_at else self.kept[i] for j, i in enumerate(ids)])
 
     def __call__(self, logits: Tensor, dataset: PromptDataset) -> Tensor:
-        try:
-            rows = torch.tensor([self.row_of[int(i)] for i in torch.as_tensor(dataset.ids).tolist()],
-                                device=self.log_clean.device)
-        except KeyError as exc:
-            raise ValueError(f"prompt id {exc.args[0]} is not in the dataset the KL metric was built on") from exc
-        ref = self.log_clean[rows].to(logits.device)
+        ref = self._reference(dataset).to(logits.device)
         logp = torch.log_softmax(_float(logits), -1)
         if ref.shape != logp.shape:
             raise ValueError(f"KL metric: logits of shape {tuple(logp.shape)}, clean run {tuple(ref.shape)}")

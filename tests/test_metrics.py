@@ -129,6 +129,24 @@ def test_kl_metric(planted):
     assert f.m_full < 1e-6 < f.m_empty and f.f == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("budget_rows", [0, 2, 6])
+def test_kl_metric_within_a_memory_budget(planted, budget_rows):
+    """The clean log-probabilities kept are bounded by ``cache_bytes``; prompts past it are run again,
+    and the values equal those of a metric that keeps everything (also for a repeated batch)."""
+    engine, task, loaded = planted
+    data = task.build(loaded.tokenizer, n=6, seed=2)
+    full = KLMetric.from_engine(engine, data)
+    row = full.kept[int(data.ids[0])]
+    small = KLMetric.from_engine(engine, data, batch_size=2, cache_bytes=budget_rows * row.numel() * row.element_size())
+    assert len(small.kept) == budget_rows and small.kept_bytes <= small.cache_bytes
+    corrupted = engine.run(data.corrupted, data.answer_pos).logits
+    for index in ([0, 1, 2, 3, 4, 5], [5, 0], [3, 4, 3, 4]):
+        part = data.subset(index)
+        torch.testing.assert_close(small(corrupted[index], part), full(corrupted[index], part), rtol=1e-5, atol=1e-5)
+    # filling the cache (batches of 2 until the budget), then one pass per call that misses it
+    assert small.clean_passes == {0: 0 + 3, 2: 1 + 3, 6: 3 + 0}[budget_rows]
+
+
 def test_zero_and_mean_positions_references(planted):
     engine, task, loaded = planted
     data = task.build(loaded.tokenizer, n=5, seed=0)
