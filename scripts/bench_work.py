@@ -412,6 +412,30 @@ def _timed(work: Callable[[], Any], post: Optional[Callable[[], None]], info: Di
     }
 
 
+def _hooked_bridge(bridge, data, device):
+    """Set up a TransformerLens row (peer-style EAP, naive ACDC): frozen weights and the per-head flags
+    on (left on for the warm-up and the measured runs; the row's ``post`` switches them off).
+    Returns the bridge's config, its graph and the data on ``device``."""
+    from circuits.graph import ComputationalGraph
+
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    cfg = bridge.cfg
+    Flags(bridge).__enter__()
+    return cfg, ComputationalGraph(cfg.n_layers, cfg.n_heads), _on(data, device)
+
+
+def _fastest(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn`` (no gradients), in seconds."""
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Run one measurement described by ``spec``; returns its row (seconds, peak memory, info)."""
     kind, device = spec["kind"], spec["device"]
@@ -521,27 +545,15 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
             info["search_complete"] = s.info["complete"]  # False: stopped at the test budget, as intended
             info["seconds_per_test_by_layer"] = {str(k): v for k, v in layer_costs(engine, data, metric, options, list(range(engine.graph.n_layers + 1))).items()}
             info["edge_tests_by_layer_full_sweep"] = {str(k): v for k, v in sweep_tests(engine.graph).items()}
-            with torch.no_grad():
-                times = []
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    engine.run(data.clean.to(engine.device), data.answer_pos)
-                    times.append(time.perf_counter() - t0)
-            info["engine_forward_seconds"] = min(times)
+            info["engine_forward_seconds"] = _fastest(lambda: engine.run(data.clean.to(engine.device), data.answer_pos))
             info["effects"] = {f"{a},{b}": float(s.edge_scores[a, b]) for a, b in (s.edge_scores != 0).nonzero().tolist()}
     elif kind == "acdc_naive":
         from bench_acdc import naive_acdc
-        from circuits.graph import ComputationalGraph
 
-        for p in bridge.parameters():
-            p.requires_grad_(False)
-        cfg = bridge.cfg
-        graph = ComputationalGraph(cfg.n_layers, cfg.n_heads)
-        d = _on(data, device)
+        cfg, graph, d = _hooked_bridge(bridge, data, device)
         opts = spec.get("options", {})
         result = {}
         repeats = 1
-        Flags(bridge).__enter__()
 
         def work():
             result.update(naive_acdc(bridge, d, metric, graph, tau=float(opts.get("tau", 0.01)), budget=int(opts["max_tests"])))
@@ -550,13 +562,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
             Flags(bridge).__exit__()
             info["edge_tests"] = result["edge_tests"]
             info["effects"] = {f"{a},{b}": v for (a, b), v in result["effects"].items()}
-            with torch.no_grad():
-                times = []
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    bridge(d.clean)
-                    times.append(time.perf_counter() - t0)
-            info["bridge_forward_seconds"] = min(times)
+            info["bridge_forward_seconds"] = _fastest(lambda: bridge(d.clean))
     elif kind == "faithfulness":
         from circuits.select import prune, top_k_mask
 
@@ -575,15 +581,8 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
         def post():
             info["faithfulness"] = float(result["f"].f)
     elif kind == "peer":
-        for p in bridge.parameters():
-            p.requires_grad_(False)
-        cfg = bridge.cfg
-        from circuits.graph import ComputationalGraph
-
-        graph = ComputationalGraph(cfg.n_layers, cfg.n_heads)
-        d = _on(data, device)
+        cfg, graph, d = _hooked_bridge(bridge, data, device)
         result = {}
-        Flags(bridge).__enter__()  # left on for the warm-up and the measured runs; switched off in post()
 
         def work():
             result["scores"] = peer_style_eap(bridge, d, metric, cfg.n_layers, cfg.n_heads, graph)

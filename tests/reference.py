@@ -112,12 +112,58 @@ def sender_activations(bridge: Any, tokens: torch.Tensor) -> dict[str, torch.Ten
     return acts
 
 
+def receiver_hook_names(n_layers: int) -> list[str]:
+    """The hooks at every receiver input: each layer's q, k, v inputs and MLP input, then the final norm's."""
+    names_ = []
+    for layer in range(n_layers):
+        names_ += [f"blocks.{layer}.hook_{x}_input" for x in "qkv"] + [f"blocks.{layer}.ln2.hook_in"]
+    return names_ + ["ln_final.hook_in"]
+
+
+def receiver_hook_grads(bridge: Any, tokens: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor],
+                        resid0: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Gradients of ``loss(logits)`` w.r.t. every receiver hook's input, by hook name ([b, p, (heads,) d]).
+
+    Each receiver hook adds a zero "probe" tensor to its input; the probe's gradient is the gradient
+    with respect to that input alone.  ``resid0`` replaces the first residual stream (interpolated
+    inputs for integrated gradients)."""
+    probes: dict[str, torch.Tensor] = {}
+
+    def probe(name: str) -> Callable:
+        def add(t: torch.Tensor, hook: Any) -> torch.Tensor:
+            probes[name] = torch.zeros_like(t, requires_grad=True)
+            return t + probes[name]
+
+        return add
+
+    hooks = [(n, probe(n)) for n in receiver_hook_names(bridge.cfg.n_layers)]
+    if resid0 is not None:
+        hooks.insert(0, ("blocks.0.hook_resid_pre", lambda t, hook: resid0.clone()))
+    with torch.enable_grad():
+        loss(bridge.run_with_hooks(tokens, fwd_hooks=hooks)).backward()
+    return {n: p.grad for n, p in probes.items()}
+
+
 def edge_patched_logits(
     bridge: Any, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, patched_edges: Iterable[str],
     neurons: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Logits [batch, pos, vocab] of the clean run with ``patched_edges`` carrying corrupted activations
     (and, in each MLP of ``neurons``, the neurons outside its mask carrying their corrupted activations)."""
+    neurons = neurons or {}
+    with PerHeadFlags(bridge), torch.no_grad():
+        corrupted = sender_activations(bridge, corrupted_tokens)
+        post = {layer: _hidden(bridge, corrupted_tokens, layer) for layer in neurons}
+    return reference_patched_logits(bridge, clean_tokens, corrupted, post, patched_edges, neurons)
+
+
+def reference_patched_logits(
+    bridge: Any, clean_tokens: torch.Tensor, reference: dict[str, torch.Tensor], reference_post: dict[int, torch.Tensor],
+    patched_edges: Iterable[str], neurons: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Logits of the clean run with ``patched_edges`` carrying the sender activations ``reference`` (by
+    hook name, as ``sender_activations`` gives them) and, in each MLP of ``neurons``, the neurons
+    outside its mask carrying ``reference_post[layer]``."""
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     valid = set(all_edges(n_layers, n_heads))
     by_receiver: dict[tuple[str, int | None], list[names.Node]] = {}
@@ -132,8 +178,6 @@ def edge_patched_logits(
 
     neurons = neurons or {}
     with PerHeadFlags(bridge), torch.no_grad():
-        corrupted = sender_activations(bridge, corrupted_tokens)
-        post = {layer: _hidden(bridge, corrupted_tokens, layer) for layer in neurons}
         current: dict[str, torch.Tensor] = {}
 
         def save(name: str) -> Callable:
@@ -148,7 +192,7 @@ def edge_patched_logits(
             def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
                 t = t.clone()
                 for head, senders in heads.items():
-                    delta = sum(_sender_output(corrupted, s) - _sender_output(current, s) for s in senders)
+                    delta = sum(_sender_output(reference, s) - _sender_output(current, s) for s in senders)
                     if head is None:
                         t += delta
                     else:
@@ -161,7 +205,7 @@ def edge_patched_logits(
             def hook(t: torch.Tensor, hook: Any) -> torch.Tensor:
                 out = t.clone()
                 drop = ~neurons[layer].bool()
-                out[..., drop] = post[layer][..., drop]
+                out[..., drop] = reference_post[layer][..., drop]
                 return out
 
             return hook

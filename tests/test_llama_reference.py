@@ -20,7 +20,7 @@ from circuits.registry import get_method
 from circuits.scores import MethodOptions
 from circuits.task import answer_logits
 from circuits.tasks.greater_than import GreaterThan
-from reference import PerHeadFlags, boot_float64
+from reference import PerHeadFlags, boot_float64, receiver_hook_grads
 
 L, H, K = 2, 4, 2
 TOL = 1e-4  # of the largest value (see above)
@@ -59,22 +59,7 @@ def _senders(bridge, tokens):
 
 def _hook_grads(bridge, task, data, resid0=None):
     """Gradients w.r.t. each receiver hook's input: {name: [b, p, (heads,) d]}."""
-    hooks = [f"blocks.{l}.hook_{x}_input" for l in range(L) for x in "qkv"]
-    hooks += [f"blocks.{l}.ln2.hook_in" for l in range(L)] + ["ln_final.hook_in"]
-    probes = {}
-
-    def probe(name):
-        def add(t, hook):
-            probes[name] = torch.zeros_like(t, requires_grad=True)
-            return t + probes[name]
-        return add
-
-    fwd = [(n, probe(n)) for n in hooks]
-    if resid0 is not None:
-        fwd.insert(0, ("blocks.0.hook_resid_pre", lambda t, hook: resid0.clone()))
-    with torch.enable_grad():
-        _metric(task, data, bridge.run_with_hooks(data.clean, fwd_hooks=fwd)).backward()
-    return {n: p.grad for n, p in probes.items()}
+    return receiver_hook_grads(bridge, data.clean, lambda logits: _metric(task, data, logits), resid0)
 
 
 def _expected(engine, delta, grads):

@@ -13,7 +13,7 @@ from circuits.engine import Patch
 from circuits.registry import get_method
 from circuits.scores import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
-from reference import PerHeadFlags, boot_float64
+from reference import PerHeadFlags, boot_float64, receiver_hook_grads
 
 N_LAYERS, N_HEADS = 2, 4
 
@@ -49,39 +49,15 @@ def _sender_outputs(bridge, tokens):
     return torch.stack(outs).detach()
 
 
-def _receiver_hooks():
-    names = []
-    for layer in range(N_LAYERS):
-        names += [f"blocks.{layer}.hook_{x}_input" for x in "qkv"] + [f"blocks.{layer}.ln2.hook_in"]
-    return names + ["ln_final.hook_in"]
-
-
 def _receiver_grads(bridge, task, data, resid0=None):
-    """Gradients of the mean metric w.r.t. every receiver input, in the graph's receiver order: [R, b, p, d].
-
-    Each receiver hook adds a zero "probe" tensor to its input; the probe's gradient is the
-    gradient with respect to that input alone.
-    """
-    probes = {}
-
-    def probe(name):
-        def add(tensor, hook):
-            probes[name] = torch.zeros_like(tensor, requires_grad=True)
-            return tensor + probes[name]
-        return add
-
-    hooks = [(name, probe(name)) for name in _receiver_hooks()]
-    if resid0 is not None:
-        hooks.insert(0, ("blocks.0.hook_resid_pre", lambda t, hook: resid0.clone()))
-    with torch.enable_grad():
-        logits = bridge.run_with_hooks(data.clean, fwd_hooks=hooks)
-        _metric_of(task, data, logits).backward()
+    """Gradients of the mean metric w.r.t. every receiver input, in the graph's receiver order: [R, b, p, d]."""
+    probes = receiver_hook_grads(bridge, data.clean, lambda logits: _metric_of(task, data, logits), resid0)
     grads = []
     for layer in range(N_LAYERS):
         for x in "qkv":
-            grads += list(probes[f"blocks.{layer}.hook_{x}_input"].grad.permute(2, 0, 1, 3))
-        grads.append(probes[f"blocks.{layer}.ln2.hook_in"].grad)
-    grads.append(probes["ln_final.hook_in"].grad)
+            grads += list(probes[f"blocks.{layer}.hook_{x}_input"].permute(2, 0, 1, 3))
+        grads.append(probes[f"blocks.{layer}.ln2.hook_in"])
+    grads.append(probes["ln_final.hook_in"])
     return torch.stack(grads)
 
 

@@ -247,51 +247,12 @@ def test_neuron_masks_match_the_hook_based_reference(tiny_gpt2_dir, ablation):
 
 def _mean_patched_logits(reference, bridge, clean, patched, neurons):
     """Mean ablation written plainly: every sender's and neuron's reference value is its clean mean over the batch."""
-    from circuits import names
-
     with reference.PerHeadFlags(bridge), torch.no_grad():
         acts = reference.sender_activations(bridge, clean)
-        means = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in acts.items()}
         post = {layer: reference._hidden(bridge, clean, layer) for layer in neurons}
+    means = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in acts.items()}
     post = {layer: h.mean(0, keepdim=True).expand_as(h) for layer, h in post.items()}
-    by_receiver = {}
-    for raw in patched:
-        edge = names.parse_edge(raw)
-        hook = reference._receiver_hook(edge.dst, edge.qkv)
-        by_receiver.setdefault((hook, edge.dst.index if edge.dst.kind == "head" else None), []).append(edge.src)
-    current = {}
-
-    def save(name):
-        def hook(t, hook):
-            current[name] = t.detach()
-        return hook
-
-    def patch(hook_name):
-        heads = {h: srcs for (n, h), srcs in by_receiver.items() if n == hook_name}
-
-        def hook(t, hook):
-            t = t.clone()
-            for head, senders in heads.items():
-                delta = sum(reference._sender_output(means, s) - reference._sender_output(current, s) for s in senders)
-                if head is None:
-                    t += delta
-                else:
-                    t[:, :, head] += delta
-            return t
-        return hook
-
-    def reduce(layer):
-        def hook(t, hook):
-            out = t.clone()
-            out[..., ~neurons[layer]] = post[layer][..., ~neurons[layer]]
-            return out
-        return hook
-
-    hooks = [(f"blocks.{layer}.mlp.hook_post", reduce(layer)) for layer in sorted(neurons)]
-    hooks += [(n, save(n)) for n in reference._sender_hooks(bridge.cfg.n_layers)]
-    hooks += [(n, patch(n)) for n in dict.fromkeys(n for n, _ in by_receiver)]
-    with reference.PerHeadFlags(bridge), torch.no_grad():
-        return reference._run(bridge, clean, hooks)
+    return reference.reference_patched_logits(bridge, clean, means, post, patched, neurons)
 
 
 def test_analyze_says_it_does_not_draw_reduced_mlps():
