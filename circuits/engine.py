@@ -17,7 +17,7 @@ Bias terms (``b_O``) are not nodes: they are constants, the same in every run.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, List, Optional
 
 import torch
@@ -106,6 +106,91 @@ class RunResult:
     trace: Optional[Trace] = None
     resid_pre: Optional[List[Tensor]] = None  # per layer [b, p, d], then the final residual (when asked)
     hidden: Optional[dict] = None  # layer -> MLP hidden activations [b, p, m] for ``capture_hidden`` layers
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one ``GraphEngine.run`` does besides the plain forward pass.
+
+    Attributes:
+        patch: edge patching (:class:`Patch`).
+        collect: return every sender's output [S, b, p, d].
+        trace: keep q/k/v and normalized inputs with gradients retained (see ``receiver_grads``).
+        resid0: replaces the input embedding (e.g. interpolated inputs for integrated gradients).
+        start_layer, start_resid, start_outputs: resume from layer ``start_layer``'s residual input,
+            with the outputs of the senders before it (from an earlier collected run; not needed when
+            only patching with a ``Patch.buffer``).
+        keep_resid: return each layer's residual input and the final residual (for later restarts).
+        edit_mid, edit_hidden: interventions on a layer's residual stream between its attention and
+            its MLP (``resid_mid``), or on its MLP hidden activations.
+        capture_hidden: layers whose MLP hidden activations are returned (grad retained when tracing).
+    """
+
+    patch: Optional[Patch] = None
+    collect: bool = False
+    trace: bool = False
+    resid0: Optional[Tensor] = None
+    start_layer: int = 0
+    start_resid: Optional[Tensor] = None
+    start_outputs: Optional[Tensor] = None
+    keep_resid: bool = False
+    edit_mid: Optional[ResidEdit] = None
+    edit_hidden: Optional[PostEdit] = None
+    capture_hidden: tuple = ()
+
+
+class _Pass:
+    """The state of one ``run``: its options, the senders' outputs and differences recorded so far, the
+    reference residual, the trace, kept residuals and captured hidden activations."""
+
+    def __init__(self, engine: "GraphEngine", shape: tuple, options: RunOptions):
+        w, g = engine.w, engine.graph
+        self.engine, self.options = engine, options
+        b, p = shape
+        full = (g.n_senders, b, p, w.d_model)
+        self.outs = torch.zeros(full, dtype=w.W_E.dtype, device=engine.device) if options.collect else None
+        self.diff, self.groups, self.ref_resid = None, 1, None
+        patch = options.patch
+        if patch is not None:
+            self.groups = _groups(b, patch.reference.shape[1])
+            # every row of diff is written before it is read (a receiver reads only earlier senders)
+            self.diff = patch.buffer if patch.buffer is not None else torch.empty(full, dtype=w.W_E.dtype, device=engine.device)
+            # the residual stream made of reference outputs (plus biases), summed when first needed
+            self.ref_resid = _ReferenceResidual(g, w.b_O, patch.reference, self.groups)
+        self.records = self.outs is not None or self.diff is not None
+        self.trace = Trace() if options.trace else None
+        self.resid_pre: Optional[List[Tensor]] = [] if options.keep_resid else None
+        self.hiddens: dict = {}
+
+    def start(self, tokens: Tensor) -> Tensor:
+        """The residual stream the pass starts from (the embedding, or ``start_resid``), with the senders
+        before it recorded."""
+        o, g = self.options, self.engine.graph
+        if o.start_resid is None:
+            resid = self.engine.embed(tokens) if o.resid0 is None else o.resid0
+            self.store(0, resid.detach()[None])
+            return resid
+        fill_diff = self.diff is not None and o.patch.buffer is None
+        if self.outs is not None or fill_diff:
+            self.store(0, o.start_outputs[: g.senders_before_heads(o.start_layer)], difference=fill_diff)
+        return o.start_resid
+
+    def store(self, first: int, values: Tensor, difference: bool = True) -> None:
+        """Record senders' outputs (and, when patching, their difference from the reference)."""
+        last = first + values.shape[0]
+        if self.outs is not None:
+            self.outs[first:last] = values
+        if self.diff is not None and difference:
+            ref = self.options.patch.reference[first:last]
+            if self.groups == 1:
+                torch.sub(values, ref, out=self.diff[first:last])
+            else:
+                torch.sub(_grouped(values, self.groups), ref[:, None], out=_grouped(self.diff[first:last], self.groups))
+
+    def inputs(self, resid: Tensor, n_senders: int, cols: slice, defer_column: bool = False):
+        """``GraphEngine._patched_inputs`` of the receivers ``cols`` reading the first ``n_senders`` senders."""
+        return GraphEngine._patched_inputs(resid, self.ref_resid, self.options.patch, self.diff, n_senders, cols,
+                                           defer_column=defer_column)
 
 
 class GraphEngine:
@@ -304,136 +389,92 @@ class GraphEngine:
         qkv[kind][:, :, h] = x @ W[layer][src] + bias[layer][src]
 
     # ------------------------------------------------------------------ forward
-    def run(
-        self,
-        tokens: Tensor,
-        answer_pos: Tensor,
-        *,
-        patch: Optional[Patch] = None,
-        collect: bool = False,
-        trace: bool = False,
-        resid0: Optional[Tensor] = None,
-        start_layer: int = 0,
-        start_resid: Optional[Tensor] = None,
-        start_outputs: Optional[Tensor] = None,
-        keep_resid: bool = False,
-        edit_mid: Optional[ResidEdit] = None,
-        edit_hidden: Optional[PostEdit] = None,
-        capture_hidden: tuple = (),
-    ) -> RunResult:
+    def run(self, tokens: Tensor, answer_pos: Tensor, options: Optional["RunOptions"] = None, **overrides) -> RunResult:
         """One forward pass.
 
         Args:
             tokens: [b, p] token ids.  answer_pos: [b] (or [b, k]) positions whose logits are returned.
-            patch: edge patching.
-            collect: return every sender's output [S, b, p, d].
-            trace: keep q/k/v and normalized inputs with gradients retained (see ``receiver_grads``).
-            resid0: replaces the input embedding (e.g. interpolated inputs for integrated gradients).
-            start_layer, start_resid, start_outputs: resume from layer ``start_layer``'s residual input,
-                with the outputs of the senders before it (from an earlier collected run).
-            keep_resid: return each layer's residual input and the final residual (for later restarts).
-            capture_hidden: layers whose MLP hidden activations are returned (grad retained when tracing).
-            edit_mid, edit_hidden: interventions on a layer's residual stream between its attention and
-                its MLP (``resid_mid``), or on its MLP hidden activations.
+            options: a :class:`RunOptions` (what to patch, collect, trace, restart from, edit); any of its
+                fields may also be given as keywords (``engine.run(tokens, pos, patch=p, collect=True)``),
+                and override ``options``'s.
         """
-        w, g = self.w, self.graph
-        b, p = tokens.shape
-        if trace and patch is not None:
+        o = replace(options, **overrides) if options is not None else RunOptions(**overrides)
+        if o.trace and o.patch is not None:
             # Patched layers compute q/k/v per head and keep no trace, so receiver_grads would read the
             # wrong layers: refuse rather than return wrong gradients.
             raise ValueError("run(trace=True) cannot be combined with patch: gradients are traced on unpatched runs only")
-        tr = Trace() if trace else None
-        shape = (g.n_senders, b, p, w.d_model)
-        outs = torch.zeros(shape, dtype=w.W_E.dtype, device=self.device) if collect else None
-        diff, groups = None, 1
-        if patch is not None:
-            groups = _groups(b, patch.reference.shape[1])
-            # every row of diff is written before it is read (a receiver reads only earlier senders)
-            diff = patch.buffer if patch.buffer is not None else torch.empty(shape, dtype=w.W_E.dtype, device=self.device)
+        run = _Pass(self, tokens.shape, o)
+        resid = run.start(tokens)
+        for layer in range(o.start_layer, self.w.n_layers):
+            if run.resid_pre is not None:
+                run.resid_pre.append(resid.detach())
+            resid = self._attention_block(run, layer, resid)
+            if o.edit_mid is not None:
+                resid = o.edit_mid(layer, resid)
+            resid = self._mlp_block(run, layer, resid)
+        if run.resid_pre is not None:
+            run.resid_pre.append(resid.detach())
+        g = self.graph
+        final = run.inputs(resid, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))[0]
+        logits = self.unembed(final, answer_pos, run.trace)
+        return RunResult(logits=logits, outputs=run.outs, trace=run.trace, resid_pre=run.resid_pre, hidden=run.hiddens or None)
 
-        def store(first: int, values: Tensor, outputs: bool = True, difference: bool = True) -> None:
-            """Record senders' outputs (and, when patching, their difference from the reference)."""
-            last = first + values.shape[0]
-            if outs is not None and outputs:
-                outs[first:last] = values
-            if diff is not None and difference:
-                ref = patch.reference[first:last]
-                if groups == 1:
-                    torch.sub(values, ref, out=diff[first:last])
-                else:
-                    torch.sub(_grouped(values, groups), ref[:, None], out=_grouped(diff[first:last], groups))
-
-        if start_resid is None:
-            resid = self.embed(tokens) if resid0 is None else resid0
-            store(0, resid.detach()[None])
+    def _attention_block(self, run: "_Pass", layer: int, resid: Tensor) -> Tensor:
+        """Layer ``layer``'s attention on the residual stream: its heads' q/k/v inputs (patched, per head
+        where they differ), the heads' outputs recorded, the residual stream after them."""
+        w, g, kv = self.w, self.graph, self.kv_of_head
+        ln1_w, ln1_b = w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer]
+        block = g.receiver_block(layer)
+        x_in, split, column = run.inputs(resid, g.senders_before_heads(layer), slice(block.start, block.start + 3 * w.n_heads),
+                                         defer_column=True)
+        if split:  # every head's q, k and v input on its own
+            x, _, _ = self._norm(x_in, ln1_w, ln1_b)  # [3H, b, p, d]
+            H = w.n_heads
+            q = torch.einsum("hbpd,hde->bphe", x[:H], w.W_Q[layer]) + w.b_Q[layer]
+            k = torch.einsum("hbpd,hde->bphe", x[H:2 * H], w.W_K[layer][kv]) + w.b_K[layer][kv]
+            v = torch.einsum("hbpd,hde->bphe", x[2 * H:], w.W_V[layer][kv]) + w.b_V[layer][kv]
         else:
-            resid = start_resid
-            if outs is not None or (diff is not None and patch.buffer is None):
-                store(0, start_outputs[: g.senders_before_heads(start_layer)], difference=patch is None or patch.buffer is None)
-        resid_pre = [] if keep_resid else None
-        hiddens: dict = {}
-        # the residual stream made of reference outputs (plus biases), summed when first needed
-        ref_resid = _ReferenceResidual(g, w.b_O, patch.reference, groups) if patch is not None else None
-        kv = self.kv_of_head
-        for layer in range(start_layer, w.n_layers):
-            if keep_resid:
-                resid_pre.append(resid.detach())
-            ln1_w, ln1_b = w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer]
-            block = g.receiver_block(layer)
-            heads = slice(block.start, block.start + 3 * w.n_heads)
-            x_in, split, column = self._patched_inputs(resid, ref_resid, patch, diff, g.senders_before_heads(layer), heads,
-                                                       defer_column=True)
-            if split:  # every head's q, k and v input on its own
-                x, _, _ = self._norm(x_in, ln1_w, ln1_b)  # [3H, b, p, d]
-                H = w.n_heads
-                q = torch.einsum("hbpd,hde->bphe", x[:H], w.W_Q[layer]) + w.b_Q[layer]
-                k = torch.einsum("hbpd,hde->bphe", x[H:2 * H], w.W_K[layer][kv]) + w.b_K[layer][kv]
-                v = torch.einsum("hbpd,hde->bphe", x[2 * H:], w.W_V[layer][kv]) + w.b_V[layer][kv]
-            else:
-                x, xhat, scale = self._norm(x_in, ln1_w, ln1_b)
-                q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
-                k = (torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer])[:, :, kv]
-                v = (torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer])[:, :, kv]
-                if column is not None:  # one receiver's input differs: recompute only its head's q, k or v
-                    self._one_head_input(layer, column, (q, k, v), ln1_w, ln1_b)
-                if tr is not None:
-                    for t in (q, k, v):
-                        t.retain_grad()
-                    tr.q.append(q), tr.k.append(k), tr.v.append(v)
-                    tr.ln1.append((xhat.detach(), scale.detach()))
-            z = self._attend(q, k, v)
-            if outs is not None or diff is not None:
-                head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
-                store(g.head_sender(layer, 0), head_out.detach())
-                attn = head_out.sum(0)
-            else:
-                attn = torch.einsum("bphe,hed->bpd", z, w.W_O[layer])
-            resid = resid + attn + w.b_O[layer]
-            if edit_mid is not None:
-                resid = edit_mid(layer, resid)
+            x, xhat, scale = self._norm(x_in, ln1_w, ln1_b)
+            q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
+            k = (torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer])[:, :, kv]
+            v = (torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer])[:, :, kv]
+            if column is not None:  # one receiver's input differs: recompute only its head's q, k or v
+                self._one_head_input(layer, column, (q, k, v), ln1_w, ln1_b)
+            if run.trace is not None:
+                for t in (q, k, v):
+                    t.retain_grad()
+                run.trace.q.append(q), run.trace.k.append(k), run.trace.v.append(v)
+                run.trace.ln1.append((xhat.detach(), scale.detach()))
+        z = self._attend(q, k, v)
+        if run.records:
+            head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
+            run.store(g.head_sender(layer, 0), head_out.detach())
+            attn = head_out.sum(0)
+        else:
+            attn = torch.einsum("bphe,hed->bpd", z, w.W_O[layer])
+        return resid + attn + w.b_O[layer]
 
-            mlp_r = g.mlp_receiver(layer)
-            x_in, _, _ = self._patched_inputs(resid, ref_resid, patch, diff, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))
-            x, xhat, scale = self._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
-            if tr is not None:
-                x.retain_grad()
-                tr.mlp_in.append(x)
-                tr.ln2.append((xhat.detach(), scale.detach()))
-            hidden = self.mlp_hidden(layer, x)
-            if edit_hidden is not None:
-                hidden = edit_hidden(layer, hidden)
-            if layer in capture_hidden:
-                if tr is not None and hidden.requires_grad:
-                    hidden.retain_grad()
-                hiddens[layer] = hidden
-            mlp_out = hidden @ w.W_out[layer] + w.b_out[layer]
-            store(g.mlp_sender(layer), mlp_out.detach()[None])
-            resid = resid + mlp_out
-        if keep_resid:
-            resid_pre.append(resid.detach())
-        final, _, _ = self._patched_inputs(resid, ref_resid, patch, diff, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))
-        logits = self.unembed(final, answer_pos, tr)
-        return RunResult(logits=logits, outputs=outs, trace=tr, resid_pre=resid_pre, hidden=hiddens or None)
+    def _mlp_block(self, run: "_Pass", layer: int, resid: Tensor) -> Tensor:
+        """Layer ``layer``'s MLP on the residual stream (its input patched, hidden activations edited or
+        captured as asked), its output recorded, the residual stream after it."""
+        w, g, o = self.w, self.graph, run.options
+        mlp_r = g.mlp_receiver(layer)
+        x_in = run.inputs(resid, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))[0]
+        x, xhat, scale = self._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
+        if run.trace is not None:
+            x.retain_grad()
+            run.trace.mlp_in.append(x)
+            run.trace.ln2.append((xhat.detach(), scale.detach()))
+        hidden = self.mlp_hidden(layer, x)
+        if o.edit_hidden is not None:
+            hidden = o.edit_hidden(layer, hidden)
+        if layer in o.capture_hidden:
+            if run.trace is not None and hidden.requires_grad:
+                hidden.retain_grad()
+            run.hiddens[layer] = hidden
+        mlp_out = hidden @ w.W_out[layer] + w.b_out[layer]
+        run.store(g.mlp_sender(layer), mlp_out.detach()[None])
+        return resid + mlp_out
 
     # ------------------------------------------------------------------ gradients
     def receiver_grads(self, trace: Trace, layer: int) -> Tensor:
