@@ -141,6 +141,19 @@ def test_discover_auto_batch_and_dtype_in_the_manifest(tmp_path, tiny_gpt2_dir):
     assert m["memory"]["start_bytes"] > 0 and 0 < m["memory"]["peak_growth_bytes"] < 2 ** 30, m["memory"]
 
 
+def test_evaluate_circuit_takes_an_automatic_batch(tmp_path, tiny_gpt2_dir):
+    out = tmp_path / "run"
+    common = ("--model", str(tiny_gpt2_dir), "--n", "6")
+    code, _, err = invoke("discover", "greater-than", *common, "--method", "eap", "--out", str(out), "--top-k", "5", "--holdout", "0")
+    assert code == 0, err
+    code, text, err = invoke("evaluate-circuit", str(out), "--batch-size", "auto", "--max-memory", "1GB", "--json")
+    assert code == 0, err
+    assert "--batch-size auto:" in err
+    whole = json.loads((out / "manifest.json").read_text())["faithfulness"]
+    assert json.loads(text)["faithfulness"] == pytest.approx(whole, rel=1e-5)
+    assert_user_error(*invoke("evaluate-circuit", str(out), "--batch-size", "2", "--max-memory", "1GB")[::2], "--max-memory")
+
+
 def test_peak_meter_sees_an_allocation():
     from circuits.memory import PeakMeter
 

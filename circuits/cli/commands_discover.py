@@ -102,6 +102,16 @@ def _load(model: str, device: str, dtype: str = "float32"):
     return loaded.tokenizer, GraphEngine(weights)
 
 
+def _auto_batch(engine, dataset, task_obj, budget: Optional[int], ablation: str):
+    """``--batch-size auto``: the probe's choice, said on stderr."""
+    from circuits.memory import auto_batch_size
+
+    auto = auto_batch_size(engine, dataset, task_obj.metric, max_memory=budget, ablation=ablation)
+    typer.echo(f"--batch-size auto: {auto.batch_size} prompts per batch ({auto.bytes_per_prompt / 2 ** 20:.1f} MiB per prompt "
+               f"measured on {auto.probe_prompts}; budget {auto.max_memory / 2 ** 30:.2f} GiB)", err=True)
+    return auto
+
+
 def _batch_size(text: str, max_memory: Optional[str]):
     """``--batch-size`` (None for auto) and the ``--max-memory`` budget in bytes (None: the default)."""
     from circuits.memory import parse_batch_size, parse_memory
@@ -219,14 +229,10 @@ def discover(
     meter = PeakMeter.try_start(device)  # the manifest's peak memory growth over the model and prompts
     auto, extra = None, {}
     if batch is None:
-        from circuits.memory import auto_batch_size
-
         t = time.perf_counter()
-        auto = auto_batch_size(engine, dataset, task_obj.metric, max_memory=budget, ablation=ablation)
+        auto = _auto_batch(engine, dataset, task_obj, budget, ablation)
         batch, timings["batch_probe"] = auto.batch_size, time.perf_counter() - t
         extra = {"cache_bytes": auto.cache_bytes}
-        typer.echo(f"--batch-size auto: {batch} prompts per batch ({auto.bytes_per_prompt / 2 ** 20:.1f} MiB per prompt "
-                   f"measured on {auto.probe_prompts}; budget {auto.max_memory / 2 ** 30:.2f} GiB)", err=True)
     from dataclasses import replace as with_batch
 
     options = with_batch(options, batch_size=batch)
@@ -353,7 +359,8 @@ def evaluate_circuit(
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     ablation: Optional[str] = typer.Option(None, "--ablation", help="corrupted, mean, mean-positions or zero [default: the circuit's, else corrupted]."),
     metric: Optional[str] = typer.Option(None, "--metric", help="task or kl [default: the circuit's, else task]."),
-    batch_size: int = typer.Option(0, "--batch-size", help="Prompts per forward pass (0: all at once)."),
+    batch_size: str = typer.Option("0", "--batch-size", help=BATCH_HELP),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
     dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Reduce these MLPs of the circuit (e.g. m10) to their top neurons; needs --keep-neurons."),
@@ -397,13 +404,14 @@ def evaluate_circuit(
     holdout = float(holdout if holdout is not None else (meta.get("holdout") or 0.0))
     holdout_count(holdout, n)
 
-    if batch_size < 0:
-        raise CircuitsError(f"--batch-size must be 0 (all prompts) or more (got {batch_size})")
+    batch_size, budget = _batch_size(batch_size, max_memory)
     tokenizer, engine = _load(model, device, dtype)
     keep = _keep_mask(G, engine.graph, model)
     neuron_masks = _circuit_neurons(G, engine)
     dataset = _build(task_obj, tokenizer, n=n, seed=seed, data=data)
     scored, heldout = split_holdout(dataset, holdout, seed=seed)
+    if batch_size is None:
+        batch_size = _auto_batch(engine, dataset, task_obj, budget, ablation).batch_size
     metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch_size)
     if reduce_layers:
         from circuits.neurons import score_top_neurons
