@@ -245,8 +245,9 @@ class BudgetedPathPatching:
 
         class Spy:  # the search's priority queue, watched
             @staticmethod
-            def heappush(heap, item):
-                queued.append(-item)
+            def heappush(heap, item):  # item: (-priority, -node); a node may be pushed again with a larger priority
+                if -item[1] not in queued:
+                    queued.append(-item[1])
                 real_heapq.heappush(heap, item)
 
             @staticmethod
