@@ -139,13 +139,59 @@ class RunOptions:
     capture_hidden: tuple = ()
 
 
+@dataclass
+class KVState:
+    """Every head's keys (rotated) and values at the positions run so far: per layer [b, p, H, e]."""
+
+    k: List[Tensor]
+    v: List[Tensor]
+
+    @property
+    def length(self) -> int:
+        return int(self.k[0].shape[1])
+
+
+@dataclass
+class Positions:
+    """What ``GraphEngine.extend`` returns: logits [B, V] at the last new position, the state extended
+    by the new positions (when asked) and the senders' outputs there [S, B, q, d] (when collected)."""
+
+    logits: Tensor
+    state: Optional[KVState] = None
+    outputs: Optional[Tensor] = None
+
+
+class _Cache:
+    """Attention for ``extend``: new positions after the cached ones of ``state`` (row ``i`` continues
+    cached row ``rows[i]``), keeping the extended keys and values when asked."""
+
+    def __init__(self, state: Optional[KVState], rows: Optional[Tensor], keep: bool, device):
+        self.state, self.keep = state, keep
+        self.start = 0 if state is None else state.length
+        self.rows = None if state is None else (torch.arange(state.k[0].shape[0]) if rows is None else rows).to(device)
+        self.k: List[Tensor] = []
+        self.v: List[Tensor] = []
+
+    def attend(self, engine: "GraphEngine", layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q, k = engine._rotate(q, self.start), engine._rotate(k, self.start)
+        if self.state is not None:
+            k = torch.cat([self.state.k[layer][self.rows], k], 1)
+            v = torch.cat([self.state.v[layer][self.rows], v], 1)
+        if self.keep:
+            self.k.append(k), self.v.append(v)
+        n = q.shape[1]
+        mask = torch.ones(n, self.start + n, dtype=torch.bool, device=q.device).tril(self.start)
+        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        return z.transpose(1, 2)
+
+
 class _Pass:
     """The state of one ``run``: its options, the senders' outputs and differences recorded so far, the
     reference residual, the trace, kept residuals and captured hidden activations."""
 
-    def __init__(self, engine: "GraphEngine", shape: tuple, options: RunOptions):
+    def __init__(self, engine: "GraphEngine", shape: tuple, options: RunOptions, cache: Optional["_Cache"] = None):
         w, g = engine.w, engine.graph
-        self.engine, self.options = engine, options
+        self.engine, self.options, self.cache = engine, options, cache
         b, p = shape
         full = (g.n_senders, b, p, w.d_model)
         self.outs = torch.zeros(full, dtype=w.W_E.dtype, device=engine.device) if options.collect else None
@@ -167,7 +213,7 @@ class _Pass:
         before it recorded."""
         o, g = self.options, self.engine.graph
         if o.start_resid is None:
-            resid = self.engine.embed(tokens) if o.resid0 is None else o.resid0
+            resid = self.engine.embed(tokens, 0 if self.cache is None else self.cache.start) if o.resid0 is None else o.resid0
             self.store(0, resid.detach()[None])
             return resid
         fill_diff = self.diff is not None and o.patch.buffer is None
@@ -186,6 +232,10 @@ class _Pass:
                 torch.sub(values, ref, out=self.diff[first:last])
             else:
                 torch.sub(_grouped(values, self.groups), ref[:, None], out=_grouped(self.diff[first:last], self.groups))
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention of the pass's positions: causal over themselves, or after the cached ones."""
+        return self.engine._attend(q, k, v) if self.cache is None else self.cache.attend(self.engine, layer, q, k, v)
 
     def inputs(self, resid: Tensor, n_senders: int, cols: slice, defer_column: bool = False):
         """``GraphEngine._patched_inputs`` of the receivers ``cols`` reading the first ``n_senders`` senders."""
@@ -224,11 +274,12 @@ class GraphEngine:
         return self.w.W_Q.device
 
     # ------------------------------------------------------------------ pieces
-    def embed(self, tokens: Tensor) -> Tensor:
-        """The ``input`` node's output [b, p, d]: token (+ learned position) embeddings."""
+    def embed(self, tokens: Tensor, start: int = 0) -> Tensor:
+        """The ``input`` node's output [b, p, d]: token (+ learned position) embeddings, the tokens being
+        at positions ``start ..``."""
         x = self.w.W_E[tokens]
         if self.w.W_pos is not None:
-            x = x + self.w.W_pos[: tokens.shape[1]][None]
+            x = x + self.w.W_pos[start:start + tokens.shape[1]][None]
         return x
 
     def _norm(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]):
@@ -419,6 +470,27 @@ class GraphEngine:
         logits = self.unembed(final, answer_pos, run.trace)
         return RunResult(logits=logits, outputs=run.outs, trace=run.trace, resid_pre=run.resid_pre, hidden=run.hiddens or None)
 
+    def extend(self, tokens: Tensor, state: Optional[KVState] = None, *, rows: Optional[Tensor] = None,
+               patch: Optional[Patch] = None, collect: bool = False, keep_state: bool = False) -> Positions:
+        """Run ``tokens`` [B, q] as the positions after ``state``'s (row ``i`` continues cached row
+        ``rows[i]``; no state: the sequences start here), the same pass as ``run`` otherwise.
+
+        A patch's ``reference`` [S, B, q, d] holds the senders' outputs at these positions in the
+        reference run.  Returns the logits at the last new position, and the keys and values
+        extended by the new positions when ``keep_state``: a prompt run once can then be continued
+        by one token at a time at the cost of that token alone (teacher forcing)."""
+        cache = _Cache(state, rows, keep_state, self.device)
+        o = RunOptions(patch=patch, collect=collect)
+        run = _Pass(self, tokens.shape, o, cache)
+        resid = run.start(tokens.to(self.device))
+        for layer in range(self.w.n_layers):
+            resid = self._mlp_block(run, layer, self._attention_block(run, layer, resid))
+        g = self.graph
+        final = run.inputs(resid, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))[0]
+        last = torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=self.device)
+        return Positions(logits=self.unembed(final, last), state=KVState(cache.k, cache.v) if keep_state else None,
+                         outputs=run.outs)
+
     def _attention_block(self, run: "_Pass", layer: int, resid: Tensor) -> Tensor:
         """Layer ``layer``'s attention on the residual stream: its heads' q/k/v inputs (patched, per head
         where they differ), the heads' outputs recorded, the residual stream after them."""
@@ -445,7 +517,7 @@ class GraphEngine:
                     t.retain_grad()
                 run.trace.q.append(q), run.trace.k.append(k), run.trace.v.append(v)
                 run.trace.ln1.append((xhat.detach(), scale.detach()))
-        z = self._attend(q, k, v)
+        z = run.attend(layer, q, k, v)
         if run.records:
             head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
             run.store(g.head_sender(layer, 0), head_out.detach())
