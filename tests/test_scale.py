@@ -155,14 +155,16 @@ def test_evaluate_circuit_takes_an_automatic_batch(tmp_path, tiny_gpt2_dir):
 
 
 def test_peak_meter_sees_an_allocation():
-    from circuits.memory import PeakMeter
+    from circuits.memory import PeakMeter, release_free_memory
 
+    release_free_memory()
     meter = PeakMeter.try_start("cpu")
     if meter is None:
         pytest.skip("no /proc/self/clear_refs here: the CPU peak cannot be measured")
-    block = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, written
+    block = torch.ones(256 * 2 ** 20 // 4)  # 256 MiB, written
     del block
-    assert 60 * 2 ** 20 < meter.report()["peak_growth_bytes"] < 1 << 30
+    # the resident set is the process's net use: memory other threads free meanwhile offsets a little of it
+    assert 192 * 2 ** 20 < meter.report()["peak_growth_bytes"] < 1 << 30
 
 
 def test_discover_rejects_bad_scale_options(tmp_path, tiny_gpt2_dir):
