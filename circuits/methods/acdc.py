@@ -20,7 +20,8 @@ are descending); ``normal`` is compute order, ``input`` first.
 
 Speed.  When a receiver of layer ``l`` is visited, nothing before layer ``l`` is patched yet, so
 every test restarts the forward pass at layer ``l`` from the clean run (``start_layer``,
-``start_resid``, ``start_outputs``).  Many candidate edges of the receiver are tested in one pass:
+``start_resid``), and the clean senders' part of the engine's ``current - reference`` buffer is
+filled once, not per pass (``engine.RestartBuffer``; the reference is given once for all copies).  Many candidate edges of the receiver are tested in one pass:
 the batch is repeated once per candidate, and the copies differ only in that receiver's keep
 column (``Patch.column_keep``).  Copy ``j`` assumes a decision for each earlier candidate of its
 pass (the decision made last: runs of removals and runs of keeps both batch well) and
