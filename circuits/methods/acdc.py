@@ -131,24 +131,18 @@ class BatchedTests:
         self.engine, self.metric, self.n = engine, metric, len(dataset)
         means = prepare(engine, dataset, options.ablation, batch_size=options.batch_size)
         self.parts: List[_Part] = []
+        total = 0.0  # the clean metric, from the clean runs the parts keep
         with torch.no_grad():
             for part in chunks(dataset, options.batch_size):
                 tokens = part.clean.to(engine.device)
                 clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True)
+                total += float(metric(clean.logits, part).double().sum())
                 ref = reference(engine, part, options.ablation, means=means).outputs
                 ref = ref.expand(-1, len(part), -1, -1) if ref.shape[1] != len(part) else ref
                 self.parts.append(_Part(part, tokens, clean.resid_pre, clean.outputs, ref, {}))
-        self.passes = 0
+        self.passes = len(self.parts)  # the clean runs
         self.copies = 0
-        self.full = self._clean_metric()
-
-    def _clean_metric(self) -> float:
-        total = 0.0
-        with torch.no_grad():
-            for p in self.parts:
-                total += float(self.metric(self.engine.run(p.tokens, p.part.answer_pos).logits, p.part).double().sum())
-        self.passes += len(self.parts)
-        return total / self.n
+        self.full = total / self.n
 
     def max_copies(self) -> int:
         """How many copies of the largest part fit the memory budget (the difference buffer, the layer's buffers)."""
