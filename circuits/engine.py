@@ -455,19 +455,7 @@ class GraphEngine:
             # wrong layers: refuse rather than return wrong gradients.
             raise ValueError("run(trace=True) cannot be combined with patch: gradients are traced on unpatched runs only")
         run = _Pass(self, tokens.shape, o)
-        resid = run.start(tokens)
-        for layer in range(o.start_layer, self.w.n_layers):
-            if run.resid_pre is not None:
-                run.resid_pre.append(resid.detach())
-            resid = self._attention_block(run, layer, resid)
-            if o.edit_mid is not None:
-                resid = o.edit_mid(layer, resid)
-            resid = self._mlp_block(run, layer, resid)
-        if run.resid_pre is not None:
-            run.resid_pre.append(resid.detach())
-        g = self.graph
-        final = run.inputs(resid, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))[0]
-        logits = self.unembed(final, answer_pos, run.trace)
+        logits = self.unembed(self._forward(run, tokens), answer_pos, run.trace)
         return RunResult(logits=logits, outputs=run.outs, trace=run.trace, resid_pre=run.resid_pre, hidden=run.hiddens or None)
 
     def extend(self, tokens: Tensor, state: Optional[KVState] = None, *, rows: Optional[Tensor] = None,
@@ -482,14 +470,26 @@ class GraphEngine:
         cache = _Cache(state, rows, keep_state, self.device)
         o = RunOptions(patch=patch, collect=collect)
         run = _Pass(self, tokens.shape, o, cache)
-        resid = run.start(tokens.to(self.device))
-        for layer in range(self.w.n_layers):
-            resid = self._mlp_block(run, layer, self._attention_block(run, layer, resid))
-        g = self.graph
-        final = run.inputs(resid, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))[0]
+        final = self._forward(run, tokens.to(self.device))
         last = torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=self.device)
         return Positions(logits=self.unembed(final, last), state=KVState(cache.k, cache.v) if keep_state else None,
                          outputs=run.outs)
+
+    def _forward(self, run: "_Pass", tokens: Tensor) -> Tensor:
+        """The pass's layers from its start layer on; returns the logits' (patched) input, the final residual stream."""
+        o = run.options
+        resid = run.start(tokens)
+        for layer in range(o.start_layer, self.w.n_layers):
+            if run.resid_pre is not None:
+                run.resid_pre.append(resid.detach())
+            resid = self._attention_block(run, layer, resid)
+            if o.edit_mid is not None:
+                resid = o.edit_mid(layer, resid)
+            resid = self._mlp_block(run, layer, resid)
+        if run.resid_pre is not None:
+            run.resid_pre.append(resid.detach())
+        g = self.graph
+        return run.inputs(resid, g.n_senders, slice(g.logits_receiver, g.logits_receiver + 1))[0]
 
     def _attention_block(self, run: "_Pass", layer: int, resid: Tensor) -> Tensor:
         """Layer ``layer``'s attention on the residual stream: its heads' q/k/v inputs (patched, per head
