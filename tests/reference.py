@@ -112,6 +112,24 @@ def sender_activations(bridge: Any, tokens: torch.Tensor) -> dict[str, torch.Ten
     return acts
 
 
+def sender_stack(bridge: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """Every sender's output through the bridge's hooks, in the graph's sender order: [S, b, p, d]
+    (the embedding, with the learned positions where the model has them; each head; each MLP).
+    The per-head flags must be on."""
+    _, cache = bridge.run_with_cache(tokens)
+    embed = cache["hook_embed"]
+    outs = [embed + cache["hook_pos_embed"] if "hook_pos_embed" in cache else embed]
+    for layer in range(bridge.cfg.n_layers):
+        outs += list(cache[f"blocks.{layer}.attn.hook_result"].permute(2, 0, 1, 3))
+        outs.append(cache[f"blocks.{layer}.hook_mlp_out"])
+    return torch.stack(outs).detach()
+
+
+def ig_inputs(clean: torch.Tensor, corrupted: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """EAP-IG's integration points between the corrupted and the clean input embedding, clean last."""
+    return [corrupted + k / steps * (clean - corrupted) for k in range(1, steps + 1)]
+
+
 def receiver_hook_names(n_layers: int) -> list[str]:
     """The hooks at every receiver input: each layer's q, k, v inputs and MLP input, then the final norm's."""
     names_ = []

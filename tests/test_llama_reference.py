@@ -20,7 +20,7 @@ from circuits.registry import get_method
 from circuits.scores import MethodOptions
 from circuits.task import answer_logits
 from circuits.tasks.greater_than import GreaterThan
-from reference import PerHeadFlags, boot_float64, receiver_hook_grads
+from reference import PerHeadFlags, boot_float64, ig_inputs, receiver_hook_grads, sender_stack
 
 L, H, K = 2, 4, 2
 TOL = 1e-4  # of the largest value (see above)
@@ -45,16 +45,6 @@ def setup(tmp_path_factory, digit_tokenizer):
 
 def _metric(task, data, logits):
     return task.metric(answer_logits(logits, data), data).mean()
-
-
-def _senders(bridge, tokens):
-    """[S, b, p, d] in the graph's order: the embedding, each head's result, each MLP's output."""
-    _, cache = bridge.run_with_cache(tokens)
-    outs = [cache["hook_embed"]]
-    for layer in range(L):
-        outs += list(cache[f"blocks.{layer}.attn.hook_result"].permute(2, 0, 1, 3))
-        outs.append(cache[f"blocks.{layer}.hook_mlp_out"])
-    return torch.stack(outs).detach()
 
 
 def _hook_grads(bridge, task, data, resid0=None):
@@ -109,7 +99,7 @@ def test_eap_matches_per_head_hooks_on_llama(setup):
     bridge, engine, task, data = setup
     scores = get_method("eap").score(engine, data, task.metric).edge_scores
     with PerHeadFlags(bridge):
-        delta = _senders(bridge, data.corrupted) - _senders(bridge, data.clean)
+        delta = sender_stack(bridge, data.corrupted) - sender_stack(bridge, data.clean)
         per, grouped = _expected(engine, delta, _hook_grads(bridge, task, data))
     _check(engine, scores, per, grouped)
 
@@ -119,9 +109,8 @@ def test_eap_ig_matches_integrated_hook_gradients_on_llama(setup):
     steps = 3
     scores = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(ig_steps=steps)).edge_scores
     with PerHeadFlags(bridge):
-        clean, corrupted = _senders(bridge, data.clean), _senders(bridge, data.corrupted)
-        grads = [_hook_grads(bridge, task, data, resid0=corrupted[0] + k / steps * (clean[0] - corrupted[0]))
-                 for k in range(1, steps + 1)]
+        clean, corrupted = sender_stack(bridge, data.clean), sender_stack(bridge, data.corrupted)
+        grads = [_hook_grads(bridge, task, data, resid0=x) for x in ig_inputs(clean[0], corrupted[0], steps)]
         mean = {n: sum(gr[n] for gr in grads) / steps for n in grads[0]}
         per, grouped = _expected(engine, corrupted - clean, mean)
     _check(engine, scores, per, grouped)

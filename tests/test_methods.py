@@ -13,7 +13,7 @@ from circuits.engine import Patch
 from circuits.registry import get_method
 from circuits.scores import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
-from reference import PerHeadFlags, boot_float64, receiver_hook_grads
+from reference import PerHeadFlags, boot_float64, ig_inputs, receiver_hook_grads, sender_stack
 
 N_LAYERS, N_HEADS = 2, 4
 
@@ -37,16 +37,6 @@ def setup(tmp_path_factory):
 
 def _metric_of(task, data, logits):
     return task.metric(logits[torch.arange(len(data)), data.answer_pos], data).mean()
-
-
-def _sender_outputs(bridge, tokens):
-    """Every sender's output through the bridge's hooks, in the graph's sender order: [S, b, p, d]."""
-    _, cache = bridge.run_with_cache(tokens)
-    outs = [cache["hook_embed"] + cache["hook_pos_embed"]]
-    for layer in range(N_LAYERS):
-        outs += list(cache[f"blocks.{layer}.attn.hook_result"].permute(2, 0, 1, 3))
-        outs.append(cache[f"blocks.{layer}.hook_mlp_out"])
-    return torch.stack(outs).detach()
 
 
 def _receiver_grads(bridge, task, data, resid0=None):
@@ -73,7 +63,7 @@ def test_eap_matches_taylor_term_from_per_head_hooks(setup):
     bridge, engine, task, data = setup
     scores = get_method("eap").score(engine, data, task.metric).edge_scores
     with PerHeadFlags(bridge):
-        delta = _sender_outputs(bridge, data.corrupted) - _sender_outputs(bridge, data.clean)
+        delta = sender_stack(bridge, data.corrupted) - sender_stack(bridge, data.clean)
         grads = _receiver_grads(bridge, task, data)
     expected = torch.einsum("sbpd,rbpd->sr", delta, grads) * engine.graph.valid_mask()
     assert scores.abs().max() > 1e-4  # the check below is not vacuous
@@ -86,9 +76,8 @@ def test_eap_ig_matches_integrated_hook_gradients(setup):
     steps = 3
     scores = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(ig_steps=steps)).edge_scores
     with PerHeadFlags(bridge):
-        clean, corrupted = _sender_outputs(bridge, data.clean), _sender_outputs(bridge, data.corrupted)
-        total = sum(_receiver_grads(bridge, task, data, resid0=corrupted[0] + k / steps * (clean[0] - corrupted[0]))
-                    for k in range(1, steps + 1)) / steps
+        clean, corrupted = sender_stack(bridge, data.clean), sender_stack(bridge, data.corrupted)
+        total = sum(_receiver_grads(bridge, task, data, resid0=x) for x in ig_inputs(clean[0], corrupted[0], steps)) / steps
     expected = torch.einsum("sbpd,rbpd->sr", corrupted - clean, total) * engine.graph.valid_mask()
     assert torch.allclose(scores, expected, atol=1e-10, rtol=1e-7)
 
@@ -98,7 +87,7 @@ def test_eap_ig_with_one_step_is_eap(setup):
     bridge, engine, task, data = setup
     ig1 = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(ig_steps=1)).edge_scores
     with PerHeadFlags(bridge):
-        delta = _sender_outputs(bridge, data.corrupted) - _sender_outputs(bridge, data.clean)
+        delta = sender_stack(bridge, data.corrupted) - sender_stack(bridge, data.clean)
         grads = _receiver_grads(bridge, task, data)
     expected = torch.einsum("sbpd,rbpd->sr", delta, grads) * engine.graph.valid_mask()
     assert expected.abs().max() > 1e-4
