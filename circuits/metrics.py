@@ -82,19 +82,13 @@ class KLMetric:
         for i in ids:
             if i not in self.row_of:
                 raise ValueError(f"prompt id {i} is not in the dataset the KL metric was built on")
-        missing = [j for j, i in enumerate(ids) if i not in self.kept]
-        if not missing:
-            return torch.stack([self.kept[i] for i in ids])
-        if len(missing) == len(ids):
-            # ``dataset`` may be a repeated batch (ACDC): run each prompt of the original dataset once
-            rows = [self.row_of[i] for i in ids]
-            unique = sorted(set(rows))
-            logp = self._clean(self.dataset.subset(unique))
-            at = {r: k for k, r in enumerate(unique)}
-            return logp[[at[r] for r in rows]]
-        fresh = iter(self._clean(self.dataset.subset([self.row_of[ids[j]] for j in missing])))
-        missing_at = set(missing)
-        return torch.stack([next(fresh) if j in missing_at else self.kept[i] for j, i in enumerate(ids)])
+        # prompts past the cache: each run once, even when ``dataset`` repeats them (ACDC's copies)
+        missing = sorted({i for i in ids if i not in self.kept})
+        fresh = {}
+        if missing:
+            logp = self._clean(self.dataset.subset([self.row_of[i] for i in missing]))
+            fresh = dict(zip(missing, logp))
+        return torch.stack([fresh[i] if i in fresh else self.kept[i] for i in ids])
 
     def __call__(self, logits: Tensor, dataset: PromptDataset) -> Tensor:
         ref = self._reference(dataset).to(logits.device)
