@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -28,14 +28,26 @@ def check_ablation(ablation: str) -> None:
         raise CircuitsError(f"unknown ablation {ablation!r}; use one of: {', '.join(ABLATIONS)}")
 
 
-def chunks(dataset: PromptDataset, batch_size: int) -> Iterator[PromptDataset]:
-    """The dataset in pieces of ``batch_size`` prompts (all at once when 0).  Between pieces the C heap's
-    free pages are given back (``release_free_memory``), so the peak stays one piece's, whatever ``n``."""
+def pieces(dataset: PromptDataset, batch_size: int) -> List[PromptDataset]:
+    """The dataset in pieces of ``batch_size`` prompts (all at once when 0)."""
     size = batch_size if batch_size and batch_size > 0 else len(dataset)
-    for start in range(0, len(dataset), size):
-        if start:
+    if size >= len(dataset):
+        return [dataset]
+    return [dataset.subset(slice(start, start + size)) for start in range(0, len(dataset), size)]
+
+
+def each(parts: Sequence[PromptDataset]) -> Iterator[PromptDataset]:
+    """Iterate the pieces, giving the C heap's free pages back between them (``release_free_memory``),
+    so the peak stays one piece's, whatever ``n``."""
+    for i, part in enumerate(parts):
+        if i:
             release_free_memory()
-        yield dataset if size >= len(dataset) else dataset.subset(slice(start, start + size))
+        yield part
+
+
+def chunks(dataset: PromptDataset, batch_size: int) -> Iterator[PromptDataset]:
+    """``each`` of the dataset's ``pieces``: batch by batch, the heap trimmed between batches."""
+    return each(pieces(dataset, batch_size))
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,7 @@ class BatchReferences:
         check_ablation(ablation)
         self.engine, self.dataset, self.ablation, self.batch_size = engine, dataset, ablation, batch_size
         self.cache_bytes = cache_bytes
-        self._parts = list(chunks(dataset, batch_size))
+        self._parts = pieces(dataset, batch_size)
         self._cache: Dict[int, Tensor] = {}
         self._cached_bytes = 0
         self.computed = 0  # reference runs made (recomputations included)
@@ -155,5 +167,5 @@ class BatchReferences:
         return out
 
     def __iter__(self) -> Iterator[Tuple[PromptDataset, Tensor]]:
-        for i, part in enumerate(self._parts):
+        for i, part in enumerate(each(self._parts)):
             yield part, self.outputs(i)

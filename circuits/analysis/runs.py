@@ -7,7 +7,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from circuits.ablation import chunks
+from circuits.ablation import each, pieces
 from circuits.scores import Progress, no_progress
 
 __all__ = ["Runs", "collect_runs", "batches"]
@@ -45,9 +45,9 @@ def collect_runs(engine, dataset, *, mlp_layers: Sequence[int] = (), hidden_laye
     answer: Dict[int, List[Tensor]] = {l: [] for l in mlp_layers}
     delta: Dict[int, List[Tensor]] = {l: [] for l in mlp_layers}
     hidden: Dict[int, List[Tensor]] = {l: [] for l in hidden_layers}
-    parts = list(chunks(dataset, batch_size))
+    parts = pieces(dataset, batch_size)
     with torch.no_grad():
-        for i, part in enumerate(parts):
+        for i, part in enumerate(each(parts)):
             collect = bool(mlp_layers)
             clean = engine.run(part.clean.to(engine.device), part.answer_pos, collect=collect, keep_resid=True,
                                capture_hidden=hidden_layers)

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from circuits.ablation import chunks, prepare, reference
+from circuits.ablation import each, pieces, prepare, reference
 from circuits.dataset import repeat_positions
 from circuits.methods.attribution import parse_neuron_layers, top_neurons
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
@@ -55,11 +55,11 @@ class ActivationPatching:
         layers = parse_neuron_layers(options.neurons, w.n_layers)
         means = prepare(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
         n = len(dataset)
-        parts = list(chunks(dataset, options.batch_size))
+        parts = pieces(dataset, options.batch_size)
         totals = _Totals.zeros(engine, layers)
         resid_total = None
         passes = 0
-        for i, part in enumerate(parts):
+        for i, part in enumerate(each(parts)):
             tokens = part.clean.to(engine.device)
             ref = reference(engine, part, options.ablation, means=means, hidden_layers=layers)
             with torch.no_grad():

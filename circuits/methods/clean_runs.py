@@ -13,7 +13,7 @@ from typing import Dict, Iterator, Optional
 
 import torch
 
-from circuits.ablation import REFERENCE_CACHE_BYTES, Reference, chunks, reference
+from circuits.ablation import REFERENCE_CACHE_BYTES, Reference, each, pieces, reference
 from circuits.engine import RestartBuffer
 
 
@@ -38,7 +38,7 @@ class CleanRuns:
     def __init__(self, engine, dataset, metric, ablation: str, *, batch_size: int = 0, means: Optional[Reference] = None,
                  cache_bytes: int = REFERENCE_CACHE_BYTES):
         self.engine, self.metric, self.ablation, self.means = engine, metric, ablation, means
-        self.parts = list(chunks(dataset, batch_size))
+        self.parts = pieces(dataset, batch_size)
         self.cache_bytes = cache_bytes
         self._cache: Dict[int, CleanBatch] = {}
         self._bytes = 0
@@ -66,5 +66,5 @@ class CleanRuns:
         return out
 
     def __iter__(self) -> Iterator[CleanBatch]:
-        for i in range(len(self.parts)):
+        for i, _ in enumerate(each(self.parts)):
             yield self.batch(i)

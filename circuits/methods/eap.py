@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from circuits.ablation import chunks, prepare, reference
+from circuits.ablation import each, pieces, prepare, reference
 from circuits.methods.attribution import add_edge_scores, parse_neuron_layers, score_dtype, top_neurons
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 
@@ -24,10 +24,10 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
     means = prepare(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
     total = torch.zeros(g.n_senders, g.n_receivers, device=engine.device, dtype=score_dtype(engine))
     neuron_totals = {}
-    parts = list(chunks(dataset, options.batch_size))
+    parts = pieces(dataset, options.batch_size)
     work, done = len(parts) * steps, 0
     n = len(dataset)
-    for part in parts:
+    for part in each(parts):
         tokens = part.clean.to(engine.device)
         ref = reference(engine, part, options.ablation, means=means, hidden_layers=layers)
         emb_clean, emb_ref = engine.embed(tokens), ref.outputs[0].clone()
