@@ -6,6 +6,7 @@ returns a :class:`DiscoveryResult`.  It neither prints nor writes files (see
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
@@ -14,11 +15,12 @@ from circuits.ablation import REFERENCE_CACHE_BYTES
 from circuits.errors import CircuitsError
 from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
-from circuits.ranking import evaluation_mask
-from circuits.select import MODES, Selection, own_circuit, target_faithfulness, threshold, top_k
+from circuits.ranking import check_ranking, evaluation_mask
+from circuits.select import (MODES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Selection, own_circuit, target_faithfulness,
+                             threshold, top_k, verify_edges)
 
-__all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "method_granularity", "reduced_mlps",
-           "holdout_count", "split_holdout", "kept_edge_scores", "top_components"]
+__all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "verifies", "method_granularity",
+           "reduced_mlps", "holdout_count", "split_holdout", "kept_edge_scores", "top_components"]
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,28 @@ class SelectionSpec:
     ``keep_neurons``: when > 0, each MLP whose neurons the method scores (``MethodOptions.neurons``)
     is kept through its ``keep_neurons`` top neurons only (by ``|neuron score|``), in every circuit
     the run measures (the curve, the target search and the chosen circuit).
+
+    ``ranking``: ``abs`` (largest ``|score|`` first) or ``signed`` (most helpful first), for the curve and
+    the selection.  ``verify``: check the chosen edge circuit by patching (:func:`circuits.select.verify_edges`);
+    None (auto) verifies a ``target-faithfulness`` circuit of at most ``VERIFY_AUTO_EDGES`` edges.
+    ``verify_tolerance``: the most verification may move the circuit's metric, as a fraction of the full effect.
     """
 
     mode: str = "target-faithfulness"
     value: float = 0.9
     keep_neurons: int = 0
+    ranking: str = "abs"
+    verify: Optional[bool] = None
+    verify_tolerance: float = VERIFY_TOLERANCE
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise CircuitsError(f"unknown selection mode {self.mode!r}; use one of {', '.join(MODES)}")
+        check_ranking(self.ranking)
+        if self.verify and self.mode == "acdc":
+            raise CircuitsError("--verify: acdc already tested each edge of its circuit by patching; drop --verify")
+        if not (math.isfinite(self.verify_tolerance) and self.verify_tolerance >= 0):
+            raise CircuitsError(f"--verify-tolerance must be a finite number >= 0 (got {self.verify_tolerance})")
         if self.mode == "top-k" and (self.value < 0 or self.value != int(self.value)):
             raise CircuitsError(f"--top-k must be a whole number >= 0 (got {self.value})")
         if self.mode == "threshold" and not self.value >= 0:
@@ -185,22 +200,36 @@ def select(spec: SelectionSpec, scores: Scores, evaluator: CircuitEvaluator, *, 
     reuses the curve's points and the evaluator's cache.
 
     ``neurons`` (MLP layer -> bool [d_mlp]): reduced MLPs, measured that way by the target search;
-    the selection records those of them that stay in the circuit.
+    the selection records those of them that stay in the circuit.  The chosen circuit is then verified
+    when ``spec`` asks for it (see :func:`verifies`).
     """
+    ranking = spec.ranking
     if spec.mode == "top-k":
-        chosen = top_k(scores, int(spec.value), granularity=granularity)
+        chosen = top_k(scores, int(spec.value), granularity=granularity, ranking=ranking)
     elif spec.mode == "threshold":
-        chosen = threshold(scores, float(spec.value), granularity=granularity)
+        chosen = threshold(scores, float(spec.value), granularity=granularity, ranking=ranking)
     elif spec.mode == "acdc":
         chosen = own_circuit(scores)
     else:
         known = {p.k: p.faithfulness for p in curve.points} if curve is not None else None
         chosen = target_faithfulness(evaluator.engine, evaluator.dataset, evaluator.metric_fn, scores,
                                      evaluator.reference, float(spec.value), progress=progress, evaluator=evaluator,
-                                     known=known, neurons=neurons, granularity=granularity)
+                                     known=known, neurons=neurons, granularity=granularity, ranking=ranking)
+    if verifies(spec, chosen):
+        chosen = verify_edges(evaluator, chosen, tolerance=spec.verify_tolerance, neurons=neurons, progress=progress)
     if neurons:
         chosen = replace(chosen, neurons=_neurons_in_circuit(neurons, chosen.keep_mask, scores.graph))
     return chosen
+
+
+def verifies(spec: SelectionSpec, chosen: Selection) -> bool:
+    """Whether :func:`select` verifies ``chosen``: as ``spec.verify`` says, else (auto) an edge circuit chosen by
+    ``target-faithfulness`` with at most ``VERIFY_AUTO_EDGES`` edges.  ACDC's and node methods' circuits never."""
+    if chosen.granularity != "edge" or chosen.mode == "acdc":
+        return False
+    if spec.verify is not None:
+        return bool(spec.verify)
+    return chosen.mode == "target-faithfulness" and chosen.edges_kept <= VERIFY_AUTO_EDGES
 
 
 def method_granularity(method) -> str:
@@ -257,6 +286,9 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     progress = progress or no_progress
     timings: Dict[str, float] = {}
     granularity = method_granularity(method)
+    if selection.verify and granularity == "node":
+        raise CircuitsError(f"--verify checks the edges of an edge circuit; {getattr(method, 'name', method)} selects "
+                            "nodes: drop --verify")
     if selection.keep_neurons:
         if not options.neurons:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
@@ -281,7 +313,7 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     if curve:
         t = time.perf_counter()
         found_curve = faithfulness_curve(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curve"),
-                                         granularity=granularity, neurons=neurons)
+                                         granularity=granularity, neurons=neurons, ranking=selection.ranking)
         timings["curve"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -300,7 +332,8 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         ev_held = CircuitEvaluator(engine, heldout, metric, batch_size=options.batch_size, ablation=options.ablation,
                                    cache_bytes=cache_bytes)
         held_curve = faithfulness_curve(ev_held, scores, fractions, progress=_stage(progress, "held-out curve"),
-                                        granularity=granularity, neurons=neurons) if curve else None
+                                        granularity=granularity, neurons=neurons,
+                                        ranking=selection.ranking) if curve else None
         held = HeldOut(n=len(heldout), curve=held_curve,
                        faithfulness=ev_held.faithfulness(evaluation_mask(chosen.keep_mask, graph, granularity),
                                                          chosen.neurons))

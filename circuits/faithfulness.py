@@ -229,12 +229,14 @@ def normalized_area(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: Sequence[float] = FRACTIONS,
                        *, progress: Optional[Progress] = None, granularity: str = "edge",
-                       neurons: Optional[NeuronMasks] = None) -> Curve:
-    """f of the top-``ceil(fraction * E)`` edges by ``|score|`` (each pruned) for each fraction, with CPR and CMD.
+                       neurons: Optional[NeuronMasks] = None, ranking: str = "abs") -> Curve:
+    """f of the top-``ceil(fraction * E)`` edges (each pruned) for each fraction, with CPR and CMD.
+
+    ``ranking``: ``abs`` (largest ``|score|`` first) or ``signed`` (most helpful first); see :mod:`circuits.ranking`.
 
     ``neurons``: MLPs reduced to these neurons in every circuit of the curve (``discover --keep-neurons``).
 
-    With ``granularity="node"`` the fractions are of the heads and MLPs (ranked by ``|node score|``),
+    With ``granularity="node"`` the fractions are of the heads and MLPs (ranked by their node scores),
     each circuit the subgraph its nodes induce with ``input`` and ``logits``; ``k`` then counts nodes.
     """
     progress = progress or no_progress
@@ -251,9 +253,9 @@ def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: S
     for i, x in enumerate(xs):
         k = edges_for_fraction(x, n_units_total)
         if granularity == "node":
-            mask = top_k_nodes_mask(scores, k)
+            mask = top_k_nodes_mask(scores, k, ranking)
         else:
-            mask = prune(top_k_mask(scores, k), graph)
+            mask = prune(top_k_mask(scores, k, ranking), graph)
         shown = evaluation_mask(mask, graph, granularity)
         f = evaluator.faithfulness(shown, neurons) if neurons else evaluator.faithfulness(shown)
         points.append(CurvePoint(fraction=x, k=k, edges=int(mask.sum()), faithfulness=f.f))

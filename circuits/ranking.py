@@ -3,11 +3,13 @@
 Kept apart from :mod:`circuits.select` (which chooses the size) and :mod:`circuits.faithfulness`
 (which measures a circuit), so both can import it without importing each other.
 
-- **Edges** are ranked by ``|score|`` (ties: compute order of the receiver, then of the
-  sender; NaN scores last).  A prefix of that ranking is **pruned** to the edges on an
+- **Edges** are ranked by ``|score|`` (``ranking="abs"``, the default) or by how much they help
+  the behaviour (``ranking="signed"``: the most negative score first, as MIB ranks for CPR when
+  ``--absolute`` is off); ties in compute order of the receiver, then of the sender; NaN scores
+  last.  A prefix of that ranking is **pruned** to the edges on an
   ``input -> logits`` path through kept edges.
-- **Nodes** (heads and MLPs; ``input`` and ``logits`` are always in a circuit) are ranked by
-  ``|node score|`` (ties: compute order).  A node circuit keeps every edge among its kept nodes,
+- **Nodes** (heads and MLPs; ``input`` and ``logits`` are always in a circuit) are ranked the same
+  way by their node score (ties: compute order).  A node circuit keeps every edge among its kept nodes,
   ``input`` and ``logits`` (:func:`node_mask`); each kept node feeds the logits directly and
   reads ``input`` directly, so nothing is pruned.
 
@@ -21,15 +23,33 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
+from circuits.errors import CircuitsError
 from circuits.graph import ComputationalGraph
 from circuits.scores import Scores
 
 GRANULARITIES = ("edge", "node")
+RANKINGS = ("abs", "signed")
 
 __all__ = [
-    "GRANULARITIES", "prune", "ranked_edges", "top_k_mask", "node_values", "ranked_nodes", "node_mask",
+    "GRANULARITIES", "RANKINGS", "check_ranking", "rank_keys", "prune", "ranked_edges", "top_k_mask", "node_values",
+    "ranked_nodes", "node_mask",
     "top_k_nodes_mask", "node_outputs_mask", "evaluation_mask", "kept_nodes", "n_units",
 ]
+
+
+# ---------------------------------------------------------------- ranking keys
+def check_ranking(ranking: str) -> str:
+    if ranking not in RANKINGS:
+        raise CircuitsError(f"unknown ranking {ranking!r}; use abs (largest |score| first) or signed (most helpful first)")
+    return ranking
+
+
+def rank_keys(values, ranking: str = "abs") -> Tensor:
+    """Sort keys of scores, larger first: ``|score|`` (abs) or ``-score`` (signed: a negative score means patching
+    the unit lowers the metric, so the unit helps).  float64; NaN scores get ``-inf`` (ranked last)."""
+    values = torch.as_tensor(values).detach().cpu().double()
+    keys = values.abs() if check_ranking(ranking) == "abs" else -values
+    return torch.nan_to_num(keys, nan=-math.inf)
 
 
 # ---------------------------------------------------------------- pruning
@@ -76,19 +96,19 @@ def prune(keep_mask, graph: ComputationalGraph) -> Tensor:
 
 
 # ---------------------------------------------------------------- edges
-def ranked_edges(scores: Scores) -> Tuple[Tensor, Tensor]:
-    """(sender, receiver) index tensors of every edge, largest ``|score|`` first (NaN last, ties in compute order)."""
+def ranked_edges(scores: Scores, ranking: str = "abs") -> Tuple[Tensor, Tensor]:
+    """(sender, receiver) index tensors of every edge, first ranked first (see :func:`rank_keys`; NaN last, ties in
+    compute order)."""
     graph = scores.graph
     edges = torch.tensor(graph.edges(), dtype=torch.long)  # [E, 2], receivers in compute order
-    values = torch.as_tensor(scores.edge_scores).detach().cpu().double()[edges[:, 0], edges[:, 1]].abs()
-    values = torch.nan_to_num(values, nan=-1.0)
-    order = torch.argsort(-values, stable=True)
+    keys = rank_keys(torch.as_tensor(scores.edge_scores).detach().cpu()[edges[:, 0], edges[:, 1]], ranking)
+    order = torch.argsort(-keys, stable=True)
     return edges[order, 0], edges[order, 1]
 
 
-def top_k_mask(scores: Scores, k: int) -> Tensor:
-    """Bool [S, R] mask of the ``k`` edges with the largest ``|score|`` (not pruned)."""
-    s, r = ranked_edges(scores)
+def top_k_mask(scores: Scores, k: int, ranking: str = "abs") -> Tensor:
+    """Bool [S, R] mask of the ``k`` first-ranked edges (not pruned)."""
+    s, r = ranked_edges(scores, ranking)
     mask = torch.zeros(scores.graph.n_senders, scores.graph.n_receivers, dtype=torch.bool)
     k = max(0, min(int(k), len(s)))
     mask[s[:k], r[:k]] = True
@@ -101,24 +121,26 @@ def n_units(graph: ComputationalGraph, granularity: str) -> int:
     return graph.n_edges if granularity == "edge" else graph.n_senders - 1
 
 
-def node_values(scores: Scores) -> Tensor:
-    """``|node score|`` per sender [S] (float64; unscored or NaN nodes -1, ``input`` +inf: it is always kept)."""
+def node_values(scores: Scores, ranking: str = "abs") -> Tensor:
+    """Each sender's sort key [S] (:func:`rank_keys` of its node score; unscored or NaN nodes -inf, ``input`` +inf:
+    it is always kept)."""
     graph = scores.graph
-    values = torch.full((graph.n_senders,), -1.0, dtype=torch.float64)
+    values = torch.full((graph.n_senders,), math.nan, dtype=torch.float64)
     for name, v in scores.node_scores.items():
         try:
             s = graph.sender_index(name)
         except KeyError:
             continue  # e.g. residual rows or neurons a method may add
         v = float(v)
-        values[s] = abs(v) if math.isfinite(v) else -1.0
+        values[s] = v if math.isfinite(v) else math.nan
+    values = rank_keys(values, ranking)
     values[0] = math.inf
     return values
 
 
-def ranked_nodes(scores: Scores) -> Tensor:
-    """Sender indices of the heads and MLPs, largest ``|node score|`` first (ties and unscored in compute order)."""
-    values = node_values(scores)[1:]
+def ranked_nodes(scores: Scores, ranking: str = "abs") -> Tensor:
+    """Sender indices of the heads and MLPs, first ranked first (ties and unscored in compute order)."""
+    values = node_values(scores, ranking)[1:]
     return torch.argsort(-values, stable=True) + 1
 
 
@@ -134,9 +156,9 @@ def node_mask(graph: ComputationalGraph, kept) -> Tensor:
     return senders[:, None] & receivers[None, :] & graph.valid_mask()
 
 
-def top_k_nodes_mask(scores: Scores, k: int) -> Tensor:
-    """:func:`node_mask` of the ``k`` heads and MLPs with the largest ``|node score|``."""
-    order = ranked_nodes(scores)
+def top_k_nodes_mask(scores: Scores, k: int, ranking: str = "abs") -> Tensor:
+    """:func:`node_mask` of the ``k`` first-ranked heads and MLPs."""
+    order = ranked_nodes(scores, ranking)
     return node_mask(scores.graph, order[: max(0, min(int(k), len(order)))])
 
 

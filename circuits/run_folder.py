@@ -82,8 +82,9 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "metric_empty": faith.m_empty,
         "metric_circuit": faith.m_circuit,
         **_heldout_fields(getattr(result, "heldout", None)),
-        "selection": {"mode": sel.mode, "value": sel.value, "k": sel.k, "edges_kept": sel.edges_kept,
-                      "evaluations": sel.evaluations, "reached": sel.reached},
+        "selection": {"mode": sel.mode, "value": sel.value, "ranking": sel.ranking, "k": sel.k,
+                      "edges_kept": sel.edges_kept, "evaluations": sel.evaluations, "reached": sel.reached,
+                      "verified": _verified(sel)},
         "forward_passes": result.forward_passes,
         **_budget(result.scores.info),
         "circuit_evaluations": result.circuit_evaluations,
@@ -122,6 +123,15 @@ def _budget(info: Mapping[str, Any]) -> Dict[str, Any]:
         if key in info:
             out[key] = info[key]
     return out
+
+
+def _verified(selection) -> Optional[Dict[str, Any]]:
+    """What verification did (:class:`circuits.select.Verification`), or None when the circuit was not verified."""
+    done = getattr(selection, "verified", None)
+    if done is None:
+        return None
+    return {"tested": done.tested, "removed": list(done.removed), "tolerance": done.tolerance,
+            "evaluations": done.evaluations}
 
 
 def _neuron_lists(selection) -> Dict[str, list]:
@@ -163,7 +173,7 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     metadata = {k: manifest.get(k) for k in ("task", "model", "method", "granularity", "metric", "n", "seed", "ablation",
                                              "faithfulness", "edges_kept", "edges_total", "cpr", "cmd", "data", "holdout",
                                              "n_heldout", "faithfulness_heldout")}
-    metadata.update(selection=sel.mode, k=sel.k)
+    metadata.update(selection=sel.mode, ranking=sel.ranking, k=sel.k)
     shape = getattr(result.scores, "graph", None)
     for key in ("n_layers", "n_heads"):
         if isinstance(getattr(shape, key, None), int):

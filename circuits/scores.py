@@ -20,6 +20,8 @@ def no_progress(done: int, total: int, message: str) -> None:
 
 
 DEFAULT_MAX_PASSES = 800  # path patching: about 20 min for SmolLM2-135M, greater-than n = 50, on a 2-core CPU
+VERIFY_AUTO_EDGES = 64  # target-faithfulness circuits up to this size are verified by patching unless told not to
+VERIFY_TOLERANCE = 1e-3  # of |m_full - m_empty|: the most verification may move the circuit's metric
 
 
 @dataclass(frozen=True)

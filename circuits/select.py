@@ -1,36 +1,56 @@
 """Choosing a circuit from scores: top-k, a score threshold, or the smallest faithful top-k.
 
-Every mode ranks the graph's edges by ``|score|`` (ties: compute order of the receiver,
-then of the sender; NaN scores last), keeps a prefix of that ranking and then **prunes**
-it: an edge stays only if it lies on a path from ``input`` to ``logits`` through kept
-edges.  ``k`` is the number of edges taken before pruning, ``edges_kept`` the number left.
-With ``granularity="node"`` (methods that score nodes) the ranking is of heads and MLPs by
-``|node score|``, ``k`` counts nodes and the circuit is the subgraph they induce with
-``input`` and ``logits`` (see :mod:`circuits.ranking`).
+Every mode ranks the graph's edges, by ``|score|`` (``ranking="abs"``, the default) or most
+helpful first (``ranking="signed"``; ties: compute order of the receiver, then of the sender;
+NaN scores last), keeps a prefix of that ranking and then **prunes** it: an edge stays only if
+it lies on a path from ``input`` to ``logits`` through kept edges.  ``k`` is the number of
+edges taken before pruning, ``edges_kept`` the number left.  With ``granularity="node"``
+(methods that score nodes) the ranking is of heads and MLPs by their node scores, ``k`` counts
+nodes and the circuit is the subgraph they induce with ``input`` and ``logits`` (see
+:mod:`circuits.ranking`).
+
+:func:`verify_edges` then checks a chosen edge circuit by patching: scores from gradients (EAP,
+EAP-IG) are first-order estimates, and an edge whose patching changes nothing can still score
+(a LayerNorm's scale moves to first order even when the norm it divides by does not change).
+Each kept edge is removed in turn, and stays removed when the circuit's metric moves by at most
+``tolerance`` of the full model's effect.
 
 Nothing here prints or writes files.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from circuits.errors import CircuitsError
 from circuits.faithfulness import CircuitEvaluator
-from circuits.ranking import (GRANULARITIES, evaluation_mask, n_units, node_values, prune, ranked_edges, top_k_mask,
-                              top_k_nodes_mask)
-from circuits.scores import Progress, Scores, no_progress
+from circuits.ranking import (GRANULARITIES, check_ranking, evaluation_mask, n_units, node_values, prune, rank_keys,
+                              ranked_edges, top_k_mask, top_k_nodes_mask)
+from circuits.scores import VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Progress, Scores, no_progress
 
 MODES = ("top-k", "threshold", "target-faithfulness", "acdc")
 
 __all__ = [
-    "MODES", "Selection", "prune", "ranked_edges", "top_k_mask", "circuit_mask", "top_k", "threshold",
-    "target_faithfulness", "search_smallest_k", "SearchResult", "own_circuit",
+    "MODES", "VERIFY_AUTO_EDGES", "VERIFY_TOLERANCE", "Selection", "Verification", "prune", "ranked_edges",
+    "top_k_mask", "circuit_mask", "top_k", "threshold", "target_faithfulness", "search_smallest_k", "SearchResult",
+    "own_circuit", "verify_edges",
 ]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :func:`verify_edges` did: the kept edges it tested, the edges it removed (names, in the order removed,
+    with those pruning removed after them), the tolerance (a fraction of ``|m_full - m_empty|``) and the
+    circuit evaluations it made."""
+
+    tested: int
+    removed: Tuple[str, ...]
+    tolerance: float
+    evaluations: int
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,8 @@ class Selection:
     edge among the kept nodes, ``input`` and ``logits``).
     neurons: MLP layer -> bool [d_mlp] of the neurons kept in MLPs the circuit keeps only in part
     (their other neurons carry reference activations); an MLP not in the map is kept or dropped whole.
+    ranking: ``abs`` or ``signed`` (see :mod:`circuits.ranking`).  verified: what :func:`verify_edges` removed
+    (None when the circuit was not verified).
     """
 
     keep_mask: Tensor
@@ -58,6 +80,8 @@ class Selection:
     reached: bool = True
     granularity: str = "edge"
     neurons: Mapping[int, Tensor] = field(default_factory=dict)
+    ranking: str = "abs"
+    verified: Optional[Verification] = None
 
 
 # ---------------------------------------------------------------- top-k and threshold
@@ -66,40 +90,41 @@ def _check_granularity(granularity: str) -> None:
         raise CircuitsError(f"unknown granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
 
 
-def circuit_mask(scores: Scores, k: int, granularity: str = "edge") -> Tensor:
+def circuit_mask(scores: Scores, k: int, granularity: str = "edge", ranking: str = "abs") -> Tensor:
     """The circuit of the top ``k`` units: ``k`` edges pruned, or the subgraph of ``k`` nodes."""
     if granularity == "node":
-        return top_k_nodes_mask(scores, k)
-    return prune(top_k_mask(scores, k), scores.graph)
+        return top_k_nodes_mask(scores, k, ranking)
+    return prune(top_k_mask(scores, k, ranking), scores.graph)
 
 
-def _selection(scores: Scores, k: int, granularity: str, **fields) -> Selection:
-    mask = circuit_mask(scores, k, granularity)
-    return Selection(keep_mask=mask, k=k, edges_kept=int(mask.sum()), granularity=granularity, **fields)
+def _selection(scores: Scores, k: int, granularity: str, ranking: str, **fields) -> Selection:
+    mask = circuit_mask(scores, k, granularity, ranking)
+    return Selection(keep_mask=mask, k=k, edges_kept=int(mask.sum()), granularity=granularity, ranking=ranking,
+                     **fields)
 
 
-def top_k(scores: Scores, k: int, *, granularity: str = "edge") -> Selection:
-    """The ``k`` edges (pruned) or nodes with the largest ``|score|``."""
+def top_k(scores: Scores, k: int, *, granularity: str = "edge", ranking: str = "abs") -> Selection:
+    """The ``k`` first-ranked edges (pruned) or nodes."""
     _check_granularity(granularity)
+    check_ranking(ranking)
     if k < 0:
         raise CircuitsError(f"--top-k must be 0 or more (got {k})")
     k = min(int(k), n_units(scores.graph, granularity))
-    return _selection(scores, k, granularity, faithfulness=None, mode="top-k", value=k)
+    return _selection(scores, k, granularity, ranking, faithfulness=None, mode="top-k", value=k)
 
 
-def threshold(scores: Scores, t: float, *, granularity: str = "edge") -> Selection:
-    """Every edge (pruned) or node with ``|score| >= t``."""
+def threshold(scores: Scores, t: float, *, granularity: str = "edge", ranking: str = "abs") -> Selection:
+    """Every edge (pruned) or node with ``|score| >= t`` (``signed``: with ``-score >= t``, helping by at least t)."""
     _check_granularity(granularity)
+    check_ranking(ranking)
     if not math.isfinite(t) or t < 0:
         raise CircuitsError(f"--threshold must be a finite number >= 0 (got {t})")
     graph = scores.graph
     if granularity == "node":
-        k = int((node_values(scores)[1:] >= t).sum())
+        k = int((node_values(scores, ranking)[1:] >= t).sum())
     else:
-        values = torch.as_tensor(scores.edge_scores).detach().cpu().double().abs()
-        values = torch.nan_to_num(values, nan=-1.0)
-        k = int(((values >= t) & graph.valid_mask()).sum())
-    return _selection(scores, k, granularity, faithfulness=None, mode="threshold", value=float(t))
+        k = int(((rank_keys(scores.edge_scores, ranking) >= t) & graph.valid_mask()).sum())
+    return _selection(scores, k, granularity, ranking, faithfulness=None, mode="threshold", value=float(t))
 
 
 def own_circuit(scores: Scores) -> Selection:
@@ -191,7 +216,7 @@ def search_smallest_k(f: Callable[[int], float], n_edges: int, target: float,
 def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Optional[Tensor], target: float = 0.9, *,
                         batch_size: int = 0, progress: Optional[Progress] = None, evaluator=None,
                         known: Optional[Mapping[int, float]] = None, granularity: str = "edge",
-                        neurons: Optional[Mapping[int, Tensor]] = None) -> Selection:
+                        neurons: Optional[Mapping[int, Tensor]] = None, ranking: str = "abs") -> Selection:
     """The smallest top-``k`` circuit (``k`` edges pruned, or ``k`` nodes) whose faithfulness is at least
     ``target`` (see :func:`search_smallest_k`).
 
@@ -200,9 +225,12 @@ def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Opti
     [S, n, p, d] tensor, :class:`circuits.ablation.BatchReferences`, or None to stream the corrupted
     runs batch by batch).  ``known``: k -> f
     already computed for these scores (e.g. the curve's points).  ``neurons``: MLPs reduced to
-    these neurons (MLP layer -> bool [d_mlp]) in every circuit tried.
+    these neurons (MLP layer -> bool [d_mlp]) in every circuit tried.  ``ranking``: ``abs`` or ``signed``;
+    with ``signed`` the curve of f rises past 1 and comes back, and the search finds the first k that reaches
+    the target.
     """
     _check_granularity(granularity)
+    check_ranking(ranking)
     if not math.isfinite(target):
         raise CircuitsError(f"--target-faithfulness must be a number (got {target})")
     if evaluator is None:
@@ -215,9 +243,54 @@ def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Opti
         )
 
     def f(k: int) -> float:
-        mask = evaluation_mask(circuit_mask(scores, k, granularity), graph, granularity)
+        mask = evaluation_mask(circuit_mask(scores, k, granularity, ranking), graph, granularity)
         return (evaluator.faithfulness(mask, neurons) if neurons else evaluator.faithfulness(mask)).f
 
     result = search_smallest_k(f, n_units(graph, granularity), target, known=known, progress=progress)
-    return _selection(scores, result.k, granularity, faithfulness=result.f, mode="target-faithfulness",
+    return _selection(scores, result.k, granularity, ranking, faithfulness=result.f, mode="target-faithfulness",
                       value=float(target), evaluations=result.evaluations, reached=result.reached)
+
+
+# ---------------------------------------------------------------- verification by patching
+def verify_edges(evaluator: CircuitEvaluator, selection: Selection, *, tolerance: float = VERIFY_TOLERANCE,
+                 neurons: Optional[Mapping[int, Tensor]] = None, progress: Optional[Progress] = None) -> Selection:
+    """``selection`` without the edges whose patching does not change the circuit's metric.
+
+    The kept edges are tried one at a time, latest receiver first (the logits' inputs first, each receiver's
+    senders latest first, as ACDC orders them).  An edge is removed, and the circuit pruned again, when the
+    metric of what is left stays within ``tolerance * |m_full - m_empty|`` of the chosen circuit's metric;
+    removed edges stay removed, so verification moves the metric by at most that much in all.  It costs one
+    circuit evaluation per edge tried (``ceil(n / batch_size)`` patched forwards each).  ``neurons``: reduced
+    MLPs, measured that way (as the selection measured them).  Edge circuits only.
+    """
+    if selection.granularity != "edge":
+        raise CircuitsError("verification checks the edges of an edge circuit; a node method's circuit has no edges "
+                            "of its own to test: drop --verify")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise CircuitsError(f"--verify-tolerance must be a finite number >= 0 (got {tolerance})")
+    progress = progress or no_progress
+    graph = evaluator.engine.graph
+    scale = abs(evaluator.m_full - evaluator.m_empty)
+    if scale == 0:
+        raise CircuitsError(f"the model and the fully patched model give the same metric ({evaluator.m_full:.6g}), so "
+                            "no edge can be verified; use more prompts or another ablation, or pass --no-verify")
+    neurons = neurons or None
+    runs = evaluator.runs
+    current = torch.as_tensor(selection.keep_mask).detach().cpu().bool().clone()
+    chosen = evaluator.metric(current, neurons)
+    order = [(s, r) for s, r in reversed(graph.edges()) if current[s, r]]
+    removed = []
+    for i, (s, r) in enumerate(order):
+        progress(i, len(order), "verifying edges")
+        if not current[s, r]:
+            continue  # pruned away with an edge removed before it
+        trial = current.clone()
+        trial[s, r] = False
+        trial = prune(trial, graph)
+        if abs(evaluator.metric(trial, neurons) - chosen) <= tolerance * scale:
+            removed += [graph.edge_name(int(a), int(b)) for a, b in (current & ~trial).nonzero().tolist()]
+            current = trial
+    progress(len(order), len(order), "verifying edges")
+    done = Verification(tested=len(order), removed=tuple(removed), tolerance=float(tolerance),
+                        evaluations=evaluator.runs - runs)
+    return replace(selection, keep_mask=current, edges_kept=int(current.sum()), verified=done)

@@ -186,8 +186,8 @@ def test_top_k_run_with_node_and_neuron_scores_and_force(tmp_path, tiny_gpt2_dir
                                  "--method", "fake", "--out", str(out), "--n", "6", "--top-k", "1000", "--force")
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
-    assert m["selection"] == {"mode": "top-k", "value": EDGES_2x4, "k": EDGES_2x4, "edges_kept": EDGES_2x4,
-                              "evaluations": 0, "reached": True}
+    assert m["selection"] == {"mode": "top-k", "value": EDGES_2x4, "ranking": "abs", "k": EDGES_2x4,
+                              "edges_kept": EDGES_2x4, "evaluations": 0, "reached": True, "verified": None}
     assert m["faithfulness"] == pytest.approx(1.0, abs=1e-6) and m["forward_passes"] == 7
     G = load_circuit(out)
     assert G.nodes["m1"]["top_neurons"] == [[3, 0.2], [7, -0.1]] and G.nodes["m1"]["score"] == -2.0

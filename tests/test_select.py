@@ -104,6 +104,29 @@ def test_ranking_by_magnitude_ties_in_compute_order_nan_last():
     assert order[-1] == "a0.h0->m1" and len(order) == G.n_edges
 
 
+def test_signed_ranking_puts_the_most_helpful_first():
+    values = torch.zeros(G.n_senders, G.n_receivers)
+    values[G.edge_index("a0.h1->logits")] = -3.0  # patching it lowers the metric: it helps
+    values[G.edge_index("input->m0")] = 2.0  # it works against the behaviour
+    values[G.edge_index("a0.h0->m1")] = float("nan")
+    values[G.edge_index("m0->logits")] = -2.0
+    sc = scores_of(values)
+    s, r = ranked_edges(sc, "signed")
+    order = [G.edge_name(int(a), int(b)) for a, b in zip(s, r)]
+    assert order[:2] == ["a0.h1->logits", "m0->logits"]
+    assert order[-2:] == ["input->m0", "a0.h0->m1"]  # the harmful edge after every 0, NaN last
+    assert kept(top_k_mask(sc, 2, "signed")) == {"a0.h1->logits", "m0->logits"}
+    assert threshold(sc, 2.0, ranking="signed").k == 2 and threshold(sc, 2.0).k == 3
+    assert top_k(sc, 2, ranking="signed").ranking == "signed"
+    nodes = Scores(graph=G, method="test", edge_scores=values, node_scores={"a0.h0": 0.5, "a1.h1": -0.25, "m0": -1.0})
+    from circuits.ranking import ranked_nodes
+
+    assert [G.sender_names[i] for i in ranked_nodes(nodes, "signed").tolist()[:2]] == ["m0", "a1.h1"]
+    assert [G.sender_names[i] for i in ranked_nodes(nodes).tolist()[:3]] == ["m0", "a0.h0", "a1.h1"]
+    with pytest.raises(CircuitsError, match="unknown ranking"):
+        ranked_edges(sc, "largest")
+
+
 def test_top_k_and_threshold():
     values = torch.zeros(G.n_senders, G.n_receivers)
     for name, v in {"input->a0.h0<q>": 0.5, "a0.h0->logits": -0.9, "input->a1.h1<k>": 0.7, "input->logits": 0.1}.items():

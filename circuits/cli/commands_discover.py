@@ -13,7 +13,7 @@ from circuits import names
 from circuits.cli import app
 from circuits.cli.commands_core import MODEL_HELP, parse_mlp_layers, resolve_task
 from circuits.errors import CircuitsError
-from circuits.scores import DEFAULT_MAX_PASSES
+from circuits.scores import DEFAULT_MAX_PASSES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE
 
 
 class ProgressBars:
@@ -133,11 +133,22 @@ def discover(
     seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling (and for choosing the held-out prompts)."),
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
     holdout: Optional[float] = typer.Option(None, "--holdout", help=HOLDOUT_HELP, show_default=False),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K edges with the largest |score| (then prune); for a node method (activation-patching), the K nodes."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge (node, for a node method) with |score| >= T (then prune)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the K first-ranked edges (then prune); for a node method (activation-patching), the K nodes."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Keep every edge (node, for a node method) with |score| >= T (--ranking signed: -score >= T), then prune."),
     target: Optional[float] = typer.Option(None, "--target-faithfulness",
                                            help="Keep the smallest top-k circuit with faithfulness >= F [default: 0.9 when no mode "
                                                 "is given; acdc keeps its own circuit]."),
+    ranking: str = typer.Option("abs", "--ranking",
+                                help="Order of the edges (nodes) the selection and the curve take: abs (largest |score| first) or "
+                                     "signed (most helpful first, as MIB ranks for CPR: finds the small circuits that push the "
+                                     "behaviour, without the parts that work against it)."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", show_default=False,
+                                          help=f"Check each edge of the chosen circuit by patching and drop those that change "
+                                               f"nothing [default: on for --target-faithfulness circuits of at most "
+                                               f"{VERIFY_AUTO_EDGES} edges]."),
+    verify_tolerance: float = typer.Option(VERIFY_TOLERANCE, "--verify-tolerance",
+                                           help="The most verification may move the circuit's metric, as a fraction of the "
+                                                "full model's effect."),
     ablation: str = typer.Option("corrupted", "--ablation", help=ABLATION_HELP),
     metric: str = typer.Option("task", "--metric", help=METRIC_HELP),
     ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
@@ -173,13 +184,16 @@ def discover(
 
     method_obj = get_method(method)
     spec = _selection_spec(top_k, threshold, target, getattr(method_obj, "default_selection", None))
+    from dataclasses import replace
+
+    spec = replace(spec, ranking=ranking, verify=verify, verify_tolerance=verify_tolerance)
+    if verify and getattr(method_obj, "granularity", "edge") == "node":
+        raise CircuitsError(f"--verify checks the edges of an edge circuit; {method} selects nodes: drop --verify")
     if keep_neurons is not None:
         if not neuron_layers:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
         if keep_neurons < 1:
             raise CircuitsError(f"--keep-neurons must be at least 1 (got {keep_neurons})")
-        from dataclasses import replace
-
         spec = replace(spec, keep_neurons=keep_neurons)
     if n < 1:
         raise CircuitsError(f"--n must be at least 1 (got {n})")
@@ -262,6 +276,10 @@ def discover(
         typer.echo(f"{run['task']} on {model} with {method}: {nodes} of {engine.graph.n_senders - 1} nodes kept "
                    f"({sel.edges_kept} edges among them; {sel.mode} {sel.value:g}), faithfulness {result.faithfulness.f:.3f}")
     else:
+        if sel.ranking != "abs":
+            how += f", ranking {sel.ranking}"
+        if sel.verified is not None:
+            how += f"; verified: {len(sel.verified.removed)} of {sel.verified.tested} edges removed"
         typer.echo(f"{run['task']} on {model} with {method}: {sel.edges_kept} of {result.edges_total} edges kept "
                    f"({how}), faithfulness {result.faithfulness.f:.3f}")
     if sel.neurons:
