@@ -106,6 +106,15 @@ def _summary(info: Mapping[str, Any], G: nx.DiGraph) -> list[str]:
     kept = len(edge_names(G)) if kept is None else kept
     total = info.get("edges_total")
     rows.append(("edges kept / total", f"{kept} / {total}" if total is not None else str(kept)))
+    selection = info.get("selection")
+    if isinstance(selection, Mapping) and selection.get("mode"):
+        rows.append(("selection", f"{selection['mode']} {_fmt(selection.get('value'))}, ranking "
+                                  f"{selection.get('ranking') or 'abs'}"))
+        verified = selection.get("verified")
+        if isinstance(verified, Mapping):
+            removed = list(verified.get("removed") or [])
+            rows.append(("verified by patching", f"{len(removed)} of {verified.get('tested')} edges removed"
+                         + (": " + ", ".join(removed) if removed else "")))
     for label, keys in _SUMMARY:
         key = next((k for k in keys if info.get(k) is not None), None)
         if key is not None:

@@ -395,7 +395,9 @@ def test_load_scores_missing(tmp_path):
 
 
 def test_report_with_curve(tmp_path):
-    manifest = {"edges_kept": 7, "edges_total": 100, "cpr": 0.93, "cmd": 0.07, "n": 50, "seed": 1, "timings": {"score": 1.5}}
+    manifest = {"edges_kept": 7, "edges_total": 100, "cpr": 0.93, "cmd": 0.07, "n": 50, "seed": 1, "timings": {"score": 1.5},
+                "selection": {"mode": "target-faithfulness", "value": 0.9, "ranking": "abs",
+                              "verified": {"tested": 9, "removed": ["a2.h1->m2", "a2.h1->m3"], "tolerance": 1e-3}}}
     path = write_report(
         tmp_path, G=make_graph(), manifest=manifest,
         curve=[(0.01, 0.2), (0.1, 0.8), (1.0, 1.0)], top_components=[("a9.h1", 3.0), ("m0", -0.5)],
@@ -404,7 +406,9 @@ def test_report_with_curve(tmp_path):
     assert path == tmp_path / REPORT_FILE
     assert text.startswith("# Circuit report: greater-than / gpt2 / eap")
     for row in ("| faithfulness | 0.91 |", "| edges kept / total | 7 / 100 |", "| CPR | 0.93 |", "| CMD | 0.07 |",
-                "| prompts (n) | 50 |", "| seed | 1 |", "| time: score | 1.5 s |", "| a9.h1 | head | 3 |", "| m0 | mlp | -0.5 |"):
+                "| prompts (n) | 50 |", "| seed | 1 |", "| time: score | 1.5 s |", "| a9.h1 | head | 3 |", "| m0 | mlp | -0.5 |",
+                "| selection | target-faithfulness 0.9, ranking abs |",
+                "| verified by patching | 2 of 9 edges removed: a2.h1->m2, a2.h1->m3 |"):
         assert row in text
     assert "- heads (2): a0.h1, a9.h1" in text and "- MLPs (2): m0, m11" in text
     assert f"]({CURVE_FILE})" in text
