@@ -255,8 +255,9 @@ class GraphEngine:
     @classmethod
     def from_model(cls, loaded, *, check: bool = True) -> "GraphEngine":
         """The engine of a loaded model.  ``check``: first refuse an architecture the engine does not
-        implement (from its HF config), then one whose logits differ from the bridge's on a few prompts."""
-        from circuits.models.support import check_config, check_logits
+        implement (from its HF config), then one whose logits differ from the bridge's on a random prompt
+        (that second check is remembered per model and code: :func:`circuits.models.support.logits_checked`)."""
+        from circuits.models.support import check_config, logits_checked
         from circuits.models.weights import extract_weights
 
         bridge = loaded.bridge
@@ -266,7 +267,7 @@ class GraphEngine:
             check_config(getattr(hf, "config", None), names)
         engine = cls(extract_weights(bridge))
         if check:
-            check_logits(engine, bridge)
+            logits_checked(engine, bridge)
         return engine
 
     @property

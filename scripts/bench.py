@@ -49,6 +49,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from circuits.models.support import CHECK_LENGTH  # torch-free: the parent process imports no torch
+
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
@@ -58,7 +60,8 @@ import bench_scale  # noqa: E402  (next to this script)
 SECTIONS = ("main", "scaling", "streaming", "large")
 MAIN_NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
               "faithfulness", "eap_peer_style")
-EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive")
+EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive", "load",
+               "load_checked", "load_checked_first")
 
 # GPT2Config() defaults: 12 layers, 12 heads, width 768, 1024 positions, vocabulary 50257
 FULL = {"model": {"n_layer": 12, "n_head": 12, "n_embd": 768}, "prompts": 100,
@@ -80,6 +83,7 @@ TARGETS = (
     ("EAP peak memory <= 1.5x forward_backward's peak", "eap_memory_ratio", 1.5),
     ("EAP faster than eap_peer_style (EAP / peer-style < 1)", "eap_vs_peer_ratio", 1.0),
     ("ACDC >= 10x faster per edge test than naive ACDC (ours / naive <= 0.1)", "acdc_vs_naive_ratio", 0.1),
+    ("Loading with the engine's checks <= 1.1x loading without (the logit check remembered)", "load_check_ratio", 1.1),
 )
 
 
@@ -347,6 +351,9 @@ def main(argv=None) -> int:
         spec("forward_backward_inputs", "bridge_fb_inputs"),
         spec("engine_forward", "engine_forward"),
         spec("engine_forward_backward", "engine_fb"),
+        spec("load", "load", repeats=1),
+        spec("load_checked", "load_checked", repeats=1),
+        spec("load_checked_first", "load_checked", repeats=1, fresh_cache=True),
         spec("activation_patching", "method", method="activation-patching", repeats=1),
         spec("path_patching", "method", method="path-patching", repeats=1, budget_s=pp_budget),
         spec("acdc", "acdc", prompts=acdc_n, repeats=1, options={"max_tests": acdc_tests, "tau": ACDC_TAU}),
@@ -435,6 +442,15 @@ def main(argv=None) -> int:
               f"{results['eap']['peak_memory_bytes'] / fbi['peak_memory_bytes']:.2f}x peak memory")
 
     values: Dict[str, tuple] = {}  # target key -> (wall-clock or memory ratio, CPU-time ratio or None)
+    if "load" in results and "load_checked" in results:
+        plain, checked = results["load"], results["load_checked"]
+        values["load_check_ratio"] = (checked["seconds"] / plain["seconds"], checked["cpu_seconds"] / plain["cpu_seconds"])
+        print(f"Loading: {plain['seconds']:.2f} s without the engine's checks, {checked['seconds']:.2f} s with them "
+              f"({values['load_check_ratio'][0]:.3f}x; CPU {values['load_check_ratio'][1]:.3f}x)")
+        if "load_checked_first" in results:
+            first = results["load_checked_first"]
+            print(f"  the first load of a model (empty cache: the logit check runs, two {CHECK_LENGTH}-token "
+                  f"forwards): {first['seconds']:.2f} s ({first['seconds'] / plain['seconds']:.3f}x)")
     if "eap" in results:
         eap = results["eap"]
         values["eap_time_ratio"] = (eap["seconds"] / fb["seconds"], eap["cpu_seconds"] / fb["cpu_seconds"])

@@ -386,6 +386,26 @@ def measure_llama(spec: Dict[str, Any]) -> Dict[str, Any]:
     return _timed(work, post, info, 1, device)
 
 
+def measure_load(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Loading the model and building its engine, without (``load``) or with (``load_checked``) the engine's
+    architecture and logit checks (``GraphEngine.from_model(check=...)``).  One load per process, as a
+    command does; the libraries are imported before the clock starts.  ``spec["fresh_cache"]``: an empty
+    ``$CIRCUITS_CACHE``, so the logit check is not remembered from an earlier load and runs."""
+    import os
+    import tempfile
+
+    device, check = spec["device"], spec["kind"] == "load_checked"
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    if spec.get("fresh_cache"):
+        os.environ["CIRCUITS_CACHE"] = tempfile.mkdtemp(prefix="circuits-bench-cache-")
+    info: Dict[str, Any] = {"check": check, "fresh_cache": bool(spec.get("fresh_cache")), "prompts": 0, "seq_len": 0}
+
+    def work():
+        GraphEngine.from_model(load_model(spec["model_dir"], device=device), check=check)
+    return _timed(work, None, info, 1, device)
+
+
 def _timed(work: Callable[[], Any], post: Optional[Callable[[], None]], info: Dict[str, Any], repeats: int,
            device: str) -> Dict[str, Any]:
     """Run ``work`` ``repeats`` times under the memory meter; the row with the fastest time and the peak."""
@@ -442,6 +462,8 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
     kind, device = spec["kind"], spec["device"]
     if kind == "llama_method":
         return measure_llama(spec)
+    if kind in ("load", "load_checked"):
+        return measure_load(spec)
     repeats = max(1, int(spec.get("repeats", 1)))
     torch.manual_seed(0)
     if spec.get("threads"):

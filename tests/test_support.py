@@ -79,3 +79,34 @@ def test_logit_check_passes_supported_models_and_catches_a_wrong_engine(tiny_lla
     with pytest.raises(CircuitsError, match="logits differ from the model's"):
         check_logits(wrong, loaded.bridge)
     assert torch.equal(engine.w.lnf_w, w.lnf_w)
+
+
+def test_a_passed_logit_check_is_remembered_per_model_and_code(tiny_llama_dir, circuits_cache, monkeypatch):
+    import torch
+
+    from circuits.engine import GraphEngine
+    from circuits.models import load_model, support
+
+    calls = []
+    real = support.check_logits
+    monkeypatch.setattr(support, "check_logits", lambda engine, bridge: (calls.append(1), real(engine, bridge)))
+    loaded = load_model(str(tiny_llama_dir))
+    engine = GraphEngine.from_model(loaded)
+    assert len(calls) == 1 and len(list((circuits_cache / "checks").glob("*.json"))) == 1
+    GraphEngine.from_model(load_model(str(tiny_llama_dir)))  # the same model and code: remembered
+    assert len(calls) == 1
+    # other weights (even one value changed) are another model: checked, and refused when wrong
+    w = engine.w
+    changed = dataclasses.replace(w, lnf_w=w.lnf_w.clone())
+    changed.lnf_w[0] += 1.0
+    assert support.fingerprint(GraphEngine(changed), loaded.bridge) != support.fingerprint(engine, loaded.bridge)
+    wrong = GraphEngine(dataclasses.replace(w, lnf_w=w.lnf_w * 1.1))
+    with pytest.raises(CircuitsError, match="logits differ"):
+        support.logits_checked(wrong, loaded.bridge)
+    assert len(calls) == 2 and len(list((circuits_cache / "checks").glob("*.json"))) == 1  # a failure is not recorded
+    with pytest.raises(CircuitsError, match="logits differ"):
+        support.logits_checked(wrong, loaded.bridge)  # and is checked again
+    # an unwritable cache only means checking again next time
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tiny_llama_dir / "config.json" / "not-a-folder"))
+    assert support.logits_checked(engine, loaded.bridge) is True
+    assert torch.equal(engine.w.lnf_w, w.lnf_w)

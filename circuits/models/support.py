@@ -9,6 +9,9 @@ Two checks, both ending in a one-line ``CircuitsError``:
   (GPT-J, Phi, Cohere, GPT-NeoX), post-norms, and biases it would ignore (a gated MLP's biases).
 - :func:`check_logits` runs a random prompt through the engine and through the bridge and
   refuses a model whose logits differ beyond float tolerance, for whatever the first check missed.
+
+:func:`logits_checked` remembers a model that passed the logit check (``$CIRCUITS_CACHE/checks``),
+so loading the same model again with the same code costs no extra forward pass.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ MULTIPLIERS = ("embedding_multiplier", "scale_emb", "emb_scale", "embedding_scal
 CHECK_LENGTH = 10  # one random prompt, every position compared
 RTOL = 1e-3  # of the largest |logit|: float32 rounding is ~1e-6 of it
 
-__all__ = ["unsupported_features", "check_config", "check_logits"]
+__all__ = ["unsupported_features", "check_config", "check_logits", "logits_checked", "fingerprint"]
+FINGERPRINT_SAMPLE = 4096  # values read from each weight tensor for the fingerprint (evenly strided)
 
 
 def _text_config(config: Any) -> Any:
@@ -101,3 +105,67 @@ def check_logits(engine, bridge) -> None:
         raise CircuitsError(
             f"{arch}: the graph engine's logits differ from the model's by {gap:.3g} (largest |logit| {scale:.3g}), "
             "so it computes something this architecture does differently; it is not supported by the graph engine")
+
+
+def fingerprint(engine, bridge) -> str:
+    """A key for "this model, run by this code": the architecture and its config, every weight's name, shape,
+    dtype and an evenly strided sample of its values, and the versions of circuits, torch, transformers and
+    TransformerLens with the source of the engine, the weight extraction and these checks."""
+    import dataclasses
+    import hashlib
+    import json
+    from importlib import metadata
+    from pathlib import Path
+
+    import torch
+
+    import circuits
+    from circuits import engine as engine_module
+    from circuits.models import weights as weights_module
+
+    h = hashlib.blake2b(digest_size=16)
+    model = getattr(bridge, "original_model", bridge)
+    config = getattr(model, "config", None)
+    settings = config.to_dict() if hasattr(config, "to_dict") else {}
+    versions = [circuits.__version__, torch.__version__]
+    for dist in ("transformers", "transformer-lens"):
+        try:
+            versions.append(metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            versions.append(None)
+    h.update(json.dumps([type(model).__name__, settings, versions], sort_keys=True, default=str).encode())
+    for module in (engine_module, weights_module):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    for field in dataclasses.fields(engine.w):
+        value = getattr(engine.w, field.name)
+        if isinstance(value, torch.Tensor):
+            at = torch.arange(0, value.numel(), max(1, value.numel() // FINGERPRINT_SAMPLE), device=value.device)
+            sample = value.detach()[torch.unravel_index(at, value.shape)].to("cpu", torch.float64)  # no full copy
+            h.update(f"{field.name}{tuple(value.shape)}{value.dtype}".encode())
+            h.update(sample.numpy().tobytes())
+        else:
+            h.update(f"{field.name}={value!r}".encode())
+    return h.hexdigest()
+
+
+def logits_checked(engine, bridge) -> bool:
+    """:func:`check_logits`, once per model and code: a pass is recorded under :func:`fingerprint` in
+    ``$CIRCUITS_CACHE/checks`` and skipped next time (delete that folder to check again).  Returns True when
+    the check ran.  A cache that cannot be written only means the check runs again next time."""
+    import json
+
+    from circuits.atomic import write_atomic
+    from circuits.models.cache import cache_dir
+
+    marker = cache_dir() / "checks" / f"{fingerprint(engine, bridge)}.json"
+    if marker.is_file():
+        return False
+    check_logits(engine, bridge)
+    arch = type(getattr(bridge, "original_model", bridge)).__name__
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(marker, json.dumps({"architecture": arch, "check": "logits", "length": CHECK_LENGTH}) + "\n")
+    except OSError:
+        pass
+    return True
