@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
-         "faithfulness", "eap_peer_style", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive")
+         "faithfulness", "eap_peer_style", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive", "load",
+         "load_checked", "load_checked_first")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,8 @@ def test_rows_have_every_measurement(bench):
     assert rows["forward_backward"]["ratio_to_forward_backward"] == pytest.approx(1.0)
     assert rows["eap"]["details"]["forward_passes"] == 2
     assert rows["eap_ig"]["details"]["ig_steps"] == 5
+    assert [rows[n]["details"]["check"] for n in ("load", "load_checked", "load_checked_first")] == [False, True, True]
+    assert rows["load_checked_first"]["details"]["fresh_cache"] and not rows["load_checked"]["details"]["fresh_cache"]
     per_pass = report["per_pass"]  # activation patching per node, path patching per pass, x one forward
     assert set(per_pass) == {"activation_patching_per_node", "path_patching_per_pass"}
     for row in per_pass.values():
@@ -60,9 +63,10 @@ def test_machine_settings_and_checks(bench):
     assert "parameters" in settings["forward_backward_grad"]
     assert report["checks"]["peer_style_matches"]["ok"], report["checks"]
     assert report["checks"]["acdc_naive_matches"]["ok"], report["checks"]
-    assert len(report["targets"]) == 7 and all(isinstance(t["pass"], bool) for t in report["targets"])
+    assert len(report["targets"]) == 8 and all(isinstance(t["pass"], bool) for t in report["targets"])
     for label in ("EAP time <= 2.5x", "EAP-IG(5) time <= 7x", "EAP peak memory <= 1.5x", "EAP faster than eap_peer_style",
-                  "ACDC >= 10x faster per edge test", "EAP peak at n=40 <= 1.1x", "1B-shape EAP completes within 24 GiB"):
+                  "ACDC >= 10x faster per edge test", "EAP peak at n=40 <= 1.1x", "1B-shape EAP completes within 24 GiB",
+                  "Loading with the engine's checks <= 1.1x"):
         assert any(line.startswith(("PASS: ", "FAIL: ")) and label in line for line in stdout.splitlines()), label
 
 
