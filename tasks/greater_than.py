@@ -202,6 +202,7 @@ class GreaterThan:
     name = "greater-than"
     description = "Years after the start year: 'The war lasted from the year 1732 to the year 17' -> 33..99"
     template = YearTemplate()
+    analysis = "circuits.tasks.greater_than_analysis.command:greater_than"  # `circuits analyze greater-than`
 
     # ------------------------------------------------------------------ prompts
     def build(self, tokenizer, *, n: int = 100, seed: int = 0, data: Optional[Path] = None) -> PromptDataset:

@@ -1,4 +1,5 @@
-"""``circuits analyze greater-than`` and the ``circuits.analysis`` library.
+"""``circuits analyze greater-than``: greater-than's analysis (``circuits.tasks.greater_than_analysis``) and the shared
+``circuits.analysis`` pieces.
 
 - the engine forward used for a circuit alone (prefix cache for teacher forcing) against full
   patched engine runs, on a tiny GPT-2 (one token per YY) and a tiny Llama (digits);
@@ -20,17 +21,17 @@ import numpy as np
 import pytest
 import torch
 
-from circuits.analysis import analyze, write
 from circuits.analysis import circuit as circuit_mod
 from circuits.analysis.files import PNG_MAGIC
 from circuits.analysis.forward import EngineForward
-from circuits.analysis.mlps import direct_indirect, logit_lens
-from circuits.analysis.neurons import attribution, joint_effect, neuron_effects, top_neurons
 from circuits.engine import GraphEngine, Patch
 from circuits.evaluation import evaluate_model, model_forward
 from circuits.models import load_model
 from circuits.models.weights import cast_weights, extract_weights
 from circuits.tasks.greater_than import GreaterThan
+from circuits.tasks.greater_than_analysis.analysis import analyze, write
+from circuits.tasks.greater_than_analysis.mlps import direct_indirect, logit_lens
+from circuits.tasks.greater_than_analysis.neurons import attribution, joint_effect, neuron_effects, top_neurons
 from cli_helpers import assert_user_error, invoke
 
 GT = GreaterThan()

@@ -122,3 +122,43 @@ def test_task_file_errors(tmp_path, content, fragment):
     with pytest.raises(CircuitsError, match=fragment) as err:
         registry.load_task_file(path)
     assert "\n" not in str(err.value)
+
+
+ANALYSIS_PLUGIN = '''
+import typer
+
+def analyze_echo(out: str = typer.Option(..., "--out", help="where the echo goes")):
+    """Echo's own analysis."""
+    print("echo analysis ->", out)
+
+class Echo:
+    name = "echo-analysed"
+    description = "a third-party task with its own analysis"
+    analysis = "circuits_test_analysis_plugin:analyze_echo"
+
+class Lost:
+    name = "lost-analysis"
+    description = "a task whose analysis cannot be imported"
+    analysis = "circuits_test_no_such_module:analyze"
+'''
+
+
+def test_a_task_owns_its_analysis(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "circuits_test_analysis_plugin.py").write_text(ANALYSIS_PLUGIN)
+    info = site / "circuits_test_analysis-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: circuits-test-analysis\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[circuits.tasks]\necho-analysed = circuits_test_analysis_plugin:Echo\n"
+                                           "lost-analysis = circuits_test_analysis_plugin:Lost\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    res = _cli("analyze", "--help", env_extra=env)
+    assert res.returncode == 0, res.stderr
+    assert "greater-than" in res.stdout and "echo-analysed" in res.stdout and "lost-analysis" not in res.stdout
+    assert "lost-analysis" in res.stderr and "circuits_test_no_such_module" in res.stderr and "Traceback" not in res.stderr
+    res = _cli("analyze", "echo-analysed", "--out", "here", env_extra=env)
+    assert res.returncode == 0 and "echo analysis -> here" in res.stdout, res.stderr
+    # the greater-than family shares greater-than's prompts, not its analysis
+    res = _cli("analyze", "--help")
+    assert "greater-than " in res.stdout and "greater-than-started" not in res.stdout and "ioi" not in res.stdout

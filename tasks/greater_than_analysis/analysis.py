@@ -3,12 +3,12 @@
 What is computed (see each module for the details and choices):
 
 1. year probabilities p(YY' | YY) of the full model and of the circuit alone
-   (:mod:`circuits.analysis.heatmaps`, :mod:`circuits.analysis.forward`);
+   (:mod:`circuits.tasks.greater_than_analysis.heatmaps`, :mod:`circuits.analysis.forward`);
 2. PD and CS by start year;
 3. mean attention from the answer position for the circuit's heads, or the top heads by
-   activation patching (:mod:`circuits.analysis.attention`);
-4. the chosen MLPs' logit lens and direct / indirect effects (:mod:`circuits.analysis.mlps`);
-5. the top neurons of chosen MLPs (:mod:`circuits.analysis.neurons`).
+   activation patching (:mod:`circuits.tasks.greater_than_analysis.attention`);
+4. the chosen MLPs' logit lens and direct / indirect effects (:mod:`circuits.tasks.greater_than_analysis.mlps`);
+5. the top neurons of chosen MLPs (:mod:`circuits.tasks.greater_than_analysis.neurons`).
 
 Nothing here prints; long steps report through ``progress(done, total, message)``.
 """
@@ -23,8 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from circuits import names
-from circuits.analysis import attention as attn_mod
-from circuits.analysis import heatmaps, html, mlps, neurons
+from circuits.tasks.greater_than_analysis import attention as attn_mod
+from circuits.analysis import html
+from circuits.tasks.greater_than_analysis import heatmaps, mlps, neurons
 from circuits.analysis.circuit import Circuit
 from circuits.analysis.forward import EngineForward
 from circuits.analysis.runs import collect_runs
