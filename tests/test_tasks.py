@@ -159,6 +159,9 @@ def test_a_task_owns_its_analysis(tmp_path):
     assert "lost-analysis" in res.stderr and "circuits_test_no_such_module" in res.stderr and "Traceback" not in res.stderr
     res = _cli("analyze", "echo-analysed", "--out", "here", env_extra=env)
     assert res.returncode == 0 and "echo analysis -> here" in res.stdout, res.stderr
+    # no other command loads the task plugins to find the analyses
+    res = _cli("--help", env_extra=env)
+    assert res.returncode == 0 and "lost-analysis" not in res.stderr and "Commands" in res.stdout, res.stderr
     # the greater-than family shares greater-than's prompts, not its analysis
     res = _cli("analyze", "--help")
     assert "greater-than " in res.stdout and "greater-than-started" not in res.stdout and "ioi" not in res.stdout

@@ -75,18 +75,23 @@ def command_path(kind: str, task: Optional[str]) -> Tuple[str, ...]:
         raise RequestError("kind", f"unknown job kind {kind!r}; known: {', '.join(KINDS)}")
     if kind != "analyze":
         return (kind,)
-    group = root_command().commands["analyze"]
+    known = analysis_tasks()
     if not task:
-        raise RequestError("task", f"analyze needs a task; analyses exist for: {', '.join(sorted(group.commands))}")
-    if task not in group.commands:
-        raise RequestError("task", f"no analysis for task {task!r}; analyses exist for: {', '.join(sorted(group.commands))}")
+        raise RequestError("task", f"analyze needs a task; analyses exist for: {', '.join(known)}")
+    if task not in known:
+        raise RequestError("task", f"no analysis for task {task!r}; analyses exist for: {', '.join(known)}")
     return ("analyze", task)
+
+
+def analysis_tasks() -> List[str]:
+    """The tasks ``analyze`` has a command for (the group finds them when asked: ``list_commands``)."""
+    return sorted(root_command().get_command(None, "analyze").list_commands(None))
 
 
 def command_for(path: Sequence[str]):
     cmd = root_command()
     for word in path:
-        cmd = cmd.commands[word]
+        cmd = cmd.get_command(None, word)
     return cmd
 
 
@@ -131,8 +136,7 @@ def option_specs(cmd) -> List[OptionSpec]:
 def served_options(kind: str, task: Optional[str] = None) -> List[OptionSpec]:
     """The options a job of ``kind`` takes over HTTP (the command's, less those the service owns or refuses)."""
     if kind == "analyze" and not task:
-        group = root_command().commands["analyze"]
-        task = sorted(group.commands)[0] if group.commands else None
+        task = next(iter(analysis_tasks()), None)
     specs = option_specs(command_for(command_path(kind, task)))
     return [s for s in specs if s.key not in OWNED and s.key not in REFUSED]
 

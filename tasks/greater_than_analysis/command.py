@@ -1,6 +1,6 @@
 """``circuits analyze greater-than``: pictures, tables and an offline HTML report of a model (and a circuit).
 
-Imports nothing heavy until it runs, so ``circuits --help`` stays quick.
+Imports nothing heavy until it runs, so ``circuits analyze --help`` stays quick.
 """
 from __future__ import annotations
 
