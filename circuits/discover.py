@@ -19,8 +19,8 @@ from circuits.ranking import check_ranking, evaluation_mask
 from circuits.select import (MODES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Selection, own_circuit, target_faithfulness,
                              threshold, top_k, verify_edges)
 
-__all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "verifies", "method_granularity",
-           "reduced_mlps", "holdout_count", "split_holdout", "kept_edge_scores", "top_components"]
+__all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "verifies", "check_selection",
+           "method_granularity", "reduced_mlps", "holdout_count", "split_holdout", "kept_edge_scores", "top_components"]
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,6 @@ class HeldOut:
 
 def holdout_count(fraction: float, n: int) -> int:
     """How many of ``n`` prompts ``--holdout fraction`` holds out (``floor(fraction * n)``), checked."""
-    import math
-
     if not 0 <= fraction < 1:
         raise CircuitsError(f"--holdout must be at least 0 and below 1 (got {fraction:g}); 0 turns it off")
     if fraction == 0:
@@ -154,8 +152,6 @@ class DiscoveryResult:
 
 def kept_edge_scores(scores: Scores, keep_mask) -> Dict[str, float]:
     """Edge name -> score of the kept edges (NaN scores written as 0), in compute order."""
-    import math
-
     import torch
 
     keep = torch.as_tensor(keep_mask).detach().cpu().bool()
@@ -232,6 +228,13 @@ def verifies(spec: SelectionSpec, chosen: Selection) -> bool:
     return chosen.mode == "target-faithfulness" and chosen.edges_kept <= VERIFY_AUTO_EDGES
 
 
+def check_selection(spec: SelectionSpec, method) -> None:
+    """Refuse, before any scoring, a selection that cannot apply to ``method``: verification of a node circuit."""
+    if spec.verify and method_granularity(method) == "node":
+        raise CircuitsError(f"--verify checks the edges of an edge circuit; {getattr(method, 'name', method)} selects "
+                            "nodes: drop --verify")
+
+
 def method_granularity(method) -> str:
     """``"node"`` for a method that scores nodes (its circuits are chosen by node), else ``"edge"``."""
     return "node" if getattr(method, "granularity", "edge") == "node" else "edge"
@@ -286,9 +289,7 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     progress = progress or no_progress
     timings: Dict[str, float] = {}
     granularity = method_granularity(method)
-    if selection.verify and granularity == "node":
-        raise CircuitsError(f"--verify checks the edges of an edge circuit; {getattr(method, 'name', method)} selects "
-                            "nodes: drop --verify")
+    check_selection(selection, method)
     if selection.keep_neurons:
         if not options.neurons:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")

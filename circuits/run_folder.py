@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -128,10 +128,7 @@ def _budget(info: Mapping[str, Any]) -> Dict[str, Any]:
 def _verified(selection) -> Optional[Dict[str, Any]]:
     """What verification did (:class:`circuits.select.Verification`), or None when the circuit was not verified."""
     done = getattr(selection, "verified", None)
-    if done is None:
-        return None
-    return {"tested": done.tested, "removed": list(done.removed), "tolerance": done.tolerance,
-            "evaluations": done.evaluations}
+    return None if done is None else {**asdict(done), "removed": list(done.removed)}
 
 
 def _neuron_lists(selection) -> Dict[str, list]:

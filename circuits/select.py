@@ -226,8 +226,8 @@ def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Opti
     runs batch by batch).  ``known``: k -> f
     already computed for these scores (e.g. the curve's points).  ``neurons``: MLPs reduced to
     these neurons (MLP layer -> bool [d_mlp]) in every circuit tried.  ``ranking``: ``abs`` or ``signed``;
-    with ``signed`` the curve of f rises past 1 and comes back, and the search finds the first k that reaches
-    the target.
+    with ``signed`` the curve of f can rise past 1 and come back; the search then finds a k where f crosses
+    the target on its way up (see :func:`search_smallest_k`).
     """
     _check_granularity(granularity)
     check_ranking(ranking)

@@ -171,7 +171,7 @@ def discover(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
 ) -> None:
     """Score every edge, keep a faithful circuit, and write it (JSON, DOT, SVG, scores, manifest, report) to --out."""
-    from circuits.discover import holdout_count, split_holdout
+    from circuits.discover import check_selection, holdout_count, split_holdout
     from circuits.metrics import build_metric, check_metric
     from circuits.run_folder import check_out_dir
 
@@ -187,8 +187,7 @@ def discover(
     from dataclasses import replace
 
     spec = replace(spec, ranking=ranking, verify=verify, verify_tolerance=verify_tolerance)
-    if verify and getattr(method_obj, "granularity", "edge") == "node":
-        raise CircuitsError(f"--verify checks the edges of an edge circuit; {method} selects nodes: drop --verify")
+    check_selection(spec, method_obj)  # refused before the model loads
     if keep_neurons is not None:
         if not neuron_layers:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
