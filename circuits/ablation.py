@@ -133,6 +133,7 @@ class BatchReferences:
     are each piece's corrupted run, kept for later passes while the kept ones total at most
     ``cache_bytes`` and recomputed otherwise, so memory is bounded by the batch (plus the cache),
     not by the number of prompts.  With ``batch_size`` 0 the single piece is always kept.
+    :meth:`piece` and :meth:`items` also give the MLP hidden activations reduced MLPs' dropped neurons carry.
     """
 
     def __init__(self, engine, dataset: PromptDataset, ablation: str = "corrupted", *, batch_size: int = 0,
@@ -142,6 +143,8 @@ class BatchReferences:
         self.cache_bytes = cache_bytes
         self._parts = pieces(dataset, batch_size)
         self._cache: Dict[int, Tensor] = {}
+        self._hidden: Dict[Tuple[int, int], Tensor] = {}  # (piece, MLP layer) -> [b, p, d_mlp]
+        self._shared_hidden: Dict[int, Tensor] = {}  # MLP layer -> [1, p, d_mlp] of the shared references
         self._cached_bytes = 0
         self.computed = 0  # reference runs made (recomputations included)
         self.means = means
@@ -153,19 +156,53 @@ class BatchReferences:
 
     def outputs(self, i: int) -> Tensor:
         """Piece ``i``'s reference outputs [S, b, p, d] (a broadcast view for the shared references)."""
+        return self.piece(i)[0]
+
+    def piece(self, i: int, layers: Sequence[int] = ()) -> Tuple[Tensor, Dict[int, Tensor]]:
+        """Piece ``i``'s reference outputs [S, b, p, d] and the hidden activations [b, p, d_mlp] of these MLP layers.
+
+        ``corrupted``: the piece's corrupted run, made once for whatever is not kept (outputs and hidden
+        activations share the ``cache_bytes`` budget).  The shared references: broadcast views, their hidden
+        activations computed once over the dataset for each new layer.
+        """
         part = self._parts[i]
+        layers = sorted({int(layer) for layer in layers})
         if self.ablation in STATIC:
-            return self.means.outputs.expand(-1, len(part), -1, -1)
-        if i in self._cache:
-            return self._cache[i]
-        out = reference(self.engine, part, self.ablation).outputs
+            missing = [layer for layer in layers if layer not in self._shared_hidden]
+            if missing:
+                shared = static_reference(self.engine, self.dataset, self.ablation, hidden_layers=missing,
+                                          batch_size=self.batch_size)
+                self._shared_hidden.update(shared.hidden)
+            return (self.means.outputs.expand(-1, len(part), -1, -1),
+                    {layer: self._shared_hidden[layer].expand(len(part), -1, -1) for layer in layers})
+        hidden = {layer: self._hidden[(i, layer)] for layer in layers if (i, layer) in self._hidden}
+        missing = [layer for layer in layers if layer not in hidden]
+        if i in self._cache and not missing:
+            return self._cache[i], hidden
+        ref = reference(self.engine, part, self.ablation, hidden_layers=missing)
         self.computed += 1
-        size = out.numel() * out.element_size()
+        for layer in missing:
+            hidden[layer] = ref.hidden[layer]
+            if self._keeps(ref.hidden[layer]):
+                self._hidden[(i, layer)] = ref.hidden[layer]
+        if i not in self._cache and self._keeps(ref.outputs):
+            self._cache[i] = ref.outputs
+        return self._cache.get(i, ref.outputs), hidden
+
+    def items(self, layers: Sequence[int] = ()) -> Iterator[Tuple[PromptDataset, Tensor, Dict[int, Tensor]]]:
+        """``(part, outputs, hidden)`` for every piece: :meth:`piece` in order (the heap trimmed between pieces)."""
+        for i, part in enumerate(each(self._parts)):
+            outputs, hidden = self.piece(i, layers)
+            yield part, outputs, hidden
+
+    def _keeps(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` fits the cache (always with one piece); counts it when it does."""
+        size = tensor.numel() * tensor.element_size()
         if len(self._parts) == 1 or self._cached_bytes + size <= self.cache_bytes:
-            self._cache[i] = out
             self._cached_bytes += size
-        return out
+            return True
+        return False
 
     def __iter__(self) -> Iterator[Tuple[PromptDataset, Tensor]]:
-        for i, part in enumerate(each(self._parts)):
-            yield part, self.outputs(i)
+        for part, outputs, _ in self.items():
+            yield part, outputs

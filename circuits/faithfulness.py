@@ -85,7 +85,8 @@ def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, 
     (a [S, n, p, d] tensor cut into pieces of ``batch_size``, or :class:`BatchReferences` with their own pieces).
 
     ``neurons`` (MLP layer -> bool [d_mlp]) reduces those MLPs: their other neurons carry
-    ``hidden_reference[layer]`` [n, p, d_mlp] (see :mod:`circuits.neurons`).
+    ``hidden_reference[layer]`` [n, p, d_mlp] (see :mod:`circuits.neurons`), or, without it and with
+    :class:`BatchReferences`, each piece's own hidden references (:meth:`BatchReferences.items`).
     """
     keep = torch.as_tensor(keep_mask).to(device=engine.device, dtype=engine.w.W_E.dtype)
     g = engine.graph
@@ -93,10 +94,16 @@ def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, 
         raise ValueError(f"keep mask has shape {tuple(keep.shape)}; this graph needs ({g.n_senders}, {g.n_receivers})")
     total, start = 0.0, 0
     with torch.no_grad():
-        for part, ref in _batches(dataset, reference, batch_size):
+        streamed = bool(neurons) and hidden_reference is None and isinstance(reference, BatchReferences)
+        pieces = reference.items(sorted(neurons)) if streamed else (
+            (part, ref, None) for part, ref in _batches(dataset, reference, batch_size))
+        for part, ref, hidden in pieces:
             rows = slice(start, start + len(part))
             start += len(part)
-            edit = hidden_edit(neurons, hidden_reference or {}, rows)
+            if streamed:
+                edit = hidden_edit(neurons, hidden, slice(0, len(part)))
+            else:
+                edit = hidden_edit(neurons, hidden_reference or {}, rows)
             result = engine.run(part.clean.to(engine.device), part.answer_pos, patch=Patch(keep=keep.to(ref.dtype), reference=ref),
                                 edit_hidden=edit)
             total += float(metric(result.logits, part).double().sum())
@@ -127,8 +134,10 @@ class CircuitEvaluator:
     Masks are cached by a hash of their contents, so the cache stays small on large graphs.
     Without ``reference``, the references of ``ablation`` are streamed batch by batch
     (:class:`BatchReferences`: corrupted runs kept up to ``cache_bytes``, recomputed beyond).
-    ``ablation`` also says what reduced MLPs' other neurons carry (their hidden reference activations are
-    computed the first time a circuit reduces that MLP; it should match ``reference``).
+    ``ablation`` also says what reduced MLPs' other neurons carry; it should match ``reference``.  With
+    streamed references their hidden reference activations come piece by piece (kept in the same cache,
+    recomputed beyond); with a whole-dataset tensor they are computed whole, [n, p, d_mlp] per MLP, the first
+    time a circuit reduces that MLP.
     """
 
     def __init__(self, engine: GraphEngine, dataset: PromptDataset, metric: Metric, reference: Optional[References] = None,
@@ -159,7 +168,9 @@ class CircuitEvaluator:
         key = hashlib.blake2b(bytes([keep.dtype == torch.bool]) + keep.numpy().tobytes() + masks_key(neurons),
                               digest_size=20).digest()
         if key not in self._cache:
-            hidden = self.hidden_reference(sorted(neurons)) if neurons else None
+            # streamed references give each piece its hidden references; a whole-dataset tensor needs them whole
+            whole = neurons and not isinstance(self.reference, BatchReferences)
+            hidden = self.hidden_reference(sorted(neurons)) if whole else None
             self._cache[key] = circuit_metric(self.engine, self.dataset, self.metric_fn, keep, self.reference,
                                               batch_size=self.batch_size, neurons=neurons or None,
                                               hidden_reference=hidden)

@@ -243,6 +243,9 @@ def test_neuron_masks_match_the_hook_based_reference(tiny_gpt2_dir, ablation):
     print(f"{ablation}: engine {got:.9g}, hooks {expected:.9g}, MLPs whole {whole:.9g}")
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-8)
     assert abs(got - whole) > 100 * abs(got - expected)  # the neurons matter on this random model
+    # streamed references (pieces of 3 prompts, nothing kept): each piece brings its own hidden references
+    streamed = CircuitEvaluator(engine, ds, task.metric, ablation=ablation, batch_size=3, cache_bytes=0)
+    assert streamed.metric(keep, neurons) == pytest.approx(expected, rel=1e-4, abs=1e-8)
 
 
 def _mean_patched_logits(reference, bridge, clean, patched, neurons):
@@ -272,3 +275,31 @@ def test_keep_neurons_needs_a_method_that_scores_neurons():
         top_neuron_masks({"m1": [(0, 1.0), (5, -2.0)]}, [1], 4, d_mlp=8, method="eap")
     mask = top_neuron_masks({"m1": [(0, 1.0), (5, -2.0), (3, 0.5)]}, [1], 2, d_mlp=8, method="eap")[1]
     assert torch.nonzero(mask).flatten().tolist() == [0, 5]
+
+
+@pytest.mark.parametrize("ablation", ["corrupted", "mean", "mean-positions", "zero"])
+def test_streamed_hidden_references_equal_the_whole_dataset_ones(ablation):
+    """Reduced MLPs measured with streamed references (pieces of 3 prompts, nothing cached, and cached) give the
+    metric of the whole-dataset path, and the evaluator then holds no [n, p, d_mlp] tensor."""
+    from circuits.engine import GraphEngine
+    from circuits.faithfulness import CircuitEvaluator, reference_outputs
+    from test_faithfulness import logit_diff, random_dataset, random_weights
+
+    engine = GraphEngine(random_weights(seed=21))
+    data = random_dataset(n=7, seed=22)
+    g, d_mlp = engine.graph, engine.w.d_mlp
+    gen = torch.Generator().manual_seed(23)
+    keep = (torch.rand(g.n_senders, g.n_receivers, generator=gen) < 0.6) & g.valid_mask()
+    neurons = {layer: torch.rand(d_mlp, generator=gen) < 0.4 for layer in range(g.n_layers)}
+    whole = CircuitEvaluator(engine, data, logit_diff, reference_outputs(engine, data, ablation=ablation),
+                             ablation=ablation)
+    expected = whole.metric(keep, neurons)
+    assert abs(expected - whole.metric(keep)) > 1e-3  # the reduction matters here
+    for cache_bytes in (0, 1 << 30):
+        streamed = CircuitEvaluator(engine, data, logit_diff, ablation=ablation, batch_size=3, cache_bytes=cache_bytes)
+        assert streamed.metric(keep, neurons) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert streamed.metric(keep, {0: neurons[0]}) == pytest.approx(whole.metric(keep, {0: neurons[0]}), rel=1e-9,
+                                                                       abs=1e-12)
+        assert streamed._hidden == {}
+        if ablation == "corrupted":  # three pieces; with no cache every pass reruns them
+            assert streamed.reference.computed == (6 if cache_bytes == 0 else 3)
