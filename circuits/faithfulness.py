@@ -67,15 +67,25 @@ def reference_outputs(engine: GraphEngine, dataset: PromptDataset, *, ablation: 
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
-def _batches(dataset: PromptDataset, reference: References, batch_size: int) -> Iterator[Tuple[PromptDataset, Tensor]]:
-    """(piece of the dataset, its reference outputs) pairs, from either kind of references."""
+def _batches(dataset: PromptDataset, reference: References, batch_size: int, layers: Sequence[int] = (),
+             hidden_reference: Optional[HiddenReference] = None) -> Iterator[Tuple[PromptDataset, Tensor, HiddenReference]]:
+    """(piece of the dataset, its reference outputs, its reference hidden activations of these MLP layers).
+
+    :class:`BatchReferences` gives its own pieces, with their hidden activations unless ``hidden_reference``
+    (whole-dataset tensors) is given; a whole-dataset outputs tensor is cut into pieces of ``batch_size``."""
     if isinstance(reference, BatchReferences):
-        yield from reference
-        return
+        if hidden_reference is None:
+            yield from reference.items(layers)
+            return
+        pairs = iter(reference)
+    else:
+        pairs = ((part, None) for part in chunks(dataset, batch_size))
     start = 0
-    for part in chunks(dataset, batch_size):
-        yield part, reference[:, start:start + len(part)]
+    for part, ref in pairs:
+        rows = slice(start, start + len(part))
         start += len(part)
+        yield (part, reference[:, rows] if ref is None else ref,
+               {layer: h[rows] for layer, h in (hidden_reference or {}).items() if layer in layers})
 
 
 def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, keep_mask, reference: References,
@@ -92,18 +102,10 @@ def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, 
     g = engine.graph
     if tuple(keep.shape) != (g.n_senders, g.n_receivers):
         raise ValueError(f"keep mask has shape {tuple(keep.shape)}; this graph needs ({g.n_senders}, {g.n_receivers})")
-    total, start = 0.0, 0
+    total = 0.0
     with torch.no_grad():
-        streamed = bool(neurons) and hidden_reference is None and isinstance(reference, BatchReferences)
-        pieces = reference.items(sorted(neurons)) if streamed else (
-            (part, ref, None) for part, ref in _batches(dataset, reference, batch_size))
-        for part, ref, hidden in pieces:
-            rows = slice(start, start + len(part))
-            start += len(part)
-            if streamed:
-                edit = hidden_edit(neurons, hidden, slice(0, len(part)))
-            else:
-                edit = hidden_edit(neurons, hidden_reference or {}, rows)
+        for part, ref, hidden in _batches(dataset, reference, batch_size, sorted(neurons or ()), hidden_reference):
+            edit = hidden_edit(neurons, hidden)
             result = engine.run(part.clean.to(engine.device), part.answer_pos, patch=Patch(keep=keep.to(ref.dtype), reference=ref),
                                 edit_hidden=edit)
             total += float(metric(result.logits, part).double().sum())

@@ -106,9 +106,9 @@ def hidden_reference(engine, dataset, layers: Sequence[int], *, ablation: str = 
     return {layer: (p[0] if len(p) == 1 else torch.cat(p, 0)) for layer, p in parts.items()}
 
 
-def hidden_edit(masks: Optional[Mapping[int, Tensor]], reference: Mapping[int, Tensor], rows: slice):
+def hidden_edit(masks: Optional[Mapping[int, Tensor]], reference: Mapping[int, Tensor]):
     """An ``edit_hidden`` callback for ``GraphEngine.run``: in each reduced MLP, the neurons outside its mask
-    take ``reference[layer][rows]`` (the batch's prompts); None when no MLP is reduced."""
+    take ``reference[layer]`` (the batch's own [b, p, d_mlp]); None when no MLP is reduced."""
     if not masks:
         return None
     missing = [layer for layer in masks if layer not in reference]
@@ -120,7 +120,7 @@ def hidden_edit(masks: Optional[Mapping[int, Tensor]], reference: Mapping[int, T
         if layer not in keep:
             return hidden
         k = keep[layer].to(hidden.device)
-        ref = reference[layer][rows].to(device=hidden.device, dtype=hidden.dtype)
+        ref = reference[layer].to(device=hidden.device, dtype=hidden.dtype)
         return torch.where(k, hidden, ref)
 
     return edit
