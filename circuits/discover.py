@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from circuits.ablation import REFERENCE_CACHE_BYTES
 from circuits.errors import CircuitsError
 from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve
-from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.methods.base import MethodOptions, Progress, Scores, no_progress, option_values
 from circuits.ranking import check_ranking, evaluation_mask
 from circuits.select import (MODES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Selection, own_circuit, target_faithfulness,
                              threshold, top_k, verify_edges)
@@ -297,6 +297,7 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
             options = replace(options, top_neurons=int(selection.keep_neurons))
 
     t = time.perf_counter()
+    options = replace(options, params=option_values(method, options.params))  # checked, defaults filled (the manifest's)
     scores = method.score(engine, dataset, metric, options, progress=_stage(progress, "scoring"))
     timings["scoring"] = time.perf_counter() - t
     graph = engine.graph

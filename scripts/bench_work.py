@@ -41,6 +41,15 @@ for _name in ("transformer_lens.model_bridge", "transformer_lens.utilities.archi
 gc.freeze()  # the libraries' objects: never collected, so each gc.collect() below is cheap
 
 # --------------------------------------------------------------------------- memory
+
+def _method_options(spec: dict):
+    """A spec's ``options``: the shared settings as fields, every other key as the method's own (``params``)."""
+    from circuits.methods.base import MethodOptions
+
+    opts = dict(spec.get("options", {}))
+    shared = {k: opts.pop(k) for k in ("ablation", "batch_size", "neurons", "top_neurons") if k in opts}
+    return MethodOptions(**shared, params=opts)
+
 def _status_kb(field: str) -> Optional[int]:
     return proc_field_kb(field, "/proc/self/status")
 
@@ -367,7 +376,7 @@ def measure_llama(spec: Dict[str, Any]) -> Dict[str, Any]:
     build_s = time.perf_counter() - t0
     task = GreaterThan()
     data = task.build(tokenizer, n=int(spec["n"]), seed=int(spec.get("seed", 0)))
-    options = MethodOptions(**spec.get("options", {}))
+    options = _method_options(spec)
     info: Dict[str, Any] = {"prompts": len(data), "seq_len": int(data.clean.shape[1]), "dtype": spec.get("dtype", "float32"),
                             "parameters": llama_parameters(**shape, vocab=vocab), "shape": shape, "vocab": vocab,
                             "batch_size": options.batch_size, "build_seconds": build_s}
@@ -526,7 +535,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
                     t.grad = None
             metric(engine.run(data.clean.to(engine.device), data.answer_pos).logits, data).mean().backward()
     elif kind == "method" and spec["method"] == "path-patching" and spec.get("budget_s"):
-        search = BudgetedPathPatching(engine, data, metric, MethodOptions(**spec.get("options", {})), float(spec["budget_s"]))
+        search = BudgetedPathPatching(engine, data, metric, _method_options(spec), float(spec["budget_s"]))
         result = {}
         repeats = 1
 
@@ -542,7 +551,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
             info["budget_s"] = float(spec["budget_s"])
     elif kind == "method":
         method = get_method(spec["method"])
-        options = MethodOptions(**spec.get("options", {}))
+        options = _method_options(spec)
         result: Dict[str, Any] = {}
 
         def work():
@@ -555,7 +564,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
         from bench_acdc import layer_costs, sweep_tests
 
         method = get_method("acdc")
-        options = MethodOptions(**spec.get("options", {}))
+        options = _method_options(spec)
         result = {}
         repeats = 1
 

@@ -199,7 +199,7 @@ def test_mlp_direct_effect_is_path_patching_and_last_mlp_has_no_indirect_effect(
     _, engine, ds = gpt2
     g = engine.graph
     effects = direct_indirect(engine, ds, GT.metric, [0, 1], batch_size=4)
-    pp = PathPatching().score(engine, ds, GT.metric, MethodOptions(threshold=0.0))
+    pp = PathPatching().score(engine, ds, GT.metric, MethodOptions(params={"path_threshold": 0.0}))
     ap = ActivationPatching().score(engine, ds, GT.metric)
     for e in effects:
         assert abs(e.direct - float(pp.edge_scores[g.mlp_sender(e.layer), g.logits_receiver])) < 1e-10

@@ -264,7 +264,7 @@ def test_path_patching_budget_warns_and_records_it(tiny_gpt2_dir, tmp_path):
     assert "warning: path-patching stopped at its budget (6 of --max-passes 6 passes)" in err
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert (m["complete"], m["passes_used"], m["max_passes"], m["granularity"]) == (False, 6, 6, "edge")
-    assert m["options"]["threshold"] == 0.0
+    assert m["options"]["path_threshold"] == 0.0
     code, _, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "path-patching",
                           "--max-passes", "0", "--out", "run2", cwd=tmp_path)
     assert_user_error(code, err, "--max-passes")

@@ -44,7 +44,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("method", METHODS)
 def test_streamed_scores_equal_all_at_once(toy, method, ablation):
     engine, ds = toy
-    options = dict(ablation=ablation, neurons=("m1",) if method != "path-patching" else (), threshold=0.0)
+    options = dict(ablation=ablation, neurons=("m1",) if method != "path-patching" else (),
+                   params={"path_threshold": 0.0} if method == "path-patching" else {})
     whole = get_method(method).score(engine, ds, logit_diff, MethodOptions(batch_size=0, **options))
     assert whole.edge_scores.abs().max() > 0
     for b in SLOW_METHODS.get(method, BATCHES):

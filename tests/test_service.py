@@ -58,7 +58,7 @@ def test_options_are_the_cli_options_with_its_defaults():
     cli = {p.name: p for p in typer.main.get_command(app).commands["discover"].params}
     served = {s.key: s for s in served_options("discover")}
     assert served["n"].default == cli["n"].default == 100
-    assert served["ig_steps"].default == 5 and served["batch_size"].default == "0"  # a number of prompts or auto
+    assert served["ig_steps"].default is None and served["batch_size"].default == "0"  # None: the method's own default  # a number of prompts or auto
     assert served["target_faithfulness"].flag == "--target-faithfulness" and served["top_k"].default is None
     assert set(served) >= {"task", "model", "method", "seed", "ablation", "neurons", "device", "threshold"}
     assert not {"out", "force", "task_file"} & set(served)  # the service owns these, or refuses them

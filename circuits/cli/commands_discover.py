@@ -13,7 +13,8 @@ from circuits import names
 from circuits.cli import app
 from circuits.cli.commands_core import MODEL_HELP, parse_mlp_layers, resolve_task
 from circuits.errors import CircuitsError
-from circuits.scores import DEFAULT_MAX_PASSES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE
+from circuits.cli.method_flags import MethodFlagsCommand, given_method_params
+from circuits.methods.base import VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, MethodOptions, option_values
 
 
 class ProgressBars:
@@ -123,11 +124,13 @@ def _batch_size(text: str, max_memory: Optional[str]):
     return batch, budget
 
 
-@app.command()
+@app.command(cls=MethodFlagsCommand)
 def discover(
+    ctx: typer.Context,
     task: Optional[str] = typer.Argument(None, help="Task name (see `circuits tasks list`)."),
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-    method: str = typer.Option(..., "--method", help="Scoring method: eap, eap-ig, activation-patching, path-patching, acdc."),
+    model: str = typer.Option("gpt2", "--model", "-m", help=MODEL_HELP),
+    method: str = typer.Option(..., "--method", help="Scoring method (see `circuits methods list`): eap, eap-ig, "
+                               "activation-patching, path-patching, acdc, or a plugin's. Each method's own options follow."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (must be empty unless --force)."),
     n: int = typer.Option(100, "--n", help="Number of prompts."),
     seed: int = typer.Option(0, "--seed", help="Seed for prompt sampling (and for choosing the held-out prompts)."),
@@ -151,21 +154,12 @@ def discover(
                                                 "full model's effect."),
     ablation: str = typer.Option("corrupted", "--ablation", help=ABLATION_HELP),
     metric: str = typer.Option("task", "--metric", help=METRIC_HELP),
-    ig_steps: int = typer.Option(5, "--ig-steps", help="Integration steps of eap-ig."),
-    max_passes: int = typer.Option(DEFAULT_MAX_PASSES, "--max-passes",
-                                   help="path-patching: budget of patched forward passes; a search that runs out returns the edges found so far."),
-    path_threshold: float = typer.Option(0.02, "--path-threshold",
-                                         help="path-patching: explore a sender's inputs when its edge moves the metric by at least this fraction of the full effect."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Score the neurons of these MLPs, e.g. m8,m9."),
     keep_neurons: Optional[int] = typer.Option(None, "--keep-neurons",
                                                help="Keep each --neurons MLP through its K top-scored neurons only (the others are patched)."),
     batch_size: str = typer.Option("0", "--batch-size", help=BATCH_HELP),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MEMORY_HELP),
     dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
-    tau: float = typer.Option(0.01, "--tau", help="acdc: remove an edge when patching it moves the mean metric by less than TAU."),
-    acdc_order: str = typer.Option("reverse", "--acdc-order",
-                                   help="acdc: senders of a receiver latest first (reverse, as ACDC's code) or input first (normal)."),
-    max_tests: int = typer.Option(0, "--max-tests", help="acdc: stop after N edge tests (0: no limit); the run is then marked incomplete."),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
@@ -200,24 +194,15 @@ def discover(
     from circuits.memory import parse_dtype
 
     parse_dtype(dtype)
-    if ig_steps < 1:
-        raise CircuitsError(f"--ig-steps must be at least 1 (got {ig_steps})")
-    if max_passes < 1:
-        raise CircuitsError(f"--max-passes must be at least 1 (got {max_passes})")
-    if not 0 <= path_threshold < float("inf"):
-        raise CircuitsError(f"--path-threshold must be a number >= 0 (got {path_threshold})")
+    params = option_values(method_obj, given_method_params(ctx))  # the method's own options, checked before the model loads
     check_out_dir(out, force)
     task_obj = resolve_task(task, task_file)
 
     from circuits.discover import discover as run_discovery
-    from circuits.methods.acdc import check_options
     from circuits.run_folder import write_run
-    from circuits.scores import MethodOptions
 
-    options = MethodOptions(ablation=ablation, ig_steps=ig_steps, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
-                            threshold=path_threshold, max_passes=max_passes, batch_size=batch or 0, tau=tau,
-                            acdc_order=acdc_order, max_tests=max_tests)
-    check_options(options)  # --tau, --acdc-order, --max-tests: refused before the model loads, whatever the method
+    options = MethodOptions(ablation=ablation, neurons=tuple(names.format_node(names.mlp(layer)) for layer in neuron_layers),
+                            batch_size=batch or 0, params=params)
     timings = {}
     t = time.perf_counter()
     tokenizer, engine = _load(model, device, dtype)

@@ -24,7 +24,7 @@ import torch
 from circuits.ablation import each, pieces, prepare, reference
 from circuits.dataset import repeat_positions
 from circuits.methods.attribution import parse_neuron_layers, top_neurons
-from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.methods.base import MethodOptions, Progress, Scores, no_progress
 
 NEURON_BATCH = 16
 

@@ -13,7 +13,7 @@ import torch
 
 from circuits.ablation import each, pieces, prepare, reference
 from circuits.methods.attribution import add_edge_scores, parse_neuron_layers, score_dtype, top_neurons
-from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.methods.base import MethodOptions, Progress, Scores, no_progress
 
 
 def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps: int, progress: Progress, method: str) -> Scores:
@@ -68,6 +68,7 @@ class EAP:
     description = "Edge attribution patching: first-order (gradient) estimate of every edge's patching effect."
     granularity = "edge"
     cost = "one forward+backward, one reference forward"
+    options = ()
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:

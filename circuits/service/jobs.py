@@ -113,10 +113,16 @@ def _is_path(param) -> bool:
     return type(kind).__name__ == "Path"
 
 
+def command_params(cmd) -> list:
+    """A click command's parameters, the methods' own options included (``MethodFlagsCommand``)."""
+    extra = getattr(cmd, "_method_params", None)
+    return [*cmd.params, *(extra() if extra is not None else [])]
+
+
 def option_specs(cmd) -> List[OptionSpec]:
     """The parameters of click command ``cmd`` as :class:`OptionSpec` (``--help`` and eager flags left out)."""
     specs = []
-    for param in cmd.params:
+    for param in command_params(cmd):
         if getattr(param, "is_eager", False) or param.name == "help":
             continue
         is_path = _is_path(param)
@@ -279,7 +285,7 @@ def _dry_parse(cmd, path, args, specs: Mapping[str, OptionSpec], *, needs_out: b
     trial = list(args)
     if needs_out:
         trial = ["--out", "/nonexistent/circuits-dry-run", *trial]
-    by_name = {p.name: p for p in cmd.params}
+    by_name = {p.name: p for p in command_params(cmd)}
     try:
         cmd.make_context(" ".join(path), trial, resilient_parsing=False)
     except errors.BadParameter as exc:
