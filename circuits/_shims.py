@@ -13,6 +13,20 @@ import sys
 
 MOVED = {
     "circuits.scores": "circuits.methods.base",
+    "circuits.graph": "circuits.engine.graph",
+    "circuits.ablation": "circuits.engine.ablation",
+    "circuits.memory": "circuits.engine.memory",
+    "circuits.models.support": "circuits.engine.architectures",
+    "circuits.dataset": "circuits.data.dataset",
+    "circuits.task": "circuits.data.task",
+    "circuits.evaluation": "circuits.data.evaluation",
+    "circuits.ranking": "circuits.circuit.ranking",
+    "circuits.select": "circuits.circuit.select",
+    "circuits.faithfulness": "circuits.circuit.faithfulness",
+    "circuits.neurons": "circuits.circuit.neurons",
+    "circuits.discover": "circuits.circuit.discover",
+    "circuits.run_folder": "circuits.circuit.run_folder",
+    "circuits.metrics": "circuits.methods.metrics",
 }
 
 

@@ -153,7 +153,7 @@ def viewer_html(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
 def run_viewer_html(run: Union[str, Path], *, compare: Optional[Union[str, Path]] = None) -> str:
     """The viewer page of a run folder (or circuit .json): its circuit, ``scores.tsv`` and
     ``manifest.json``, and optionally a second circuit to compare with. The service's entry point."""
-    from circuits.graphs.build import load_circuit
+    from circuits.graphs.files import load_circuit
 
     scores, manifest = run_inputs(run)
     other = load_circuit(compare) if compare is not None else None

@@ -23,11 +23,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from circuits.engine import GraphEngine, Patch
-from circuits.memory import proc_field_kb
+from circuits.engine.engine import GraphEngine, Patch
+from circuits.engine.memory import proc_field_kb
 from circuits.models import load_model
 from circuits.registry import get_method
-from circuits.scores import MethodOptions
+from circuits.methods.base import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
 
 # imported here so that the process server has them loaded before it forks (booting a model imports them lazily)
@@ -44,7 +44,6 @@ gc.freeze()  # the libraries' objects: never collected, so each gc.collect() bel
 
 def _method_options(spec: dict):
     """A spec's ``options``: the shared settings as fields, every other key as the method's own (``params``)."""
-    from circuits.methods.base import MethodOptions
 
     opts = dict(spec.get("options", {}))
     shared = {k: opts.pop(k) for k in ("ablation", "batch_size", "neurons", "top_neurons") if k in opts}
@@ -300,7 +299,7 @@ class BudgetedPathPatching:
     def _pass_costs(self, layers: List[int]):
         """Wall and CPU seconds of one path-patching pass (one patched edge) starting at each layer,
         measured at ``layers`` and interpolated linearly in between."""
-        from circuits.ablation import reference
+        from circuits.engine.ablation import reference
 
         engine, g, data = self.engine, self.engine.graph, self.data
         L = engine.w.n_layers
@@ -335,9 +334,9 @@ class BudgetedPathPatching:
 def _faithfulness_fn():
     """The library's one-circuit faithfulness, or a local equivalent if its API is not there."""
     try:
-        from circuits.faithfulness import faithfulness
+        from circuits.circuit.faithfulness import faithfulness
 
-        return faithfulness, "circuits.faithfulness.faithfulness"
+        return faithfulness, "circuits.circuit.faithfulness.faithfulness"
     except ImportError:
         pass
 
@@ -360,7 +359,7 @@ def measure_llama(spec: Dict[str, Any]) -> Dict[str, Any]:
     """EAP on random Llama-shaped weights (``spec["llama"]``: layers, d_model, heads, kv_heads, d_mlp) in
     ``spec["dtype"]``, with GPT-2's tokenizer (vocabulary 50257) and greater-than prompts.  The weights
     are built before the clock and the memory meter start; the peak includes them."""
-    from circuits.memory import parse_dtype
+    from circuits.engine.memory import parse_dtype
     from circuits.models.synthetic import llama_parameters, random_llama_weights
     from circuits.models.tokenizers import gpt2_tokenizer
 
@@ -446,7 +445,7 @@ def _hooked_bridge(bridge, data, device):
     """Set up a TransformerLens row (peer-style EAP, naive ACDC): frozen weights and the per-head flags
     on (left on for the warm-up and the measured runs; the row's ``post`` switches them off).
     Returns the bridge's config, its graph and the data on ``device``."""
-    from circuits.graph import ComputationalGraph
+    from circuits.engine.graph import ComputationalGraph
 
     for p in bridge.parameters():
         p.requires_grad_(False)
@@ -596,7 +595,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
             info["effects"] = {f"{a},{b}": v for (a, b), v in result["effects"].items()}
             info["bridge_forward_seconds"] = _fastest(lambda: bridge(d.clean))
     elif kind == "faithfulness":
-        from circuits.select import prune, top_k_mask
+        from circuits.circuit.select import prune, top_k_mask
 
         fn, how = _faithfulness_fn()
         scores = get_method("eap").score(engine, data, metric)

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from circuits.evaluation import model_forward
+    from circuits.data.evaluation import model_forward
     from circuits.models import load_model
     from circuits.registry import get_task
     from circuits.tasks.greater_than_family import FAMILY

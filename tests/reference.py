@@ -255,7 +255,7 @@ def boot_float64(folder, model, tokenizer):
     mode, and build the float64 engine over its weights: ``(bridge, engine)``."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from circuits.engine import GraphEngine
+    from circuits.engine.engine import GraphEngine
     from circuits.models.weights import cast_weights, extract_weights
 
     model.eval().save_pretrained(folder)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from circuits import names
-from circuits.engine import Patch
+from circuits.engine.engine import Patch
 from circuits.errors import CircuitsError
 from circuits.registry import get_method
-from circuits.scores import MethodOptions
+from circuits.methods.base import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
 from reference import boot_float64
 
@@ -69,7 +69,7 @@ def plain_acdc(engine, data, metric, tau: float, order: str, ablation: str = "co
     pytest.param("normal", "task", "corrupted", marks=pytest.mark.slow),
 ])
 def test_acdc_matches_the_plain_loop(setup, order, metric_name, ablation):
-    from circuits.metrics import build_metric
+    from circuits.methods.metrics import build_metric
 
     engine, task, data = setup
     metric = build_metric(metric_name, task, engine, data)
@@ -142,7 +142,9 @@ def test_default_settings_find_the_planted_circuit(tmp_path, spec):
     """Default tau, default selection (ACDC's own kept set): recall 1.0, precision >= 0.9 against the reference."""
     import json
 
-    from circuits.graphs.build import edge_names, load_circuit
+    from circuits.graphs.build import edge_names
+
+    from circuits.graphs.files import load_circuit
     from circuits.models.planted import ground_truth
 
     out, stdout, _ = _planted_run(tmp_path, spec)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from circuits.graphs.build import load_circuit
+from circuits.graphs.files import load_circuit
 from circuits.graphs.viewer import run_inputs, write_viewer
 from test_viewer import PLANTED, all_scores, planted_run
 

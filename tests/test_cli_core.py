@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import circuits
-from circuits.evaluation import evaluate_model
+from circuits.data.evaluation import evaluate_model
 from circuits.models import load_model
 from circuits.registry import load_task_file
 from circuits.tasks.greater_than import TEMPLATE, GreaterThan

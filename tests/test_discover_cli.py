@@ -8,7 +8,9 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-from circuits.graphs.build import edge_names, load_circuit
+from circuits.graphs.build import edge_names
+
+from circuits.graphs.files import load_circuit
 from circuits.graphs.compare import load_scores
 from cli_helpers import assert_user_error
 
@@ -54,7 +56,7 @@ class FakeMethod:
     def score(self, engine, dataset, metric, options, *, progress=None):
         import torch
 
-        from circuits.scores import Scores
+        from circuits.methods.base import Scores
 
         g = engine.graph
         progress(0, 2, "fake")

@@ -1,4 +1,4 @@
-"""circuits.faithfulness: reference outputs, circuit metric, f, the curve, CPR and CMD."""
+"""circuits.circuit.faithfulness: reference outputs, circuit metric, f, the curve, CPR and CMD."""
 from __future__ import annotations
 
 import math
@@ -6,16 +6,16 @@ import math
 import pytest
 import torch
 
-from circuits.dataset import PromptDataset
-from circuits.engine import GraphEngine, Patch
+from circuits.data.dataset import PromptDataset
+from circuits.engine.engine import GraphEngine, Patch
 from circuits.errors import CircuitsError
-from circuits.faithfulness import (
+from circuits.circuit.faithfulness import (
     FRACTIONS, CircuitEvaluator, circuit_metric, edges_for_fraction, faithfulness, faithfulness_curve,
     normalized_area, reference_outputs,
 )
 from circuits.models.weights import ModelWeights
-from circuits.scores import Scores
-from circuits.select import prune, top_k_mask
+from circuits.methods.base import Scores
+from circuits.circuit.select import prune, top_k_mask
 
 VOCAB = 40
 

@@ -15,7 +15,8 @@ import pytest
 
 from circuits.errors import CircuitsError
 from circuits.graphs import export as export_mod
-from circuits.graphs.build import build_graph, edge_names, from_node_link, load_circuit, to_node_link, write_json
+from circuits.graphs.build import build_graph, edge_names, from_node_link, to_node_link, write_json
+from circuits.graphs.files import load_circuit
 from circuits.graphs.compare import auroc, compare, load_scores, overlap, write_scores
 from circuits.graphs.dot import NEGATIVE, POSITIVE, to_dot
 from circuits.graphs.export import dot_available, export, render_svg

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from circuits.registry import get_method
-from circuits.scores import MethodOptions
-from circuits.task import answer_logits
+from circuits.methods.base import MethodOptions
+from circuits.data.task import answer_logits
 from circuits.tasks.greater_than import GreaterThan
 from reference import PerHeadFlags, boot_float64, ig_inputs, receiver_hook_grads, sender_stack
 

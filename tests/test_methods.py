@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.engine import Patch
+from circuits.engine.engine import Patch
 from circuits.registry import get_method
-from circuits.scores import MethodOptions
+from circuits.methods.base import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
 from reference import PerHeadFlags, boot_float64, ig_inputs, receiver_hook_grads, sender_stack
 

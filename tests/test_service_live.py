@@ -118,7 +118,9 @@ def test_planted_discover_over_http_matches_the_cli(service, tmp_path):
     page = client.get(f"/api/runs/{job_id}/files/circuit.html")  # the viewer, served as one of the run's files
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     manifest = client.get(f"/api/runs/{job_id}").json()["manifest"]
-    assert manifest["command"][:4] == ["circuits", "discover", "--out", str(store.runs_dir / job_id)]
+    command = manifest["command"]  # the command line that runs the same job, with the run's final folder
+    assert command[:3] == ["circuits", "discover", "greater-than"]
+    assert command[command.index("--out") + 1] == str(store.runs_dir / job_id)
     assert {r["id"] for r in client.get("/api/runs").json()} == {job_id, again}
     assert not any(store.tmp_dir.glob(f"{job_id}*"))
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from circuits.errors import CircuitsError
-from circuits.models.support import check_logits, unsupported_features
+from circuits.engine.architectures import check_logits, unsupported_features
 from cli_helpers import assert_user_error, invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,7 +67,7 @@ def test_discover_refuses_unsupported_models(unsupported_dirs, tmp_path, arch, f
 def test_logit_check_passes_supported_models_and_catches_a_wrong_engine(tiny_llama_dir):
     import torch
 
-    from circuits.engine import GraphEngine
+    from circuits.engine.engine import GraphEngine
     from circuits.models import load_model
 
     loaded = load_model(str(tiny_llama_dir))
@@ -84,7 +84,7 @@ def test_logit_check_passes_supported_models_and_catches_a_wrong_engine(tiny_lla
 def test_a_passed_logit_check_is_remembered_per_model_and_code(tiny_llama_dir, circuits_cache, monkeypatch):
     import torch
 
-    from circuits.engine import GraphEngine
+    from circuits.engine.engine import GraphEngine
     from circuits.models import load_model, support
 
     calls = []

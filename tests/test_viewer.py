@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from circuits.errors import CircuitsError
-from circuits.graph import ComputationalGraph
-from circuits.graphs.build import build_graph, edge_names, load_circuit, write_json
+from circuits.engine.graph import ComputationalGraph
+from circuits.graphs.build import build_graph, edge_names, write_json
+from circuits.graphs.files import load_circuit
 from circuits.graphs.compare import compare, load_scores, write_scores
 from circuits.graphs.dot import MAX_WIDTH, MIN_WIDTH, NEGATIVE, POSITIVE
 from circuits.graphs.interop import (MIB_CAPS, eap_ig_scores, from_eap_ig, mib_folder_name, to_eap_ig, write_eap_ig,

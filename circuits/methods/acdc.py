@@ -42,25 +42,16 @@ from typing import Dict, List, Optional
 
 import torch
 
-from circuits.ablation import chunks, prepare, reference
-from circuits.engine import Patch, RestartBuffer
+from circuits.data.batching import batches
+
+from circuits.engine.ablation import static_reference, reference
+from circuits.engine.engine import Patch, RestartBuffer
 from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
 
 ORDERS = ("reverse", "normal")
 MAX_COPIES = 64  # candidate edges per batched pass at most
 MEMORY_BUDGET = 1 << 30  # bytes of the replicated buffers one batched pass may hold (about)
 LOGIT_ROWS_BUDGET = 1 << 22  # logits entries (rows x vocabulary) per pass: larger batches leave the cache and run slower
-
-
-def receiver_nodes(graph) -> List[int]:
-    """For each receiver, the sender index of its node (``logits``: ``n_senders``)."""
-    out = [graph.n_senders] * graph.n_receivers
-    for layer in range(graph.n_layers):
-        for h in range(graph.n_heads):
-            for qkv in "qkv":
-                out[graph.head_receiver(layer, h, qkv)] = graph.head_sender(layer, h)
-        out[graph.mlp_receiver(layer)] = graph.mlp_sender(layer)
-    return out
 
 
 def sender_order(graph, receiver: int, order: str) -> List[int]:
@@ -75,7 +66,7 @@ class Liveness:
     outgoing edges are final; its liveness is computed then, once."""
 
     def __init__(self, graph):
-        self.node_of = torch.tensor(receiver_nodes(graph))
+        self.node_of = torch.tensor(graph.receiver_node)
         self.alive: Dict[int, bool] = {graph.n_senders: True}
 
     def __call__(self, keep: torch.Tensor, receiver: int) -> bool:
@@ -119,11 +110,11 @@ class BatchedTests:
 
     def __init__(self, engine, dataset, metric, options: MethodOptions):
         self.engine, self.metric, self.n = engine, metric, len(dataset)
-        means = prepare(engine, dataset, options.ablation, batch_size=options.batch_size)
+        means = static_reference(engine, dataset, options.ablation, batch_size=options.batch_size)
         self.parts: List[_Part] = []
         total = 0.0  # the clean metric, from the clean runs the parts keep
         with torch.no_grad():
-            for part in chunks(dataset, options.batch_size):
+            for part in batches(dataset, options.batch_size):
                 tokens = part.clean.to(engine.device)
                 clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True)
                 total += float(metric(clean.logits, part).double().sum())

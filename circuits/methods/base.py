@@ -13,13 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
+from circuits.engine.graph import ComputationalGraph
 from circuits.errors import CircuitsError
-from circuits.graph import ComputationalGraph
+from circuits.options import Option
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-    from circuits.dataset import PromptDataset
+    from circuits.data.dataset import PromptDataset
 
 # progress(step_done, steps_total, message): long methods call it; the CLI draws a bar.
 Progress = Callable[[int, int, str], None]
@@ -32,74 +33,6 @@ def no_progress(done: int, total: int, message: str) -> None:
 DEFAULT_MAX_PASSES = 800  # path patching: about 20 min for SmolLM2-135M, greater-than n = 50, on a 2-core CPU
 VERIFY_AUTO_EDGES = 64  # target-faithfulness circuits up to this size are verified by patching unless told not to
 VERIFY_TOLERANCE = 1e-3  # of |m_full - m_empty|: the most verification may move the circuit's metric
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting of one method, declared next to its ``score``.
-
-    name: the key in ``MethodOptions.params`` and, with dashes, the flag (``ig_steps`` -> ``--ig-steps``).
-    type: ``int``, ``float``, ``str`` or ``bool``.
-    default: the value when the option is not given.
-    help: one line for ``--help`` and the service's ``/api/kinds``.
-    choices: the allowed values (``str`` options), empty for any.
-    minimum, maximum: bounds (inclusive) of a number; None for none.
-    """
-
-    name: str
-    type: type
-    default: Any
-    help: str
-    choices: Tuple[Any, ...] = ()
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    def check(self, value: Any) -> Any:
-        """``value`` converted to the option's type, or a ``CircuitsError`` naming the flag."""
-        if self.type is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise CircuitsError(f"{self.flag} must be true or false (got {value!r})")
-        if isinstance(value, bool) or (self.type is not str and not isinstance(value, (int, float, str))):
-            raise CircuitsError(f"{self.flag} must be {_type_name(self.type)} (got {value!r})")
-        try:
-            out = self.type(value)
-        except (TypeError, ValueError):
-            raise CircuitsError(f"{self.flag} must be {_type_name(self.type)} (got {value!r})") from None
-        if self.type is int and isinstance(value, float) and value != out:
-            raise CircuitsError(f"{self.flag} must be a whole number (got {value!r})")
-        if self.type is float and out != out:
-            raise CircuitsError(f"{self.flag} must be a number (got {value!r})")
-        if self.choices and out not in self.choices:
-            raise CircuitsError(f"{self.flag} must be one of {', '.join(map(str, self.choices))} (got {value!r})")
-        if self.minimum is not None and out < self.minimum:
-            raise CircuitsError(f"{self.flag} must be at least {self.minimum:g} (got {value!r})")
-        if self.maximum is not None and out > self.maximum:
-            raise CircuitsError(f"{self.flag} must be at most {self.maximum:g} (got {value!r})")
-        return out
-
-    def describe(self) -> Dict[str, Any]:
-        """The declaration as JSON (the service's ``/api/kinds``)."""
-        out = {"name": self.name, "flag": self.flag, "type": _type_name(self.type, article=False),
-               "default": self.default, "help": self.help}
-        if self.choices:
-            out["choices"] = list(self.choices)
-        if self.minimum is not None:
-            out["minimum"] = self.minimum
-        if self.maximum is not None:
-            out["maximum"] = self.maximum
-        return out
-
-
-def _type_name(t: type, article: bool = True) -> str:
-    name = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(t, t.__name__)
-    return (("an " if name[0] in "aeiou" else "a ") + name) if article else name
 
 
 def declared_options(method: Any) -> Tuple[Option, ...]:
@@ -126,7 +59,7 @@ def option_values(method: Any, given: Mapping[str, Any]) -> Dict[str, Any]:
 class MethodOptions:
     """The settings every scoring method receives.
 
-    ablation: one of ``circuits.ablation.ABLATIONS``: ``corrupted`` (counterfactual: the corrupted
+    ablation: one of ``circuits.engine.ablation.ABLATIONS``: ``corrupted`` (counterfactual: the corrupted
         prompts' activations), ``mean`` (the clean activations' mean over the prompts, per position),
         ``mean-positions`` (their mean over the prompts and the positions) or ``zero``.
     batch_size: prompts per forward pass (0: all at once).

@@ -25,8 +25,8 @@ from typing import List, Optional
 
 import torch
 
-from circuits.ablation import prepare
-from circuits.engine import Patch
+from circuits.engine.ablation import static_reference
+from circuits.engine.engine import Patch
 from circuits.methods.clean_runs import CleanRuns
 from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
 
@@ -50,7 +50,7 @@ class PathPatching:
         progress = progress or no_progress
         own = option_values(self, options.params)
         g = engine.graph
-        means = prepare(engine, dataset, options.ablation, batch_size=options.batch_size)
+        means = static_reference(engine, dataset, options.ablation, batch_size=options.batch_size)
         n = len(dataset)
         batches = CleanRuns(engine, dataset, metric, options.ablation, batch_size=options.batch_size, means=means)
         passes = 0  # patched passes; the clean and reference runs are counted by ``batches``

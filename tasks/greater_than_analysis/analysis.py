@@ -31,7 +31,7 @@ from circuits.analysis.forward import EngineForward
 from circuits.analysis.runs import collect_runs
 from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
-from circuits.scores import Progress, no_progress
+from circuits.methods.base import Progress, no_progress
 
 __all__ = ["Analysis", "analyze", "write", "default_neuron_layers", "default_mlps", "REPORT_FILE", "SUMMARY_FILE",
            "TOP_HEADS", "CANDIDATES"]
@@ -218,7 +218,7 @@ def _counted(forward: Callable, total: int, progress: Progress) -> Callable:
 def _head_scores(engine, dataset, task, batch_size: int, progress: Progress) -> Dict[str, float]:
     """Activation-patching node scores of every head."""
     from circuits.methods.activation_patching import ActivationPatching
-    from circuits.scores import MethodOptions
+    from circuits.methods.base import MethodOptions
 
     scores = ActivationPatching().score(engine, dataset, task.metric, MethodOptions(batch_size=batch_size),
                                         progress=progress)

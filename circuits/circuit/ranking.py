@@ -1,6 +1,6 @@
 """Ranking and pruning: which edges (or nodes) a circuit of a given size keeps.
 
-Kept apart from :mod:`circuits.select` (which chooses the size) and :mod:`circuits.faithfulness`
+Kept apart from :mod:`circuits.circuit.select` (which chooses the size) and :mod:`circuits.circuit.faithfulness`
 (which measures a circuit), so both can import it without importing each other.
 
 - **Edges** are ranked by ``|score|`` (``ranking="abs"``, the default) or by how much they help
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from circuits.errors import CircuitsError
-from circuits.graph import ComputationalGraph
-from circuits.scores import Scores
+from circuits.engine.graph import ComputationalGraph
+from circuits.methods.base import Scores
 
 GRANULARITIES = ("edge", "node")
 RANKINGS = ("abs", "signed")
@@ -53,18 +53,6 @@ def rank_keys(values, ranking: str = "abs") -> Tensor:
 
 
 # ---------------------------------------------------------------- pruning
-def _receiver_node(graph: ComputationalGraph) -> Tensor:
-    """For each receiver input, the sender index of the node it belongs to (``logits``: S)."""
-    out = torch.empty(graph.n_receivers, dtype=torch.long)
-    for layer in range(graph.n_layers):
-        for h in range(graph.n_heads):
-            for qkv in "qkv":
-                out[graph.head_receiver(layer, h, qkv)] = graph.head_sender(layer, h)
-        out[graph.mlp_receiver(layer)] = graph.mlp_sender(layer)
-    out[graph.logits_receiver] = graph.n_senders
-    return out
-
-
 def prune(keep_mask, graph: ComputationalGraph) -> Tensor:
     """Keep only the edges on some ``input -> logits`` path through kept edges.
 
@@ -77,7 +65,7 @@ def prune(keep_mask, graph: ComputationalGraph) -> Tensor:
     keep = torch.as_tensor(keep_mask).detach().cpu()
     keep = (keep != 0) & graph.valid_mask()
     S = graph.n_senders
-    node_of = _receiver_node(graph)
+    node_of = torch.tensor(graph.receiver_node)
     inputs_of: List[List[int]] = [[] for _ in range(S + 1)]
     for r, s in enumerate(node_of.tolist()):
         inputs_of[s].append(r)
@@ -151,7 +139,7 @@ def node_mask(graph: ComputationalGraph, kept) -> Tensor:
     if kept.dtype != torch.bool:
         senders[kept.long()] = True
     senders[0] = True
-    node_of = _receiver_node(graph)
+    node_of = torch.tensor(graph.receiver_node)
     receivers = torch.cat([senders, torch.ones(1, dtype=torch.bool)])[node_of]
     return senders[:, None] & receivers[None, :] & graph.valid_mask()
 

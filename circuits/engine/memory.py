@@ -1,4 +1,5 @@
-"""Memory budgets and the automatic batch size (``--batch-size auto --max-memory 16GB``).
+"""Memory budgets, dtypes and peak-memory measurement (the automatic batch size is in
+``circuits.circuit.batch_size``).
 
 The batch is chosen from one measured probe: EAP's work on a few prompts (a reference run, a
 traced clean run, its backward pass and the scores, the heaviest per-batch step of the
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import re
-from dataclasses import dataclass
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -27,29 +27,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 _UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
           "t": 10 ** 12, "tb": 10 ** 12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
-
-
-_LIBC: Any = None
-
-
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
-
-    Between batches, a batch's tensors have been freed but glibc keeps the pages of its heap, and
-    a next batch of the same shapes does not always fit the holes: the resident set then creeps up
-    batch after batch (about 1.1x over 64 batches of EAP on GPT-2 small).  Trimming after each
-    batch keeps the peak at one batch's working memory, whatever the number of batches."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):  # not glibc
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -161,40 +138,3 @@ class PeakMeter:
             torch.cuda.synchronize(self.device)
             return int(torch.cuda.max_memory_allocated(self.device)) - self.before
         return 1024 * (proc_field_kb("VmHWM", "/proc/self/status") or 0) - self.before
-
-
-@dataclass(frozen=True)
-class AutoBatch:
-    """The batch ``--batch-size auto`` chose and how: the budget, the probe and its measured growth."""
-
-    batch_size: int
-    max_memory: int
-    probe_prompts: int
-    probe_growth: int
-    bytes_per_prompt: int
-    cache_bytes: int
-    measured_by: str
-
-    def manifest(self) -> Dict[str, Any]:
-        return {"batch_size": self.batch_size, "max_memory_bytes": self.max_memory, "probe_prompts": self.probe_prompts,
-                "probe_growth_bytes": self.probe_growth, "bytes_per_prompt": self.bytes_per_prompt,
-                "reference_cache_bytes": self.cache_bytes, "measured_by": self.measured_by}
-
-
-def auto_batch_size(engine, dataset, metric, *, max_memory: Optional[int] = None, ablation: str = "corrupted",
-                    probe_prompts: int = PROBE_PROMPTS) -> AutoBatch:
-    """The largest batch whose measured working memory fits :data:`BATCH_SHARE` of ``max_memory``."""
-    from circuits.methods.eap import integrated_scores
-    from circuits.scores import MethodOptions, no_progress
-
-    budget = default_budget(engine.device) if max_memory is None else int(max_memory)
-    k = max(1, min(probe_prompts, len(dataset)))
-    probe = dataset.subset(slice(0, k))
-    options = MethodOptions(ablation=ablation, batch_size=k)
-    meter = PeakMeter(engine.device).start()
-    integrated_scores(engine, probe, metric, options, steps=1, progress=no_progress, method="probe")
-    growth = max(meter.growth(), 1)
-    per_prompt = max(1, -(-growth // k))
-    batch = max(1, min(len(dataset), int(BATCH_SHARE * budget) // per_prompt))
-    return AutoBatch(batch_size=batch, max_memory=budget, probe_prompts=k, probe_growth=int(growth),
-                     bytes_per_prompt=int(per_prompt), cache_bytes=int(CACHE_SHARE * budget), measured_by=meter.how)

@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from circuits.dataset import PromptDataset
+from circuits.data.dataset import PromptDataset
 from circuits.errors import CircuitsError
-from circuits.memory import release_free_memory
+from circuits.data.batching import batches
 
 ABLATIONS = ("corrupted", "mean", "mean-positions", "zero")
 STATIC = ("mean", "mean-positions", "zero")  # the same reference for every prompt
@@ -26,28 +26,6 @@ STATIC = ("mean", "mean-positions", "zero")  # the same reference for every prom
 def check_ablation(ablation: str) -> None:
     if ablation not in ABLATIONS:
         raise CircuitsError(f"unknown ablation {ablation!r}; use one of: {', '.join(ABLATIONS)}")
-
-
-def pieces(dataset: PromptDataset, batch_size: int) -> List[PromptDataset]:
-    """The dataset in pieces of ``batch_size`` prompts (all at once when 0)."""
-    size = batch_size if batch_size and batch_size > 0 else len(dataset)
-    if size >= len(dataset):
-        return [dataset]
-    return [dataset.subset(slice(start, start + size)) for start in range(0, len(dataset), size)]
-
-
-def each(parts: Sequence[PromptDataset]) -> Iterator[PromptDataset]:
-    """Iterate the pieces, giving the C heap's free pages back between them (``release_free_memory``),
-    so the peak stays one piece's, whatever ``n``."""
-    for i, part in enumerate(parts):
-        if i:
-            release_free_memory()
-        yield part
-
-
-def chunks(dataset: PromptDataset, batch_size: int) -> Iterator[PromptDataset]:
-    """``each`` of the dataset's ``pieces``: batch by batch, the heap trimmed between batches."""
-    return each(pieces(dataset, batch_size))
 
 
 @dataclass(frozen=True)
@@ -64,7 +42,7 @@ def dataset_means(engine, dataset: PromptDataset, *, hidden_layers: Sequence[int
     dtype = engine.w.W_E.dtype
     acc = torch.promote_types(dtype, torch.float32)  # sums of half-precision activations kept in float32
     with torch.no_grad():
-        for part in chunks(dataset, batch_size):
+        for part in batches(dataset, batch_size):
             run = engine.run(part.clean.to(engine.device), part.answer_pos, collect=True, capture_hidden=tuple(hidden_layers))
             s = run.outputs.sum(1, keepdim=True, dtype=acc)
             outs = s if outs is None else outs + s
@@ -99,24 +77,19 @@ def reference(engine, part: PromptDataset, ablation: str = "corrupted", *, means
     """Activations that patched edges (and neurons) carry for the prompts in ``part``.
 
     ``corrupted``: the corrupted prompts' own activations.  ``mean``, ``mean-positions``, ``zero``:
-    ``means`` (from :func:`prepare` over the whole dataset) broadcast to the batch.
+    ``means`` (from :func:`static_reference` over the whole dataset) broadcast to the batch.
     """
     check_ablation(ablation)
     b = len(part)
     if ablation in STATIC:
         if means is None:
-            raise ValueError(f"{ablation} ablation needs the dataset's shared reference (ablation.prepare)")
+            raise ValueError(f"{ablation} ablation needs the dataset's shared reference (ablation.static_reference)")
         # a copy for every batch (callers may write into it; ``contiguous`` would return the shared tensor when b == 1)
         return Reference(means.outputs.repeat(1, b, 1, 1),
                          {k: v.expand(b, -1, -1) for k, v in means.hidden.items()})
     with torch.no_grad():
         run = engine.run(part.corrupted.to(engine.device), part.answer_pos, collect=True, capture_hidden=tuple(hidden_layers))
     return Reference(run.outputs, run.hidden or {})
-
-
-def prepare(engine, dataset: PromptDataset, ablation: str, *, hidden_layers: Sequence[int] = (), batch_size: int = 0) -> Optional[Reference]:
-    """The shared reference of ``mean``, ``mean-positions`` and ``zero`` (None for ``corrupted``), checked up front."""
-    return static_reference(engine, dataset, ablation, hidden_layers=hidden_layers, batch_size=batch_size)
 
 
 # Reference outputs a batch-by-batch evaluation keeps between passes (the rest are recomputed).
@@ -141,7 +114,7 @@ class BatchReferences:
         check_ablation(ablation)
         self.engine, self.dataset, self.ablation, self.batch_size = engine, dataset, ablation, batch_size
         self.cache_bytes = cache_bytes
-        self._parts = pieces(dataset, batch_size)
+        self._parts = batches(dataset, batch_size)
         self._cache: Dict[int, Tensor] = {}
         self._hidden: Dict[Tuple[int, int], Tensor] = {}  # (piece, MLP layer) -> [b, p, d_mlp]
         self._shared_hidden: Dict[int, Tensor] = {}  # MLP layer -> [1, p, d_mlp] of the shared references
@@ -191,7 +164,7 @@ class BatchReferences:
 
     def items(self, layers: Sequence[int] = ()) -> Iterator[Tuple[PromptDataset, Tensor, Dict[int, Tensor]]]:
         """``(part, outputs, hidden)`` for every piece: :meth:`piece` in order (the heap trimmed between pieces)."""
-        for i, part in enumerate(each(self._parts)):
+        for i, part in enumerate(self._parts):
             outputs, hidden = self.piece(i, layers)
             yield part, outputs, hidden
 

@@ -1,6 +1,6 @@
 """The metric a discovery scores and selects with: the task's own, or KL divergence from the clean run.
 
-``build_metric(name, task, engine, dataset)`` returns a :data:`circuits.scores.Metric`:
+``build_metric(name, task, engine, dataset)`` returns a :data:`circuits.methods.base.Metric`:
 
 - ``task`` (the default): the task's ``metric``.
 - ``kl``: for each prompt, ``sum over its answer positions of KL(P_clean || P_patched)``, the
@@ -23,10 +23,12 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor
 
-from circuits.ablation import REFERENCE_CACHE_BYTES, chunks
-from circuits.dataset import PromptDataset
+from circuits.data.batching import batches
+
+from circuits.engine.ablation import REFERENCE_CACHE_BYTES
+from circuits.data.dataset import PromptDataset
 from circuits.errors import CircuitsError
-from circuits.scores import Metric
+from circuits.methods.base import Metric
 
 METRICS: Tuple[str, ...] = ("task", "kl")
 
@@ -54,7 +56,7 @@ class KLMetric:
         self.kept: Dict[int, Tensor] = {}  # prompt id -> clean log-probabilities [V] or [k, V]
         self.kept_bytes = 0
         self.clean_passes = 0
-        for part in chunks(dataset, batch_size):  # fill the cache up to its budget
+        for part in batches(dataset, batch_size):  # fill the cache up to its budget
             if self.kept_bytes >= cache_bytes:
                 break
             self._clean(part)

@@ -88,6 +88,17 @@ class ComputationalGraph:
         return tuple(out)
 
     @cached_property
+    def receiver_node(self) -> Tuple[int, ...]:
+        """For each receiver input, the sender index of the node it belongs to (``logits``: ``n_senders``)."""
+        out = [self.n_senders] * self.n_receivers
+        for layer in range(self.n_layers):
+            for h in range(self.n_heads):
+                for qkv in "qkv":
+                    out[self.head_receiver(layer, h, qkv)] = self.head_sender(layer, h)
+            out[self.mlp_receiver(layer)] = self.mlp_sender(layer)
+        return tuple(out)
+
+    @cached_property
     def receiver_names(self) -> Tuple[str, ...]:
         out: List[str] = []
         for layer in range(self.n_layers):
@@ -135,7 +146,7 @@ class ComputationalGraph:
         """Bool [senders, receivers] mask of the named edges (a saved circuit on this graph).
 
         An edge named at neuron level (``a5.h1->m10.n123``) is read as its MLP's edge (``a5.h1->m10``);
-        which neurons a reduced MLP keeps is the circuit's ``neurons`` (``circuits.neurons``).
+        which neurons a reduced MLP keeps is the circuit's ``neurons`` (``circuits.circuit.neurons``).
         Raises ``CircuitsError`` naming the first edge that is malformed or is not in this graph
         (a circuit of another model).
         """

@@ -13,7 +13,7 @@ circuit gives exactly 1 and the empty circuit exactly 0.
 
 The faithfulness curve keeps, for each edge fraction in :data:`FRACTIONS`, the top
 ``ceil(fraction * E)`` edges by ``|score|`` and then prunes them to the edges on an
-input -> logits path (:func:`circuits.ranking.prune`); a node method's curve keeps the top
+input -> logits path (:func:`circuits.circuit.ranking.prune`); a node method's curve keeps the top
 ``ceil(fraction * N)`` of the N heads and MLPs instead.  CPR is the area under ``f`` and CMD
 the area under ``|1 - f|`` over that range (MIB's definitions), by the trapezoid rule on a
 *linear* x axis (the fractions as given), divided by the x range (1 - 0.001), so a circuit
@@ -31,13 +31,15 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from circuits.ablation import ABLATIONS, REFERENCE_CACHE_BYTES, BatchReferences, chunks, static_reference
-from circuits.ablation import reference as ablation_reference
-from circuits.dataset import PromptDataset
-from circuits.engine import GraphEngine, Patch
-from circuits.neurons import HiddenReference, NeuronMasks, hidden_edit, hidden_reference, masks_key
-from circuits.ranking import evaluation_mask, n_units, prune, top_k_mask, top_k_nodes_mask
-from circuits.scores import Metric, Progress, Scores, no_progress
+from circuits.data.batching import batches
+
+from circuits.engine.ablation import ABLATIONS, REFERENCE_CACHE_BYTES, BatchReferences, static_reference
+from circuits.engine.ablation import reference as ablation_reference
+from circuits.data.dataset import PromptDataset
+from circuits.engine.engine import GraphEngine, Patch
+from circuits.circuit.neurons import HiddenReference, NeuronMasks, hidden_edit, hidden_reference, masks_key
+from circuits.circuit.ranking import evaluation_mask, n_units, prune, top_k_mask, top_k_nodes_mask
+from circuits.methods.base import Metric, Progress, Scores, no_progress
 
 FRACTIONS: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -56,14 +58,14 @@ def reference_outputs(engine: GraphEngine, dataset: PromptDataset, *, ablation: 
     """The values patched edges carry for the whole dataset: sender outputs [S, n, p, d] on the engine's device.
 
     ``corrupted``: the corrupted prompts' outputs.  ``mean``, ``mean-positions``, ``zero``: the one
-    reference all prompts share (``circuits.ablation.static_reference``), broadcast (a view, no copy)
+    reference all prompts share (``circuits.engine.ablation.static_reference``), broadcast (a view, no copy)
     to every prompt.
     This holds every prompt's outputs at once; :class:`BatchReferences` keeps memory bounded by the batch.
     """
     shared = static_reference(engine, dataset, ablation, batch_size=batch_size)
     if shared is not None:
         return shared.outputs.expand(-1, len(dataset), -1, -1)
-    parts = [ablation_reference(engine, part, "corrupted").outputs for part in chunks(dataset, batch_size)]
+    parts = [ablation_reference(engine, part, "corrupted").outputs for part in batches(dataset, batch_size)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
@@ -79,7 +81,7 @@ def _batches(dataset: PromptDataset, reference: References, batch_size: int, lay
             return
         pairs = iter(reference)
     else:
-        pairs = ((part, None) for part in chunks(dataset, batch_size))
+        pairs = ((part, None) for part in batches(dataset, batch_size))
     start = 0
     for part, ref in pairs:
         rows = slice(start, start + len(part))
@@ -95,7 +97,7 @@ def circuit_metric(engine: GraphEngine, dataset: PromptDataset, metric: Metric, 
     (a [S, n, p, d] tensor cut into pieces of ``batch_size``, or :class:`BatchReferences` with their own pieces).
 
     ``neurons`` (MLP layer -> bool [d_mlp]) reduces those MLPs: their other neurons carry
-    ``hidden_reference[layer]`` [n, p, d_mlp] (see :mod:`circuits.neurons`), or, without it and with
+    ``hidden_reference[layer]`` [n, p, d_mlp] (see :mod:`circuits.circuit.neurons`), or, without it and with
     :class:`BatchReferences`, each piece's own hidden references (:meth:`BatchReferences.items`).
     """
     keep = torch.as_tensor(keep_mask).to(device=engine.device, dtype=engine.w.W_E.dtype)
@@ -245,7 +247,7 @@ def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: S
                        neurons: Optional[NeuronMasks] = None, ranking: str = "abs") -> Curve:
     """f of the top-``ceil(fraction * E)`` edges (each pruned) for each fraction, with CPR and CMD.
 
-    ``ranking``: ``abs`` (largest ``|score|`` first) or ``signed`` (most helpful first); see :mod:`circuits.ranking`.
+    ``ranking``: ``abs`` (largest ``|score|`` first) or ``signed`` (most helpful first); see :mod:`circuits.circuit.ranking`.
 
     ``neurons``: MLPs reduced to these neurons in every circuit of the curve (``discover --keep-neurons``).
 

@@ -89,17 +89,18 @@ def hidden_reference(engine, dataset, layers: Sequence[int], *, ablation: str = 
                      batch_size: int = 0) -> HiddenReference:
     """The hidden activations patched neurons carry, per MLP layer: [n, p, d_mlp] on the engine's device.
 
-    Built with :func:`circuits.ablation.reference` per batch, so it follows the same ablation
+    Built with :func:`circuits.engine.ablation.reference` per batch, so it follows the same ablation
     as the edges (the corrupted run's activations, or the clean mean over the dataset).
     """
-    from circuits.ablation import chunks, prepare, reference
+    from circuits.data.batching import batches
+    from circuits.engine.ablation import static_reference, reference
 
     layers = tuple(sorted(set(int(layer) for layer in layers)))
     if not layers:
         return {}
-    means = prepare(engine, dataset, ablation, hidden_layers=layers, batch_size=batch_size)
+    means = static_reference(engine, dataset, ablation, hidden_layers=layers, batch_size=batch_size)
     parts: Dict[int, list] = {layer: [] for layer in layers}
-    for part in chunks(dataset, batch_size):
+    for part in batches(dataset, batch_size):
         ref = reference(engine, part, ablation, means=means, hidden_layers=layers)
         for layer in layers:
             parts[layer].append(ref.hidden[layer])
@@ -131,7 +132,7 @@ def score_top_neurons(engine, dataset, metric, layers: Sequence[int], k: int, *,
     """The top ``k`` neurons of each MLP in ``layers`` by ``method``'s neuron scores on ``dataset``
     (the full model's attributions, as ``discover --neurons ... --keep-neurons k`` ranks them)."""
     from circuits.registry import get_method
-    from circuits.scores import MethodOptions
+    from circuits.methods.base import MethodOptions
 
     options = MethodOptions(ablation=ablation, neurons=tuple(names.format_node(names.mlp(layer)) for layer in layers),
                             top_neurons=int(k), batch_size=batch_size)

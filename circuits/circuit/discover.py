@@ -2,7 +2,7 @@
 
 ``discover(engine, dataset, metric, method, ...)`` runs the whole pipeline after loading and
 returns a :class:`DiscoveryResult`.  It neither prints nor writes files (see
-``circuits.run_folder`` for the run folder and ``circuits.cli.commands_discover`` for the CLI).
+``circuits.circuit.run_folder`` for the run folder and ``circuits.cli.commands_discover`` for the CLI).
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-from circuits.ablation import REFERENCE_CACHE_BYTES
+from circuits.engine.ablation import REFERENCE_CACHE_BYTES
 from circuits.errors import CircuitsError
-from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve
+from circuits.circuit.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve
 from circuits.methods.base import MethodOptions, Progress, Scores, no_progress, option_values
-from circuits.ranking import check_ranking, evaluation_mask
-from circuits.select import (MODES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Selection, own_circuit, target_faithfulness,
+from circuits.circuit.ranking import check_ranking, evaluation_mask
+from circuits.circuit.select import (MODES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Selection, own_circuit, target_faithfulness,
                              threshold, top_k, verify_edges)
 
 __all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "verifies", "check_selection",
@@ -33,7 +33,7 @@ class SelectionSpec:
     the run measures (the curve, the target search and the chosen circuit).
 
     ``ranking``: ``abs`` (largest ``|score|`` first) or ``signed`` (most helpful first), for the curve and
-    the selection.  ``verify``: check the chosen edge circuit by patching (:func:`circuits.select.verify_edges`);
+    the selection.  ``verify``: check the chosen edge circuit by patching (:func:`circuits.circuit.select.verify_edges`);
     None (auto) verifies a ``target-faithfulness`` circuit of at most ``VERIFY_AUTO_EDGES`` edges.
     ``verify_tolerance``: the most verification may move the circuit's metric, as a fraction of the full effect.
     """
@@ -251,7 +251,7 @@ def _neurons_in_circuit(neurons, keep_mask, graph) -> dict:
 def reduced_mlps(spec: SelectionSpec, options: MethodOptions, scores: Scores, engine) -> dict:
     """MLP layer -> bool [d_mlp] of the top ``spec.keep_neurons`` neurons of each MLP in ``options.neurons``."""
     from circuits.methods.attribution import parse_neuron_layers
-    from circuits.neurons import top_neuron_masks
+    from circuits.circuit.neurons import top_neuron_masks
 
     if not spec.keep_neurons:
         return {}
@@ -274,7 +274,7 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
 
     Args:
         engine: a :class:`circuits.engine.GraphEngine`.  dataset: the task's :class:`PromptDataset`.
-        metric: a :data:`circuits.scores.Metric`, ``metric(logits [b, V] or [b, k, V], dataset) -> [b]``.
+        metric: a :data:`circuits.methods.base.Metric`, ``metric(logits [b, V] or [b, k, V], dataset) -> [b]``.
         method: a scoring method (``method.score(engine, dataset, metric, options, progress=...)``).
         options: the method's options; ``ablation`` and ``batch_size`` also drive faithfulness.
         selection: how to choose the circuit; a method with ``granularity = "node"`` is selected by node

@@ -114,14 +114,16 @@ def fingerprint(engine, bridge) -> str:
     import dataclasses
     import hashlib
     import json
+    import sys
     from importlib import metadata
     from pathlib import Path
 
     import torch
 
     import circuits
-    from circuits import engine as engine_module
     from circuits.models import weights as weights_module
+
+    engine_module = sys.modules[type(engine).__module__]  # the engine's own code, without importing it here
 
     h = hashlib.blake2b(digest_size=16)
     model = getattr(bridge, "original_model", bridge)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from circuits.dataset import PromptDataset
-from circuits.task import evaluate
+from circuits.data.dataset import PromptDataset
+from circuits.data.task import evaluate
 
 
 def model_forward(loaded):

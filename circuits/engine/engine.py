@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuits.graph import ComputationalGraph
+from circuits.engine.graph import ComputationalGraph
 from circuits.models.weights import ModelWeights
 
 ResidEdit = Callable[[int, Tensor], Tensor]  # (layer, resid_mid [b,p,d]) -> resid_mid
@@ -256,8 +256,8 @@ class GraphEngine:
     def from_model(cls, loaded, *, check: bool = True) -> "GraphEngine":
         """The engine of a loaded model.  ``check``: first refuse an architecture the engine does not
         implement (from its HF config), then one whose logits differ from the bridge's on a random prompt
-        (that second check is remembered per model and code: :func:`circuits.models.support.logits_checked`)."""
-        from circuits.models.support import check_config, logits_checked
+        (that second check is remembered per model and code: :func:`circuits.engine.architectures.logits_checked`)."""
+        from circuits.engine.architectures import check_config, logits_checked
         from circuits.models.weights import extract_weights
 
         bridge = loaded.bridge

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from circuits.dataset import PromptDataset
+from circuits.data.dataset import PromptDataset
 
 Forward = Callable[[Any], Any]
 

@@ -61,7 +61,7 @@ def _own_version() -> str:
 
 
 def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
-    """The manifest of a :class:`circuits.discover.DiscoveryResult`; ``run`` adds command, task, model, method, n, seed..."""
+    """The manifest of a :class:`circuits.circuit.discover.DiscoveryResult`; ``run`` adds command, task, model, method, n, seed..."""
     sel, faith, curve = result.selection, result.faithfulness, result.curve
     opts = result.options
     manifest: Dict[str, Any] = {
@@ -125,14 +125,14 @@ def _budget(info: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _verified(selection) -> Optional[Dict[str, Any]]:
-    """What verification did (:class:`circuits.select.Verification`), or None when the circuit was not verified."""
+    """What verification did (:class:`circuits.circuit.select.Verification`), or None when the circuit was not verified."""
     done = getattr(selection, "verified", None)
     return None if done is None else {**asdict(done), "removed": list(done.removed)}
 
 
 def _neuron_lists(selection) -> Dict[str, list]:
     """``{"m10": [kept neuron indices]}`` of the selection's reduced MLPs (empty when none)."""
-    from circuits.neurons import neuron_lists
+    from circuits.circuit.neurons import neuron_lists
 
     return neuron_lists(getattr(selection, "neurons", None))
 

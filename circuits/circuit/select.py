@@ -7,7 +7,7 @@ it lies on a path from ``input`` to ``logits`` through kept edges.  ``k`` is the
 edges taken before pruning, ``edges_kept`` the number left.  With ``granularity="node"``
 (methods that score nodes) the ranking is of heads and MLPs by their node scores, ``k`` counts
 nodes and the circuit is the subgraph they induce with ``input`` and ``logits`` (see
-:mod:`circuits.ranking`).
+:mod:`circuits.circuit.ranking`).
 
 :func:`verify_edges` then checks a chosen edge circuit by patching: scores from gradients (EAP,
 EAP-IG) are first-order estimates, and an edge whose patching changes nothing can still score
@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 
 from circuits.errors import CircuitsError
-from circuits.faithfulness import CircuitEvaluator
-from circuits.ranking import (GRANULARITIES, check_ranking, evaluation_mask, n_units, node_values, prune, rank_keys,
+from circuits.circuit.faithfulness import CircuitEvaluator
+from circuits.circuit.ranking import (GRANULARITIES, check_ranking, evaluation_mask, n_units, node_values, prune, rank_keys,
                               ranked_edges, top_k_mask, top_k_nodes_mask)
-from circuits.scores import VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Progress, Scores, no_progress
+from circuits.methods.base import VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Progress, Scores, no_progress
 
 MODES = ("top-k", "threshold", "target-faithfulness", "acdc")
 
@@ -66,7 +66,7 @@ class Selection:
     edge among the kept nodes, ``input`` and ``logits``).
     neurons: MLP layer -> bool [d_mlp] of the neurons kept in MLPs the circuit keeps only in part
     (their other neurons carry reference activations); an MLP not in the map is kept or dropped whole.
-    ranking: ``abs`` or ``signed`` (see :mod:`circuits.ranking`).  verified: what :func:`verify_edges` removed
+    ranking: ``abs`` or ``signed`` (see :mod:`circuits.circuit.ranking`).  verified: what :func:`verify_edges` removed
     (None when the circuit was not verified).
     """
 
@@ -220,9 +220,9 @@ def target_faithfulness(engine, dataset, metric, scores: Scores, reference: Opti
     """The smallest top-``k`` circuit (``k`` edges pruned, or ``k`` nodes) whose faithfulness is at least
     ``target`` (see :func:`search_smallest_k`).
 
-    ``evaluator``: a :class:`circuits.faithfulness.CircuitEvaluator` to share its cache (built
+    ``evaluator``: a :class:`circuits.circuit.faithfulness.CircuitEvaluator` to share its cache (built
     from ``engine``, ``dataset``, ``metric`` and ``reference`` if not given; ``reference`` may be a
-    [S, n, p, d] tensor, :class:`circuits.ablation.BatchReferences`, or None to stream the corrupted
+    [S, n, p, d] tensor, :class:`circuits.engine.ablation.BatchReferences`, or None to stream the corrupted
     runs batch by batch).  ``known``: k -> f
     already computed for these scores (e.g. the curve's points).  ``neurons``: MLPs reduced to
     these neurons (MLP layer -> bool [d_mlp]) in every circuit tried.  ``ranking``: ``abs`` or ``signed``;
