@@ -146,11 +146,15 @@ def test_evaluate_circuit_and_analyze_jobs(service):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert str(store.outputs_dir / analysed) in client.get(f"/api/jobs/{analysed}?log=true").json()["log"]
     assert client.get(f"/api/jobs/{analysed}/files/../summary.json").status_code == 404
-    # a user error in a job (a model that is nowhere) fails it with the CLI's one-line message
-    failing = client.post("/api/jobs", json={"kind": "evaluate", "task": "greater-than", "model": "nobody/no-such-model",
-                                             "options": {"n": 4}}).json()["id"]
+    # a model that is nowhere is refused at submission, before any worker tries to download it
+    refused = client.post("/api/jobs", json={"kind": "evaluate", "task": "greater-than", "model": "nobody/no-such-model",
+                                             "options": {"n": 4}})
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("model:")
+    # a user error only the model can reveal fails the job with the CLI's one-line message
+    failing = client.post("/api/jobs", json={"kind": "analyze", "task": "greater-than", "model": "planted",
+                                             "options": {"n": 4, "neurons": "m9"}}).json()["id"]
     job = wait_for(lambda: job_of(client, failing), lambda j: j["state"] in FINAL, timeout=120)
-    assert job["state"] == "failed" and "nobody/no-such-model" in job["error"] and "\n" not in job["error"], job
+    assert job["state"] == "failed" and "m9" in job["error"] and "\n" not in job["error"], job
     assert "Traceback" not in (client.get(f"/api/jobs/{failing}?log=true").json()["log"] or "")
 
 

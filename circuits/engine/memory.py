@@ -1,13 +1,9 @@
-"""Memory budgets, dtypes and peak-memory measurement (the automatic batch size is in
-``circuits.circuit.batch_size``).
+"""Memory budgets, dtypes and peak-memory measurement.
 
-The batch is chosen from one measured probe: EAP's work on a few prompts (a reference run, a
-traced clean run, its backward pass and the scores, the heaviest per-batch step of the
-methods), whose peak memory growth per prompt is measured and scaled to the budget.  On the
-CPU the growth is the process's resident-set high-water mark (``VmHWM``, reset before the
-probe); on a GPU it is ``torch.cuda.max_memory_allocated``.  Batches use
-:data:`BATCH_SHARE` of the budget; the rest is left to the references a faithfulness
-evaluation keeps between passes (:data:`CACHE_SHARE`) and to what the estimate misses.
+:class:`PeakMeter` measures the growth of the process's resident-set high-water mark (``VmHWM``) on
+the CPU, or ``torch.cuda.max_memory_allocated`` on a GPU; ``circuits.circuit.batch_size`` uses it to
+choose ``--batch-size auto``, with :data:`BATCH_SHARE` of the budget for one batch and
+:data:`CACHE_SHARE` for the references a faithfulness evaluation keeps between passes.
 """
 from __future__ import annotations
 

@@ -38,34 +38,32 @@ def _memory(text: str) -> str:
 
 
 def _device(text: str) -> str:
-    import torch
+    """cpu, mps or cuda[:N]; a CUDA device must exist here (torch is imported only to ask that)."""
+    import re
 
-    try:
-        device = torch.device(text)
-    except (RuntimeError, TypeError):
-        raise CircuitsError(f"--device must be a torch device such as cpu or cuda (got {text!r})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CircuitsError(f"--device {text}: no CUDA GPU is available here; use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise CircuitsError(f"--device must be cpu, cuda or mps (got {text!r})")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(text)):
+        raise CircuitsError(f"--device must be a torch device such as cpu or cuda (got {text!r})")
+    if text.startswith("cuda"):
+        import torch
+
+        index = int(text.split(":")[1]) if ":" in text else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise CircuitsError(f"--device {text}: no such CUDA GPU here ({torch.cuda.device_count()} found); use --device cpu")
     return text
 
 
-def _task(name: str) -> str:
-    from circuits.registry import get_task
+def _plugin(kind: str):
+    """A check that ``name`` is an installed task or method (the registry's one-line error otherwise)."""
+    def check(name: str) -> str:
+        from circuits import registry
 
-    get_task(name)
-    return name
+        registry.get(registry.TASKS if kind == "task" else registry.METHODS, name, kind)
+        return name
 
-
-def _method(name: str) -> str:
-    from circuits.registry import get_method
-
-    get_method(name)
-    return name
+    return check
 
 
-TASK = Option("task", str, None, "Task name (see `circuits tasks list`).", argument=True, parse=_task)
+TASK = Option("task", str, None, "Task name (see `circuits tasks list`).", argument=True, parse=_plugin("task"))
 MODEL = Option("model", str, "gpt2", MODEL_HELP, short="-m")
 N = Option("n", int, 100, "Number of prompts.", minimum=1)
 SEED = Option("seed", int, 0, "Seed for prompt sampling (and for choosing the held-out prompts).")
@@ -79,7 +77,7 @@ ABLATION = Option("ablation", str, "corrupted", ABLATION_HELP, choices=ABLATIONS
 METRIC = Option("metric", str, "task", METRIC_HELP, choices=("task", "kl"))
 HOLDOUT = Option("holdout", float, None, HOLDOUT_HELP, minimum=0.0, maximum=0.99)
 METHOD = Option("method", str, None, "Scoring method (see `circuits methods list`): eap, eap-ig, activation-patching, "
-                "path-patching, acdc, or a plugin's. Each method's own options follow.", required=True, parse=_method)
+                "path-patching, acdc, or a plugin's. Each method's own options follow.", required=True, parse=_plugin("method"))
 
 
 def resolve_task(task: Optional[str], task_file: Optional[Path]):

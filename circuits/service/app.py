@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from circuits.errors import CircuitsError
-from circuits.service.jobs import DEFAULT_MAX_N, RequestError
+from circuits.service.jobs import DEFAULT_MAX_N, RequestError, kinds
 from circuits.service.middleware import Bearer, BodyLimit
 from circuits.service.store import ServerLock, Store
 
@@ -97,6 +97,7 @@ def create_app(config: ServiceConfig):
         store = state["store"]
         lock = ServerLock(store.root).acquire()
         state["recovered"] = store.recover(requeue=config.requeue)
+        kinds()  # load the jobs and the method plugins now, so the first request is checked quickly
         if config.workers > 0:
             from circuits.service.dispatcher import Dispatcher
 

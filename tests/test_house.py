@@ -1,4 +1,6 @@
-"""The package's import graph has no cycle, imports inside functions included.
+"""The house's rules that a test can keep: no import cycle, and no function over 80 lines.
+
+The package's import graph has no cycle, imports inside functions included.
 
 Every ``import`` and ``from ... import`` in ``circuits/``, ``tasks/`` (installed as
 ``circuits.tasks``) and ``graphs/`` (``circuits.graphs``) is an edge from its module to the module
@@ -103,3 +105,27 @@ def test_the_graph_sees_imports_inside_functions():
 def test_no_import_cycle_in_the_package():
     found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> List[str]:
+    """``path:line name (N lines)`` for every function or method over ``limit`` lines (decorators excluded)."""
+    out = []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    return out
+
+
+def test_the_length_check_sees_long_functions():
+    assert long_functions(limit=30), "some functions are over 30 lines: the check must see them"
+
+
+def test_no_function_over_80_lines():
+    found = long_functions()
+    assert not found, "split these: " + "; ".join(found)
