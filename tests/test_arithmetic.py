@@ -116,7 +116,7 @@ def test_metric_and_accuracy_match_a_plain_hf_loop(request, tmp_path, folder, on
 
 
 @pytest.mark.slow
-def test_smollm2_arithmetic_evaluates(smollm2_loaded):
+def test_smollm2_arithmetic_evaluates(smollm2_loaded, one_thread):
     """SmolLM2-135M does not do two-digit arithmetic in MIB's form (docs/tasks.md): evaluate runs and says so."""
     ds = TASK.build(smollm2_loaded.tokenizer, n=20, seed=0)
     assert ds.info["mode"] == "digits" and ds.answer_pos.shape == (20, 2)

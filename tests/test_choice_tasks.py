@@ -121,7 +121,7 @@ def test_metric_and_accuracy_match_a_plain_hf_loop(gpt2_models, task, data):
 
 
 @pytest.mark.slow
-def test_smollm2_mcqa_evaluates(smollm2_loaded):
+def test_smollm2_mcqa_evaluates(smollm2_loaded, one_thread):
     """SmolLM2-135M does not do MIB's MCQA (docs/tasks.md): `evaluate` runs and reports the three metrics."""
     ds = MCQA().build(smollm2_loaded.tokenizer, n=8, seed=0)
     out = MCQA().evaluate(model_forward(smollm2_loaded), ds)

@@ -98,18 +98,18 @@ def test_metric_and_accuracy_match_a_plain_hf_loop(tiny_gpt2_dir, one_thread):
 
 
 @pytest.mark.slow
-def test_smollm2_knows_every_built_in_fact(smollm2_loaded):
+def test_smollm2_knows_every_built_in_fact(smollm2_loaded, one_thread):
     """The shipped facts are those SmolLM2-135M gets right at top-1 (docs/tasks.md): check each one."""
     tok, bridge = smollm2_loaded.tokenizer, smollm2_loaded.bridge
-    wrong = []
-    for relation, spec in load_relations().items():
-        for subject, answer in spec["facts"]:
-            ids = [tok.bos_token_id] + tok.encode(spec["template"].format(subject=subject), add_special_tokens=False)
-            with torch.no_grad():
-                top = int(bridge(torch.tensor([ids]))[0, -1].argmax())
-            if [top] != tok.encode(" " + answer, add_special_tokens=False):
-                wrong.append(f"{relation}: {subject} -> {answer} (model: {tok.decode([top])!r})")
-    assert not wrong, wrong
+    facts = [(spec["template"].format(subject=s), o) for spec in load_relations().values() for s, o in spec["facts"]]
+    prompts = [[tok.bos_token_id] + tok.encode(p, add_special_tokens=False) for p, _ in facts]
+    width = max(len(p) for p in prompts)
+    with torch.no_grad():  # one right-padded batch; each prompt is read at its own last token
+        logits = bridge(torch.tensor([p + [tok.eos_token_id] * (width - len(p)) for p in prompts]))
+    top = [int(logits[i, len(p) - 1].argmax()) for i, p in enumerate(prompts)]
+    wrong = [f"{p} -> {o} (model: {tok.decode([t])!r})" for (p, o), t in zip(facts, top)
+             if [t] != tok.encode(" " + o, add_special_tokens=False)]
+    assert len(facts) == 85 and not wrong, wrong
     ds = TASK.build(tok, n=24, seed=0)
     out = TASK.evaluate(model_forward(smollm2_loaded), ds)
     assert float(out["accuracy"].mean()) == 1.0 and float(out["logit_difference"].min()) > 0
