@@ -1,0 +1,156 @@
+"""MkDocs hook: the reference pages, generated from the code at every build.
+
+``reference/cli.md`` walks the typer app's commands (groups included, the lazily built
+``analyze`` group too) and writes each command's usage, description, arguments and options,
+so the page cannot drift from ``circuits COMMAND --help``.  ``reference/api/*.md`` hold one
+``::: module`` block per public module, which mkdocstrings renders from the docstrings.
+
+When a public module moves, change ``API_PAGES`` below (a module that cannot be imported is
+left out of its page with a warning, so ``mkdocs build --strict`` names it).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from typing import Any, Iterator
+
+from mkdocs.structure.files import File
+
+log = logging.getLogger("mkdocs.hooks.reference")
+
+CLI_PAGE = "reference/cli.md"
+
+# page file -> (title, intro, public modules in reading order)
+API_PAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "reference/api/models.md": (
+        "Models and the engine",
+        "Loading a model spec, the computational graph and the patched forward pass.",
+        ("circuits.models", "circuits.graph", "circuits.engine", "circuits.names"),
+    ),
+    "reference/api/tasks.md": (
+        "Tasks and datasets",
+        "The task protocol, the prompt dataset, the registry of plugins and the built-in tasks.",
+        ("circuits.task", "circuits.dataset", "circuits.registry", "circuits.tasks.greater_than",
+         "circuits.tasks.greater_than_family", "circuits.tasks.ioi"),
+    ),
+    "reference/api/methods.md": (
+        "Scoring methods",
+        "The scores and options every method shares, the metrics, and one module per method.",
+        ("circuits.scores", "circuits.metrics", "circuits.ablation", "circuits.methods.eap",
+         "circuits.methods.eap_ig", "circuits.methods.activation_patching", "circuits.methods.path_patching",
+         "circuits.methods.acdc"),
+    ),
+    "reference/api/discovery.md": (
+        "Discovery, selection and faithfulness",
+        "Ranking, choosing and verifying a circuit, its faithfulness, neurons, and the run folder.",
+        ("circuits.discover", "circuits.ranking", "circuits.select", "circuits.faithfulness", "circuits.neurons",
+         "circuits.run_folder", "circuits.errors"),
+    ),
+    "reference/api/graphs.md": (
+        "Graphs, exports and comparison",
+        "The torch-free side: circuits as networkx graphs, files, the viewer and comparisons.",
+        ("circuits.graphs.build", "circuits.graphs.compare", "circuits.graphs.overlap", "circuits.graphs.viewer",
+         "circuits.graphs.svg", "circuits.graphs.dot", "circuits.graphs.export", "circuits.graphs.interop",
+         "circuits.graphs.report"),
+    ),
+}
+
+
+def on_files(files, config, **_: Any):
+    """Add the generated reference pages to the site's files (before the nav is built)."""
+    for path, text in [(CLI_PAGE, cli_page()), *((path, api_page(*spec)) for path, spec in API_PAGES.items())]:
+        if files.get_file_from_path(path) is not None:
+            files.remove(files.get_file_from_path(path))
+        files.append(File.generated(config, path, content=text))
+    return files
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+def cli_app():
+    """The click command behind the ``circuits`` console script, every sub-command registered."""
+    import typer
+
+    import circuits.cli as cli
+
+    register = getattr(cli, "_register", None)  # the CLI registers its command modules lazily
+    if callable(register):
+        register()
+    return typer.main.get_command(cli.app)
+
+
+def commands(command, name: str, parent=None) -> Iterator[tuple[str, Any, Any]]:
+    """(command path, command, context) for ``command`` and, for a group, every sub-command, depth first."""
+    ctx = command.context_class(command, info_name=name, parent=parent)
+    yield ctx.command_path, command, ctx
+    if hasattr(command, "list_commands"):
+        for sub_name in command.list_commands(ctx):
+            sub = command.get_command(ctx, sub_name)
+            if sub is not None and not getattr(sub, "hidden", False):
+                yield from commands(sub, sub_name, ctx)
+
+
+def cli_page() -> str:
+    root = cli_app()
+    out = ["# Command line reference", "",
+           "Generated from the code when the site is built: every command of `circuits`, with its "
+           "arguments and options as `circuits COMMAND --help` prints them.", ""]
+    for path, command, ctx in commands(root, "circuits"):
+        out += command_section(path, command, ctx)
+    return "\n".join(out) + "\n"
+
+
+def command_section(path: str, command, ctx) -> list[str]:
+    level = "#" * min(2 + path.count(" "), 4)
+    usage = " ".join(command.collect_usage_pieces(ctx))
+    out = [f"{level} `{path}`", "", "```text", f"{path} {usage}".rstrip(), "```", ""]
+    text = inspect.cleandoc(command.help or "").replace("\b\n", "")
+    if text:
+        out += [text, ""]
+    params = [p for p in command.params if not getattr(p, "hidden", False)]
+    arguments = [p for p in params if p.param_type_name == "argument"]
+    options = [p for p in params if p.param_type_name == "option"]
+    if arguments:
+        out += ["| argument | help |", "| --- | --- |"]
+        out += [f"| `{(p.metavar or p.name).upper() if not p.metavar else p.metavar}` | {_cell(getattr(p, 'help', '') or '')} |"
+                for p in arguments]
+        out.append("")
+    if options:
+        out += ["| option | default | help |", "| --- | --- | --- |"]
+        out += [f"| {_flags(p)} | {_default(p)} | {_cell(getattr(p, 'help', '') or '')} |" for p in options]
+        out.append("")
+    out += ["`--help`: show the command's help and exit.", ""] if not options else []
+    return out
+
+
+def _flags(param) -> str:
+    names = [*param.opts, *param.secondary_opts]
+    return ", ".join(f"`{n}`" for n in names)
+
+
+def _default(param) -> str:
+    if getattr(param, "required", False):
+        return "required"
+    default = param.default
+    if callable(default) or default is None or default == () or getattr(param, "is_flag", False) and default is False:
+        return ""
+    return f"`{default}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+# --- the Python API ---------------------------------------------------------------------------
+
+def api_page(title: str, intro: str, modules: tuple[str, ...]) -> str:
+    out = [f"# {title}", "", intro + " Generated from the docstrings when the site is built.", ""]
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            log.warning("API reference: cannot import %s (%s); update API_PAGES in docs/hooks/reference.py", name, exc)
+            continue
+        out += [f"::: {name}", ""]
+    return "\n".join(out) + "\n"
