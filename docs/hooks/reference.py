@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+from pathlib import Path
 from typing import Any, Iterator
 
 from mkdocs.structure.files import File
@@ -20,6 +21,7 @@ from mkdocs.structure.files import File
 log = logging.getLogger("mkdocs.hooks.reference")
 
 CLI_PAGE = "reference/cli.md"
+SOURCE_TREE = "build/docs-src"  # mkdocs.yml's mkdocstrings paths
 
 # page file -> (title, intro, public modules in reading order)
 API_PAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -148,9 +150,37 @@ def api_page(title: str, intro: str, modules: tuple[str, ...]) -> str:
     out = [f"# {title}", "", intro + " Generated from the docstrings when the site is built.", ""]
     for name in modules:
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
         except ImportError as exc:
             log.warning("API reference: cannot import %s (%s); update API_PAGES in docs/hooks/reference.py", name, exc)
             continue
         out += [f"::: {name}", ""]
     return "\n".join(out) + "\n"
+
+
+def on_config(config, **_: Any):
+    """Lay out the sources as they are installed, for mkdocstrings (its ``paths`` in mkdocs.yml)."""
+    source_tree(Path(config["config_file_path"]).parent, Path(config["config_file_path"]).parent / SOURCE_TREE)
+    return config
+
+
+def source_tree(root: Path, out: Path) -> Path:
+    """``out/circuits``: a copy of ``circuits/``, with each top-level package installed inside it copied in.
+
+    ``tasks/`` and ``graphs/`` are installed as ``circuits.tasks`` and ``circuits.graphs`` (setuptools'
+    package-dir), which griffe cannot find by walking folders; this tree puts them where their names say.
+    """
+    import importlib.util
+    import shutil
+
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.rmtree(out, ignore_errors=True)
+    pkg = out / "circuits"
+    shutil.copytree(root / "circuits", pkg, ignore=skip)  # copies: griffe does not follow linked folders
+    for folder in sorted(root.iterdir()):
+        if folder.name == "circuits" or not (folder / "__init__.py").is_file() or (pkg / folder.name).exists():
+            continue
+        spec = importlib.util.find_spec(f"circuits.{folder.name}")
+        if spec is not None and spec.origin and Path(spec.origin).resolve().parent == folder.resolve():
+            shutil.copytree(folder, pkg / folder.name, ignore=skip)
+    return out
