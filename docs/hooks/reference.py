@@ -115,8 +115,7 @@ def command_section(path: str, command, ctx) -> list[str]:
     options = [p for p in params if p.param_type_name == "option"]
     if arguments:
         out += ["| argument | help |", "| --- | --- |"]
-        out += [f"| `{(p.metavar or p.name).upper() if not p.metavar else p.metavar}` | {_cell(getattr(p, 'help', '') or '')} |"
-                for p in arguments]
+        out += [f"| `{p.metavar or p.name.upper()}` | {_cell(getattr(p, 'help', '') or '')} |" for p in arguments]
         out.append("")
     if options:
         out += ["| option | default | help |", "| --- | --- | --- |"]
