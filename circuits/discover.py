@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from circuits.ablation import REFERENCE_CACHE_BYTES
 from circuits.errors import CircuitsError
-from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve
+from circuits.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Curves, Faithfulness, faithfulness_curves
 from circuits.scores import MethodOptions, Progress, Scores, no_progress
 from circuits.ranking import check_ranking, evaluation_mask
 from circuits.select import (MODES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Selection, own_circuit, target_faithfulness,
@@ -66,11 +66,11 @@ class SelectionSpec:
 @dataclass(frozen=True)
 class HeldOut:
     """The chosen circuit measured on prompts that scoring and selection never saw: its
-    faithfulness there, the curve of the same ranking there (CPR, CMD), and how many prompts."""
+    faithfulness there, both curves there (CPR, CMD), and how many prompts."""
 
     n: int
     faithfulness: Faithfulness
-    curve: Optional[Curve]
+    curves: Optional[Curves]
 
 
 def holdout_count(fraction: float, n: int) -> int:
@@ -110,7 +110,8 @@ class DiscoveryResult:
     """Everything a discovery run found.
 
     scores: the method's :class:`Scores`.  selection: the chosen circuit (its ``faithfulness`` filled in).
-    faithfulness: m(N), m(empty), m(circuit) and f.  curve: f over edge fractions, CPR and CMD.
+    faithfulness: m(N), m(empty), m(circuit) and f.  curves: f over edge fractions for the signed and the
+    ``|score|`` rankings (MIB's CPR and CMD); ``curve`` is the one of the selection's ranking.
     timings: seconds per step (``scoring``, ``reference``, ``curve``, ``selection``, ``faithfulness``).
     forward_passes: what the method reported (``Scores.info['forward_passes']``) or None.
     circuit_evaluations: patched metric evaluations made for the curve and the selection.
@@ -119,12 +120,25 @@ class DiscoveryResult:
     scores: Scores
     selection: Selection
     faithfulness: Faithfulness
-    curve: Optional[Curve]
+    curves: Optional[Curves]
     options: MethodOptions
     timings: Mapping[str, float] = field(default_factory=dict)
     forward_passes: Optional[int] = None
     circuit_evaluations: int = 0
     heldout: Optional[HeldOut] = None
+
+    @property
+    def curve(self) -> Optional[Curve]:
+        """The curve of the selection's ranking (the one the target search walked), or None."""
+        return None if self.curves is None else self.curves.by_ranking(self.selection.ranking)
+
+    @property
+    def cpr(self) -> Optional[float]:
+        return None if self.curves is None else self.curves.cpr
+
+    @property
+    def cmd(self) -> Optional[float]:
+        return None if self.curves is None else self.curves.cmd
 
     @property
     def edges_total(self) -> int:
@@ -279,7 +293,8 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         options: the method's options; ``ablation`` and ``batch_size`` also drive faithfulness.
         selection: how to choose the circuit; a method with ``granularity = "node"`` is selected by node
             (``k`` and the curve's fractions count heads and MLPs).  fractions: the curve's fractions.
-        curve: measure the curve (CPR, CMD); the target search then starts from its points.
+        curve: measure both curves (signed: CPR; ``|score|``: CMD); the target search then starts from the points
+            of the one of its ranking.
         heldout: prompts kept apart (:func:`split_holdout`): after selection, the circuit's
             faithfulness (and the curve) are measured on them too, with their own reference.
         progress: ``progress(done, total, message)`` for each long step.
@@ -310,15 +325,16 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     neurons = reduced_mlps(selection, options, scores, engine)
     timings["reference"] = time.perf_counter() - t
 
-    found_curve = None
+    found = None
     if curve:
         t = time.perf_counter()
-        found_curve = faithfulness_curve(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curve"),
-                                         granularity=granularity, neurons=neurons, ranking=selection.ranking)
+        found = faithfulness_curves(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curves"),
+                                    granularity=granularity, neurons=neurons)
         timings["curve"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chosen = select(selection, scores, evaluator, curve=found_curve, progress=_stage(progress, "selection"),
+    chosen = select(selection, scores, evaluator, curve=None if found is None else found.by_ranking(selection.ranking),
+                    progress=_stage(progress, "selection"),
                     neurons=neurons, granularity=granularity)
     timings["selection"] = time.perf_counter() - t
 
@@ -332,16 +348,15 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         t = time.perf_counter()
         ev_held = CircuitEvaluator(engine, heldout, metric, batch_size=options.batch_size, ablation=options.ablation,
                                    cache_bytes=cache_bytes)
-        held_curve = faithfulness_curve(ev_held, scores, fractions, progress=_stage(progress, "held-out curve"),
-                                        granularity=granularity, neurons=neurons,
-                                        ranking=selection.ranking) if curve else None
-        held = HeldOut(n=len(heldout), curve=held_curve,
+        held_curves = faithfulness_curves(ev_held, scores, fractions, progress=_stage(progress, "held-out curves"),
+                                          granularity=granularity, neurons=neurons) if curve else None
+        held = HeldOut(n=len(heldout), curves=held_curves,
                        faithfulness=ev_held.faithfulness(evaluation_mask(chosen.keep_mask, graph, granularity),
                                                          chosen.neurons))
         timings["heldout"] = time.perf_counter() - t
 
     passes = scores.info.get("forward_passes") if isinstance(scores.info, Mapping) else None
     return DiscoveryResult(
-        scores=scores, selection=chosen, faithfulness=faith, curve=found_curve, options=options, timings=timings,
+        scores=scores, selection=chosen, faithfulness=faith, curves=found, options=options, timings=timings,
         forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs, heldout=held,
     )

@@ -62,15 +62,15 @@ def _own_version() -> str:
 
 def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
     """The manifest of a :class:`circuits.discover.DiscoveryResult`; ``run`` adds command, task, model, method, n, seed..."""
-    sel, faith, curve = result.selection, result.faithfulness, result.curve
+    sel, faith, curves = result.selection, result.faithfulness, result.curves
     opts = result.options
     manifest: Dict[str, Any] = {
         "faithfulness": faith.f,
         "edges_kept": sel.edges_kept,
         "edges_total": result.edges_total,
         "granularity": sel.granularity,
-        "cpr": None if curve is None else curve.cpr,
-        "cmd": None if curve is None else curve.cmd,
+        "cpr": None if curves is None else curves.cpr,
+        "cmd": None if curves is None else curves.cmd,
         **dict(run),
         "ablation": opts.ablation,
         "metric": run.get("metric", "task"),
@@ -89,9 +89,8 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         **_budget(result.scores.info),
         "circuit_evaluations": result.circuit_evaluations,
         "method_info": dict(result.scores.info),
-        "curve": [] if curve is None else [
-            {"fraction": p.fraction, "k": p.k, "edges": p.edges, "faithfulness": p.faithfulness} for p in curve.points
-        ],
+        "curve_signed": [] if curves is None else curves.signed.records(),
+        "curve_abs": [] if curves is None else curves.abs.records(),
         "timings": {**dict(timings or {}), **dict(result.timings)},
         "versions": package_versions(),
     }
@@ -107,9 +106,9 @@ def _heldout_fields(held) -> Dict[str, Any]:
     """``n_heldout`` (0 when nothing was held out) and the circuit's figures on the held-out prompts."""
     if held is None:
         return {"n_heldout": 0, "faithfulness_heldout": None, "cpr_heldout": None, "cmd_heldout": None}
-    curve = held.curve
+    curves = held.curves
     return {"n_heldout": held.n, "faithfulness_heldout": held.faithfulness.f,
-            "cpr_heldout": None if curve is None else curve.cpr, "cmd_heldout": None if curve is None else curve.cmd,
+            "cpr_heldout": None if curves is None else curves.cpr, "cmd_heldout": None if curves is None else curves.cmd,
             "metric_full_heldout": held.faithfulness.m_full, "metric_empty_heldout": held.faithfulness.m_empty,
             "metric_circuit_heldout": held.faithfulness.m_circuit}
 
@@ -185,9 +184,9 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     written.append(write_atomic(folder / "circuit.dot", to_dot(G)))
     written.append(write_atomic(folder / "circuit.svg", to_svg(G)))
     written.append(write_atomic(folder / HTML_FILE, viewer_html(G, scores=all_scores, manifest=jsonable(manifest))))
-    curve = result.curve.pairs() if result.curve is not None else None
-    written.append(write_report(folder, G=G, manifest=manifest, curve=curve, top_components=result.top_components()))
-    if curve and (folder / CURVE_FILE).is_file():
+    curves = None if result.curves is None else {"signed": result.curves.signed.pairs(), "abs": result.curves.abs.pairs()}
+    written.append(write_report(folder, G=G, manifest=manifest, curves=curves, top_components=result.top_components()))
+    if curves and (folder / CURVE_FILE).is_file():
         written.append(folder / CURVE_FILE)
     manifest["timings"]["write"] = time.perf_counter() - t
     text = json.dumps(jsonable(manifest), indent=2, allow_nan=False) + "\n"

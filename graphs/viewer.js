@@ -310,7 +310,12 @@
 
   // ---- faithfulness curve (log x: edges)
   var curve = $("curve-svg"), CW = 320, CH = 190, M = { l: 38, r: 10, t: 10, b: 30 };
-  var pts = (D.curve || []).filter(function (p) { return p.edges !== null && p.faithfulness !== null; });
+  function usable(list) { return (list || []).filter(function (p) { return p.edges !== null && p.faithfulness !== null; }); }
+  // the manifest's curves (signed ranking: CPR; |score|: CMD), the selection's ranking first; an older page: D.curve
+  var series = (D.curves && D.curves.length ? D.curves : [{ label: "faithfulness", points: D.curve }])
+    .map(function (c) { return { label: c.label, points: usable(c.points) }; })
+    .filter(function (c) { return c.points.length; });
+  var pts = [].concat.apply([], series.map(function (c) { return c.points; }));
   var xMax = Math.max(N, D.kept, 1);
   function cx(edges) { return M.l + (CW - M.l - M.r) * Math.log(edges + 1) / Math.log(xMax + 1); }
   var fs = pts.map(function (p) { return p.faithfulness; }).concat([0, 1]);
@@ -322,17 +327,24 @@
     curve.setAttribute("width", CW);
     curve.setAttribute("height", CH);
     if (!pts.length) { curve.innerHTML = '<text x="10" y="20" class="hint">no curve in manifest.json</text>'; return; }
-    var line = pts.map(function (p, i) { return (i ? "L" : "M") + cx(p.edges).toFixed(1) + "," + cy(p.faithfulness).toFixed(1); }).join(" ");
     var parts = ['<line class="axis" x1="' + M.l + '" y1="' + (CH - M.b) + '" x2="' + (CW - M.r) + '" y2="' + (CH - M.b) + '"/>',
       '<line class="axis" x1="' + M.l + '" y1="' + M.t + '" x2="' + M.l + '" y2="' + (CH - M.b) + '"/>',
       '<line class="one" x1="' + M.l + '" y1="' + cy(1) + '" x2="' + (CW - M.r) + '" y2="' + cy(1) + '"/>',
       '<text class="tick" x="' + (M.l - 4) + '" y="' + (cy(1) + 3) + '" text-anchor="end">1</text>',
       '<text class="tick" x="' + (M.l - 4) + '" y="' + (cy(0) + 3) + '" text-anchor="end">0</text>',
       '<text class="tick" x="' + ((CW + M.l) / 2) + '" y="' + (CH - 4) + '" text-anchor="middle">edges kept (log scale), click a point</text>',
-      '<path class="curve" d="' + line + '"/>'];
-    pts.forEach(function (p) {
-      parts.push('<circle class="pt" data-k="' + p.edges + '" cx="' + cx(p.edges).toFixed(1) + '" cy="' + cy(p.faithfulness).toFixed(1) +
-        '" r="3.5"><title>' + p.edges + " edges (" + (100 * p.fraction).toPrecision(2) + "%): f = " + fmt(p.faithfulness) + "</title></circle>");
+    ];
+    series.forEach(function (c, j) {
+      var line = c.points.map(function (p, i) { return (i ? "L" : "M") + cx(p.edges).toFixed(1) + "," + cy(p.faithfulness).toFixed(1); }).join(" ");
+      parts.push('<path class="curve' + (j ? " alt" : "") + '" d="' + line + '"><title>' + esc(c.label) + "</title></path>");
+      c.points.forEach(function (p) {
+        parts.push('<circle class="pt' + (j ? " alt" : "") + '" data-k="' + p.edges + '" cx="' + cx(p.edges).toFixed(1) + '" cy="' + cy(p.faithfulness).toFixed(1) +
+          '" r="3.5"><title>' + esc(c.label) + ": " + p.edges + " edges (" + (100 * p.fraction).toPrecision(2) + "%): f = " + fmt(p.faithfulness) + "</title></circle>");
+      });
+      if (series.length > 1) {
+        parts.push('<line class="curve' + (j ? " alt" : "") + '" x1="' + (M.l + 6) + '" x2="' + (M.l + 22) + '" y1="' + (M.t + 6 + 12 * j) + '" y2="' + (M.t + 6 + 12 * j) + '"/>' +
+          '<text class="tick" x="' + (M.l + 26) + '" y="' + (M.t + 9 + 12 * j) + '">' + esc(c.label) + "</text>");
+      }
     });
     if (D.chosen.faithfulness !== null && D.chosen.faithfulness !== undefined) {
       var x = cx(D.chosen.edges), y = cy(D.chosen.faithfulness);

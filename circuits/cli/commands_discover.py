@@ -286,13 +286,13 @@ def discover(
 
         typer.echo("neurons kept: " + ", ".join(f"{mlp} {len(idx)} of {engine.w.d_mlp}"
                                                 for mlp, idx in neuron_lists(sel.neurons).items()))
-    if result.curve is not None:
-        typer.echo(f"CPR {result.curve.cpr:.3f}, CMD {result.curve.cmd:.3f}")
+    if result.curves is not None:
+        typer.echo(f"CPR {result.cpr:.3f}, CMD {result.cmd:.3f} (MIB's: signed and |score| rankings, int(pct * N) edges)")
     if result.heldout is not None:
         h = result.heldout
         line = f"held-out ({h.n} prompts): faithfulness {h.faithfulness.f:.3f}"
-        if h.curve is not None:
-            line += f", CPR {h.curve.cpr:.3f}, CMD {h.curve.cmd:.3f}"
+        if h.curves is not None:
+            line += f", CPR {h.curves.cpr:.3f}, CMD {h.curves.cmd:.3f}"
         typer.echo(line)
     info = result.scores.info
     if info.get("complete") is False and "passes_used" in info:
