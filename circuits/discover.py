@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 
 from circuits.ablation import REFERENCE_CACHE_BYTES
 from circuits.errors import CircuitsError
@@ -18,6 +18,9 @@ from circuits.scores import MethodOptions, Progress, Scores, no_progress
 from circuits.ranking import check_ranking, evaluation_mask
 from circuits.select import (MODES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Selection, own_circuit, target_faithfulness,
                              threshold, top_k, verify_edges)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.stability import Stability
 
 __all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "verifies", "check_selection",
            "method_granularity", "reduced_mlps", "holdout_count", "split_holdout", "kept_edge_scores", "top_components"]
@@ -114,6 +117,7 @@ class DiscoveryResult:
     ``|score|`` rankings (MIB's CPR and CMD); ``curve`` is the one of the selection's ranking.
     timings: seconds per step (``scoring``, ``reference``, ``curve``, ``selection``, ``faithfulness``).
     forward_passes: what the method reported (``Scores.info['forward_passes']``) or None.
+    stability: the bootstrap's Jaccard and inclusion frequencies (:mod:`circuits.stability`), or None.
     circuit_evaluations: patched metric evaluations made for the curve and the selection.
     """
 
@@ -126,6 +130,7 @@ class DiscoveryResult:
     forward_passes: Optional[int] = None
     circuit_evaluations: int = 0
     heldout: Optional[HeldOut] = None
+    stability: Optional["Stability"] = None
 
     @property
     def curve(self) -> Optional[Curve]:
@@ -283,7 +288,8 @@ def _stage(progress: Progress, name: str) -> Progress:
 
 def discover(engine, dataset, metric: Callable, method, options: MethodOptions = MethodOptions(),
              selection: SelectionSpec = SelectionSpec(), *, fractions=FRACTIONS, curve: bool = True,
-             heldout=None, progress: Optional[Progress] = None, cache_bytes: int = REFERENCE_CACHE_BYTES) -> DiscoveryResult:
+             heldout=None, progress: Optional[Progress] = None, cache_bytes: int = REFERENCE_CACHE_BYTES,
+             bootstrap: int = 0, seed: int = 0) -> DiscoveryResult:
     """Score ``dataset`` with ``method``, measure the faithfulness curve and choose a circuit.
 
     Args:
@@ -300,9 +306,14 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         progress: ``progress(done, total, message)`` for each long step.
         cache_bytes: reference outputs the faithfulness evaluations keep between passes (the rest are
             recomputed batch by batch, so memory follows ``options.batch_size``, not the number of prompts).
+        bootstrap: 0, or K >= 2 resamples of ``dataset`` scored again to measure the circuit's stability
+            (:func:`circuits.stability.bootstrap_stability`, seeded by ``seed``).
     """
+    from circuits.stability import bootstrap_stability, check_bootstrap
+
     progress = progress or no_progress
     timings: Dict[str, float] = {}
+    bootstrap = check_bootstrap(bootstrap)
     granularity = method_granularity(method)
     check_selection(selection, method)
     if selection.keep_neurons:
@@ -355,8 +366,16 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
                                                          chosen.neurons))
         timings["heldout"] = time.perf_counter() - t
 
+    stability = None
+    if bootstrap:
+        t = time.perf_counter()
+        stability = bootstrap_stability(engine, dataset, metric, method, options, scores, chosen, bootstrap, seed=seed,
+                                        progress=_stage(progress, "bootstrap"))
+        timings["bootstrap"] = time.perf_counter() - t
+
     passes = scores.info.get("forward_passes") if isinstance(scores.info, Mapping) else None
     return DiscoveryResult(
         scores=scores, selection=chosen, faithfulness=faith, curves=found, options=options, timings=timings,
         forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs, heldout=held,
+        stability=stability,
     )

@@ -88,6 +88,7 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "forward_passes": result.forward_passes,
         **_budget(result.scores.info),
         "circuit_evaluations": result.circuit_evaluations,
+        "stability": None if getattr(result, "stability", None) is None else result.stability.manifest(),
         "method_info": dict(result.scores.info),
         "curve_signed": [] if curves is None else curves.signed.records(),
         "curve_abs": [] if curves is None else curves.abs.records(),
@@ -139,13 +140,17 @@ def _neuron_lists(selection) -> Dict[str, list]:
 
 def circuit_graph(result, metadata: Mapping[str, Any]):
     """The circuit's networkx graph: kept edges with scores, node scores and top neurons, and ``metadata``."""
-    from circuits.graphs.build import build_graph
+    from circuits.graphs.build import add_frequencies, build_graph
 
     scores = result.scores
     kept = result.kept_edges()
     top = {k: list(v) for k, v in scores.neuron_scores.items()} or None
-    return build_graph(kept, node_scores=dict(scores.node_scores) or None, top_neurons=top, metadata=metadata,
-                       neurons=_neuron_lists(result.selection) or None)
+    G = build_graph(kept, node_scores=dict(scores.node_scores) or None, top_neurons=top, metadata=metadata,
+                    neurons=_neuron_lists(result.selection) or None)
+    stability = getattr(result, "stability", None)
+    if stability is not None:
+        add_frequencies(G, stability.frequency)
+    return G
 
 
 def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
@@ -168,7 +173,7 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     sel = result.selection
     metadata = {k: manifest.get(k) for k in ("task", "model", "method", "granularity", "metric", "n", "seed", "ablation",
                                              "faithfulness", "edges_kept", "edges_total", "cpr", "cmd", "data", "holdout",
-                                             "n_heldout", "faithfulness_heldout")}
+                                             "n_heldout", "faithfulness_heldout", "stability")}
     metadata.update(selection=sel.mode, ranking=sel.ranking, k=sel.k)
     shape = getattr(result.scores, "graph", None)
     for key in ("n_layers", "n_heads"):

@@ -116,8 +116,10 @@
     for (var j = drawn.length - 1; j >= 0; j--) { // weakest first, strongest on top
       var i = drawn[j], e = EDGES[i];
       var t = maxAbs > 0 ? Math.abs(e[3]) / maxAbs : 1;
+      // a kept edge with a bootstrap inclusion frequency (e[5]) is shaded by it: faint when few resamples keep it
+      var opacity = e.length > 5 ? 0.12 + 0.83 * e[5] : 0.3 + 0.6 * t;
       parts.push('<path class="edge" data-e="' + i + '" d="' + path(e) + '" stroke="' + colourOf(e) + '" stroke-width="' +
-        (0.5 + 5.5 * t).toFixed(2) + '" stroke-opacity="' + (0.3 + 0.6 * t).toFixed(2) + '"/>');
+        (0.5 + 5.5 * t).toFixed(2) + '" stroke-opacity="' + opacity.toFixed(2) + '"/>');
       active[e[0]] = true; active[e[1]] = true;
       if (e[2]) { ports[e[1] + e[2]] = [e[1], e[2]]; }
     }
@@ -247,6 +249,7 @@
       "<tr><th>rank by |score|</th><td>" + edgeRank(i) + " of " + N + "</td></tr>" +
       "<tr><th>input</th><td>" + (e[2] ? e[2] + " (of the head)" : "single input") + "</td></tr>" +
       "<tr><th>in circuit</th><td>" + (e[4] ? "yes" : "no") + (D.compare ? " \u00b7 in " + esc(D.compare.label) + ": " + (inB[edgeKey(e)] ? "yes" : "no") : "") + "</td></tr>" +
+      (e.length > 5 ? '<tr><th>bootstrap inclusion</th><td id="detail-frequency">' + (100 * e[5]).toFixed(0) + "% of resamples</td></tr>" : "") +
       '</table><p>from <a href="#" data-pick="n' + e[0] + '">' + esc(NODES[e[0]].name) + '</a> to <a href="#" data-pick="n' + e[1] + '">' + esc(NODES[e[1]].name) + "</a></p>";
   }
   function pick(what) {
@@ -371,6 +374,7 @@
   var meta = D.meta, bits = [];
   if (meta.edges_total !== null && meta.edges_total !== undefined) { bits.push(thousands(D.kept) + " of " + thousands(meta.edges_total) + " edges kept"); }
   ["cpr", "cmd"].forEach(function (k) { if (meta[k] !== null && meta[k] !== undefined) { bits.push(k.toUpperCase() + " " + fmt(meta[k])); } });
+  if (meta.stability) { bits.push("bootstrap (" + meta.stability.k + "): edge Jaccard " + fmt(meta.stability.edge_jaccard) + ", node Jaccard " + fmt(meta.stability.node_jaccard) + "; kept edges shaded by inclusion"); }
   ["metric", "ablation", "granularity", "n", "seed"].forEach(function (k) { if (meta[k] !== null && meta[k] !== undefined) { bits.push(k + " " + meta[k]); } });
   if (!D.scores_complete) { bits.push("no scores.tsv: the slider ranks the kept edges only"); }
   $("summary").textContent = bits.join(" \u00b7 ");

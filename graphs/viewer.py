@@ -23,7 +23,7 @@ import networkx as nx
 from circuits import names
 from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
-from circuits.graphs.build import edge_names, jsonable
+from circuits.graphs.build import edge_frequencies, edge_names, jsonable
 from circuits.graphs.compare import SCORES_FILE, load_scores, overlap
 from circuits.graphs.layout import first_neurons, layout
 from circuits.graphs.report import CURVE_LABELS, manifest_curves
@@ -99,8 +99,10 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
             "kept": n in G, "link": n in linked,
         })
     ranked = sorted(all_scores.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+    frequency = edge_frequencies(G)  # bootstrap inclusion frequency of kept edges (discover --bootstrap)
     edges = [[index[names.format_node(parsed[n].src)], index[names.format_node(parsed[n].dst)],
-              parsed[n].qkv or "", float(f"{s:.6g}"), 1 if n in kept else 0] for n, s in ranked]
+              parsed[n].qkv or "", float(f"{s:.6g}"), 1 if n in kept else 0]
+             + ([round(frequency[n], 4)] if n in frequency else []) for n, s in ranked]
     meta = jsonable(dict(G.graph))
     manifest = dict(manifest or {})
     found = manifest_curves(manifest)
@@ -115,7 +117,7 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
         "title": title_of({**manifest, **meta}, edges=len(kept)),
         "meta": {k: meta.get(k, manifest.get(k)) for k in (
             "task", "model", "method", "n", "seed", "ablation", "metric", "granularity", "faithfulness",
-            "edges_kept", "edges_total", "cpr", "cmd", "selection", "k")},
+            "edges_kept", "edges_total", "cpr", "cmd", "selection", "k", "stability")},
         "layout": {"width": lay.width, "height": lay.height,
                    "rows": [{"label": r.label, "y": r.y, "top": r.top, "bottom": r.bottom, "kind": r.key[0]} for r in lay.rows],
                    "columns": [[x, label] for x, label in lay.columns]},

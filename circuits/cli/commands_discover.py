@@ -82,6 +82,9 @@ def _selection_spec(top_k: Optional[int], threshold: Optional[float], target: Op
     return SelectionSpec("target-faithfulness", 0.9 if target is None else target)
 
 
+BOOTSTRAP_HELP = ("Measure the circuit's stability: score K seeded resamples of the prompts (K >= 2; 0: off), choose the "
+                  "circuit of the same size in each, and report the mean pairwise edge and node Jaccard and each kept "
+                  "edge's inclusion frequency.")
 DTYPE_HELP = "Precision of the model and the engine's buffers: float32, bfloat16 or float16 (scores sum in float32)."
 BATCH_HELP = "Prompts per forward pass (0: all at once; auto: the largest batch that fits --max-memory)."
 MEMORY_HELP = "Memory budget of --batch-size auto, e.g. 16GB or 4GiB (default: 80% of the free RAM or GPU memory)."
@@ -166,11 +169,15 @@ def discover(
     acdc_order: str = typer.Option("reverse", "--acdc-order",
                                    help="acdc: senders of a receiver latest first (reverse, as ACDC's code) or input first (normal)."),
     max_tests: int = typer.Option(0, "--max-tests", help="acdc: stop after N edge tests (0: no limit); the run is then marked incomplete."),
+    bootstrap: int = typer.Option(0, "--bootstrap", help=BOOTSTRAP_HELP),
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
 ) -> None:
     """Score every edge, keep a faithful circuit, and write it (JSON, DOT, SVG, scores, manifest, report) to --out."""
+    from circuits.stability import check_bootstrap
+
+    check_bootstrap(bootstrap)
     from circuits.discover import check_selection, holdout_count, split_holdout
     from circuits.metrics import build_metric, check_metric
     from circuits.run_folder import check_out_dir
@@ -252,7 +259,8 @@ def discover(
     bars = ProgressBars()
     try:
         metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch)
-        result = run_discovery(engine, scored, metric_fn, method_obj, options, spec, heldout=heldout, progress=bars, **extra)
+        result = run_discovery(engine, scored, metric_fn, method_obj, options, spec, heldout=heldout, progress=bars,
+                               bootstrap=bootstrap, seed=seed, **extra)
     finally:
         bars.close()
     run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
@@ -294,6 +302,10 @@ def discover(
         if h.curves is not None:
             line += f", CPR {h.curves.cpr:.3f}, CMD {h.curves.cmd:.3f}"
         typer.echo(line)
+    if result.stability is not None:
+        st = result.stability
+        typer.echo(f"stability ({st.k} bootstrap resamples): edge Jaccard {st.edge_jaccard:.3f}, "
+                   f"node Jaccard {st.node_jaccard:.3f}")
     info = result.scores.info
     if info.get("complete") is False and "passes_used" in info:
         typer.echo(f"warning: {method} stopped at its budget ({info.get('passes_used')} of --max-passes "
