@@ -289,7 +289,8 @@ def _stage(progress: Progress, name: str) -> Progress:
 def discover(engine, dataset, metric: Callable, method, options: MethodOptions = MethodOptions(),
              selection: SelectionSpec = SelectionSpec(), *, fractions=FRACTIONS, curve: bool = True,
              heldout=None, progress: Optional[Progress] = None, cache_bytes: int = REFERENCE_CACHE_BYTES,
-             bootstrap: int = 0, seed: int = 0) -> DiscoveryResult:
+             bootstrap: int = 0, seed: int = 0, evaluator: Optional[CircuitEvaluator] = None,
+             heldout_evaluator: Optional[CircuitEvaluator] = None) -> DiscoveryResult:
     """Score ``dataset`` with ``method``, measure the faithfulness curve and choose a circuit.
 
     Args:
@@ -308,6 +309,10 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
             recomputed batch by batch, so memory follows ``options.batch_size``, not the number of prompts).
         bootstrap: 0, or K >= 2 resamples of ``dataset`` scored again to measure the circuit's stability
             (:func:`circuits.stability.bootstrap_stability`, seeded by ``seed``).
+        evaluator, heldout_evaluator: :class:`CircuitEvaluator` of ``dataset`` (``heldout``) with this ``metric``,
+            ``options.ablation`` and ``options.batch_size``, to share between runs (``circuits benchmark``): m(N),
+            m(empty), the references and every circuit measured are computed once for all methods.  The figures are
+            those of fresh evaluators; ``circuit_evaluations`` counts the evaluations this run added.
     """
     from circuits.stability import bootstrap_stability, check_bootstrap
 
@@ -331,8 +336,10 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
                             f"graph but the model is {graph.n_layers}x{graph.n_heads}")
 
     t = time.perf_counter()
-    evaluator = CircuitEvaluator(engine, dataset, metric, ablation=options.ablation, batch_size=options.batch_size,
-                                 cache_bytes=cache_bytes)
+    if evaluator is None:
+        evaluator = CircuitEvaluator(engine, dataset, metric, ablation=options.ablation, batch_size=options.batch_size,
+                                     cache_bytes=cache_bytes)
+    runs_before = evaluator.runs
     neurons = reduced_mlps(selection, options, scores, engine)
     timings["reference"] = time.perf_counter() - t
 
@@ -357,8 +364,8 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     held = None
     if heldout is not None and len(heldout):
         t = time.perf_counter()
-        ev_held = CircuitEvaluator(engine, heldout, metric, batch_size=options.batch_size, ablation=options.ablation,
-                                   cache_bytes=cache_bytes)
+        ev_held = heldout_evaluator or CircuitEvaluator(engine, heldout, metric, batch_size=options.batch_size,
+                                                        ablation=options.ablation, cache_bytes=cache_bytes)
         held_curves = faithfulness_curves(ev_held, scores, fractions, progress=_stage(progress, "held-out curves"),
                                           granularity=granularity, neurons=neurons) if curve else None
         held = HeldOut(n=len(heldout), curves=held_curves,
@@ -376,6 +383,7 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     passes = scores.info.get("forward_passes") if isinstance(scores.info, Mapping) else None
     return DiscoveryResult(
         scores=scores, selection=chosen, faithfulness=faith, curves=found, options=options, timings=timings,
-        forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs, heldout=held,
+        forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs - runs_before,
+        heldout=held,
         stability=stability,
     )

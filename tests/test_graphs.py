@@ -443,7 +443,7 @@ def test_graphs_never_import_torch(tmp_path):
     code = (
         "import sys\n"
         "import circuits.graphs.build, circuits.graphs.dot, circuits.graphs.export\n"
-        "import circuits.graphs.compare, circuits.graphs.report, circuits.cli.commands_graphs\n"
+        "import circuits.graphs.compare, circuits.graphs.report, circuits.graphs.bench, circuits.cli.commands_graphs\n"
         "from circuits.graphs.build import build_graph\n"
         "from circuits.graphs.report import write_report\n"
         "G = build_graph({'m0->logits': 1.0})\n"

@@ -12,7 +12,7 @@ from circuits.graph import ComputationalGraph
 from circuits.ranking import prune, top_k_mask
 from circuits.scores import Scores
 from circuits.select import Selection
-from circuits.stability import (bootstrap_stability, check_bootstrap, jaccard, mean_pairwise_jaccard, resample_index,
+from circuits.stability import (check_bootstrap, jaccard, mean_pairwise_jaccard, resample_index,
                                 same_size_circuit)
 
 
