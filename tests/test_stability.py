@@ -67,6 +67,7 @@ def planted():
     return GraphEngine.from_model(loaded), task, task.build(loaded.tokenizer, n=12, seed=2)
 
 
+@pytest.mark.slow
 def test_bootstrap_matches_an_independent_recount(planted):
     from circuits.discover import SelectionSpec, discover
     from circuits.registry import get_method
