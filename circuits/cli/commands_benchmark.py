@@ -32,8 +32,8 @@ def benchmark(
 ) -> None:
     """Run each method on each task (the model loaded once; discover's default circuit), scored as MIB scores them.
 
-    Writes results.json, results.md (one table per task) and a figure per task to --out; an interrupted
-    benchmark resumes where it stopped."""
+    Writes results.json, results.md (one table per task) and a figure per task to --out; an interrupted benchmark
+    resumes where it stopped."""
     import time
 
     from circuits.benchmark import BenchmarkSpec, check_spec, parse_names, prepare_out, run_benchmark
