@@ -27,6 +27,8 @@ MOVED = {
     "circuits.discover": "circuits.circuit.discover",
     "circuits.run_folder": "circuits.circuit.run_folder",
     "circuits.metrics": "circuits.methods.metrics",
+    "circuits.benchmark": "circuits.bench.benchmark",
+    "circuits.stability": "circuits.circuit.stability",
 }
 
 

@@ -10,7 +10,9 @@ Node attributes: ``kind``, ``layer``, ``head``, ``neuron``, ``position`` (None f
 
 Edge attributes: ``qkv`` (sorted letters, ``[]`` for non-head receivers), ``scores``
 (letter -> score, or ``{"": score}``), ``score`` (their sum) and ``names`` (sorted full
-edge names). ``G.graph`` holds the run's metadata.
+edge names); after ``discover --bootstrap K``, ``frequencies`` (letter -> the fraction of the K resample
+circuits that keep that edge, see :mod:`circuits.circuit.stability`) and ``frequency`` (their largest). ``G.graph``
+holds the run's metadata.
 
 **Reduced MLPs.** A circuit may keep an MLP through some of its neurons only. The MLP keeps
 its MLP-level edges (``a5.h1->m10``) and its node lists the kept neurons (``neurons``:
@@ -34,7 +36,8 @@ from circuits.errors import CircuitsError
 CIRCUIT_FILE = "circuit.json"
 
 __all__ = [
-    "CIRCUIT_FILE", "build_graph", "node_attributes", "edge_names", "circuit_neurons", "add_neurons",
+    "CIRCUIT_FILE", "build_graph", "node_attributes", "edge_names", "circuit_neurons", "add_neurons", "add_frequencies",
+    "edge_frequencies",
     "to_node_link", "from_node_link", "write_json", "jsonable",
 ]
 
@@ -108,6 +111,30 @@ def add_neurons(G: nx.DiGraph, neurons: Mapping[str, Sequence[int]], *,
                 G.add_node(n, **node_attributes(names.neuron(node.layer, i), scores.get(i)))
         recorded[mlp_name] = kept
     G.graph["neurons"] = dict(sorted(recorded.items(), key=lambda kv: names.sort_key(kv[0])))
+
+
+def add_frequencies(G: nx.DiGraph, frequency: Mapping[str, float]) -> None:
+    """Record each kept edge's bootstrap inclusion frequency (edge name -> fraction in [0, 1]) on ``G`` in place."""
+    for raw, value in frequency.items():
+        edge = _parse_edge(raw)
+        u, v = names.format_node(edge.src), names.format_node(edge.dst)
+        if not G.has_edge(u, v):
+            raise CircuitsError(f"inclusion frequency of {raw}, an edge the circuit does not keep")
+        data = G.edges[u, v]
+        data["frequencies"] = dict(sorted({**(data.get("frequencies") or {}), edge.qkv or "": float(value)}.items()))
+        data["frequency"] = max(data["frequencies"].values())
+
+
+def edge_frequencies(G: nx.DiGraph) -> dict[str, float]:
+    """Edge name -> bootstrap inclusion frequency of the kept edges that carry one (empty without a bootstrap)."""
+    out = {}
+    for _, _, data in G.edges(data=True):
+        per = data.get("frequencies") or {}
+        for name in data.get("names") or []:
+            value = per.get(names.parse_edge(name).qkv or "")
+            if isinstance(value, (int, float)):
+                out[name] = float(value)
+    return out
 
 
 def circuit_neurons(G: nx.DiGraph) -> dict[str, list[int]]:

@@ -159,7 +159,7 @@ def test_discover_records_ranking_and_verification(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--method", "activation-patching", "--verify"), "--verify checks the edges"),
     (("--method", "acdc", "--verify"), "acdc already tested"),
-    (("--method", "eap", "--ranking", "largest"), "unknown ranking 'largest'"),
+    (("--method", "eap", "--ranking", "largest"), "--ranking must be one of abs, signed"),
     (("--method", "eap", "--verify-tolerance", "-1"), "--verify-tolerance must be"),
 ])
 def test_cli_refuses_bad_selection_options(tmp_path, args, message):

@@ -9,15 +9,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 
 from circuits.engine.ablation import REFERENCE_CACHE_BYTES
 from circuits.errors import CircuitsError
-from circuits.circuit.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Faithfulness, faithfulness_curve
+from circuits.circuit.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Curves, Faithfulness, faithfulness_curves
 from circuits.methods.base import MethodOptions, Progress, Scores, no_progress, option_values
 from circuits.circuit.ranking import check_ranking, evaluation_mask
 from circuits.circuit.select import (MODES, VERIFY_AUTO_EDGES, VERIFY_TOLERANCE, Selection, own_circuit, target_faithfulness,
                              threshold, top_k, verify_edges)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.circuit.stability import Stability
 
 __all__ = ["SelectionSpec", "DiscoveryResult", "HeldOut", "discover", "select", "verifies", "check_selection",
            "method_granularity", "reduced_mlps", "holdout_count", "split_holdout", "kept_edge_scores", "top_components"]
@@ -66,11 +69,11 @@ class SelectionSpec:
 @dataclass(frozen=True)
 class HeldOut:
     """The chosen circuit measured on prompts that scoring and selection never saw: its
-    faithfulness there, the curve of the same ranking there (CPR, CMD), and how many prompts."""
+    faithfulness there, both curves there (CPR, CMD), and how many prompts."""
 
     n: int
     faithfulness: Faithfulness
-    curve: Optional[Curve]
+    curves: Optional[Curves]
 
 
 def holdout_count(fraction: float, n: int) -> int:
@@ -110,21 +113,37 @@ class DiscoveryResult:
     """Everything a discovery run found.
 
     scores: the method's :class:`Scores`.  selection: the chosen circuit (its ``faithfulness`` filled in).
-    faithfulness: m(N), m(empty), m(circuit) and f.  curve: f over edge fractions, CPR and CMD.
+    faithfulness: m(N), m(empty), m(circuit) and f.  curves: f over edge fractions for the signed and the
+    ``|score|`` rankings (MIB's CPR and CMD); ``curve`` is the one of the selection's ranking.
     timings: seconds per step (``scoring``, ``reference``, ``curve``, ``selection``, ``faithfulness``).
     forward_passes: what the method reported (``Scores.info['forward_passes']``) or None.
+    stability: the bootstrap's Jaccard and inclusion frequencies (:mod:`circuits.circuit.stability`), or None.
     circuit_evaluations: patched metric evaluations made for the curve and the selection.
     """
 
     scores: Scores
     selection: Selection
     faithfulness: Faithfulness
-    curve: Optional[Curve]
+    curves: Optional[Curves]
     options: MethodOptions
     timings: Mapping[str, float] = field(default_factory=dict)
     forward_passes: Optional[int] = None
     circuit_evaluations: int = 0
     heldout: Optional[HeldOut] = None
+    stability: Optional["Stability"] = None
+
+    @property
+    def curve(self) -> Optional[Curve]:
+        """The curve of the selection's ranking (the one the target search walked), or None."""
+        return None if self.curves is None else self.curves.by_ranking(self.selection.ranking)
+
+    @property
+    def cpr(self) -> Optional[float]:
+        return None if self.curves is None else self.curves.cpr
+
+    @property
+    def cmd(self) -> Optional[float]:
+        return None if self.curves is None else self.curves.cmd
 
     @property
     def edges_total(self) -> int:
@@ -269,7 +288,9 @@ def _stage(progress: Progress, name: str) -> Progress:
 
 def discover(engine, dataset, metric: Callable, method, options: MethodOptions = MethodOptions(),
              selection: SelectionSpec = SelectionSpec(), *, fractions=FRACTIONS, curve: bool = True,
-             heldout=None, progress: Optional[Progress] = None, cache_bytes: int = REFERENCE_CACHE_BYTES) -> DiscoveryResult:
+             heldout=None, progress: Optional[Progress] = None, cache_bytes: int = REFERENCE_CACHE_BYTES,
+             bootstrap: int = 0, seed: int = 0, evaluator: Optional[CircuitEvaluator] = None,
+             heldout_evaluator: Optional[CircuitEvaluator] = None) -> DiscoveryResult:
     """Score ``dataset`` with ``method``, measure the faithfulness curve and choose a circuit.
 
     Args:
@@ -279,70 +300,95 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         options: the method's options; ``ablation`` and ``batch_size`` also drive faithfulness.
         selection: how to choose the circuit; a method with ``granularity = "node"`` is selected by node
             (``k`` and the curve's fractions count heads and MLPs).  fractions: the curve's fractions.
-        curve: measure the curve (CPR, CMD); the target search then starts from its points.
+        curve: measure both curves (signed: CPR; ``|score|``: CMD); the target search then starts from the points
+            of the one of its ranking.
         heldout: prompts kept apart (:func:`split_holdout`): after selection, the circuit's
             faithfulness (and the curve) are measured on them too, with their own reference.
         progress: ``progress(done, total, message)`` for each long step.
         cache_bytes: reference outputs the faithfulness evaluations keep between passes (the rest are
             recomputed batch by batch, so memory follows ``options.batch_size``, not the number of prompts).
+        bootstrap: 0, or K >= 2 resamples of ``dataset`` scored again to measure the circuit's stability
+            (:func:`circuits.circuit.stability.bootstrap_stability`, seeded by ``seed``).
+        evaluator, heldout_evaluator: :class:`CircuitEvaluator` of ``dataset`` (``heldout``) with this ``metric``,
+            ``options.ablation`` and ``options.batch_size``, to share between runs (``circuits benchmark``): m(N),
+            m(empty), the references and every circuit measured are computed once for all methods.  The figures are
+            those of fresh evaluators; ``circuit_evaluations`` counts the evaluations this run added.
     """
+    from circuits.circuit.stability import bootstrap_stability, check_bootstrap
+
     progress = progress or no_progress
-    timings: Dict[str, float] = {}
+    timer = _Timer()
+    bootstrap = check_bootstrap(bootstrap)
     granularity = method_granularity(method)
+    options = _checked_options(method, options, selection)
+    scores = timer("scoring", lambda: _scored(engine, dataset, metric, method, options, progress))
+    graph = engine.graph
+    evaluator = evaluator or timer("reference", lambda: CircuitEvaluator(
+        engine, dataset, metric, ablation=options.ablation, batch_size=options.batch_size, cache_bytes=cache_bytes))
+    runs_before = evaluator.runs
+    neurons = reduced_mlps(selection, options, scores, engine)
+    found = timer("curve", lambda: faithfulness_curves(
+        evaluator, scores, fractions, progress=_stage(progress, "faithfulness curves"), granularity=granularity,
+        neurons=neurons)) if curve else None
+    chosen = timer("selection", lambda: select(
+        selection, scores, evaluator, curve=None if found is None else found.by_ranking(selection.ranking),
+        progress=_stage(progress, "selection"), neurons=neurons, granularity=granularity))
+    faith = timer("faithfulness", lambda: evaluator.faithfulness(
+        evaluation_mask(chosen.keep_mask, graph, granularity), chosen.neurons))
+    chosen = replace(chosen, faithfulness=faith.f)
+    held = None
+    if heldout is not None and len(heldout):
+        ev_held = heldout_evaluator or CircuitEvaluator(engine, heldout, metric, batch_size=options.batch_size,
+                                                        ablation=options.ablation, cache_bytes=cache_bytes)
+        held = timer("heldout", lambda: _held_out(ev_held, scores, chosen, fractions, curve, granularity, neurons,
+                                                  progress))
+    stability = timer("bootstrap", lambda: bootstrap_stability(
+        engine, dataset, metric, method, options, scores, chosen, bootstrap, seed=seed,
+        progress=_stage(progress, "bootstrap"))) if bootstrap else None
+    passes = scores.info.get("forward_passes") if isinstance(scores.info, Mapping) else None
+    return DiscoveryResult(
+        scores=scores, selection=chosen, faithfulness=faith, curves=found, options=options, timings=timer.timings,
+        forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs - runs_before,
+        heldout=held, stability=stability)
+
+
+class _Timer:
+    """``timer(name, fn)`` runs ``fn`` and records its seconds under ``name``."""
+
+    def __init__(self) -> None:
+        self.timings: Dict[str, float] = {}
+
+    def __call__(self, name: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        self.timings[name] = time.perf_counter() - t
+        return out
+
+
+def _checked_options(method, options: MethodOptions, selection: SelectionSpec) -> MethodOptions:
+    """The method's own options checked (defaults filled: the manifest records them), and enough top neurons."""
     check_selection(selection, method)
     if selection.keep_neurons:
         if not options.neurons:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
         if options.top_neurons < selection.keep_neurons:
             options = replace(options, top_neurons=int(selection.keep_neurons))
+    return replace(options, params=option_values(method, options.params))
 
-    t = time.perf_counter()
-    options = replace(options, params=option_values(method, options.params))  # checked, defaults filled (the manifest's)
+
+def _scored(engine, dataset, metric, method, options: MethodOptions, progress: Progress) -> Scores:
     scores = method.score(engine, dataset, metric, options, progress=_stage(progress, "scoring"))
-    timings["scoring"] = time.perf_counter() - t
     graph = engine.graph
     if scores.graph != graph:
-        raise CircuitsError(f"method {getattr(method, 'name', method)!r} scored a {scores.graph.n_layers}x{scores.graph.n_heads} "
-                            f"graph but the model is {graph.n_layers}x{graph.n_heads}")
+        raise CircuitsError(f"method {getattr(method, 'name', method)!r} scored a {scores.graph.n_layers}x"
+                            f"{scores.graph.n_heads} graph but the model is {graph.n_layers}x{graph.n_heads}")
+    return scores
 
-    t = time.perf_counter()
-    evaluator = CircuitEvaluator(engine, dataset, metric, ablation=options.ablation, batch_size=options.batch_size,
-                                 cache_bytes=cache_bytes)
-    neurons = reduced_mlps(selection, options, scores, engine)
-    timings["reference"] = time.perf_counter() - t
 
-    found_curve = None
-    if curve:
-        t = time.perf_counter()
-        found_curve = faithfulness_curve(evaluator, scores, fractions, progress=_stage(progress, "faithfulness curve"),
-                                         granularity=granularity, neurons=neurons, ranking=selection.ranking)
-        timings["curve"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    chosen = select(selection, scores, evaluator, curve=found_curve, progress=_stage(progress, "selection"),
-                    neurons=neurons, granularity=granularity)
-    timings["selection"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    faith = evaluator.faithfulness(evaluation_mask(chosen.keep_mask, graph, granularity), chosen.neurons)
-    timings["faithfulness"] = time.perf_counter() - t
-    chosen = replace(chosen, faithfulness=faith.f)
-
-    held = None
-    if heldout is not None and len(heldout):
-        t = time.perf_counter()
-        ev_held = CircuitEvaluator(engine, heldout, metric, batch_size=options.batch_size, ablation=options.ablation,
-                                   cache_bytes=cache_bytes)
-        held_curve = faithfulness_curve(ev_held, scores, fractions, progress=_stage(progress, "held-out curve"),
-                                        granularity=granularity, neurons=neurons,
-                                        ranking=selection.ranking) if curve else None
-        held = HeldOut(n=len(heldout), curve=held_curve,
-                       faithfulness=ev_held.faithfulness(evaluation_mask(chosen.keep_mask, graph, granularity),
-                                                         chosen.neurons))
-        timings["heldout"] = time.perf_counter() - t
-
-    passes = scores.info.get("forward_passes") if isinstance(scores.info, Mapping) else None
-    return DiscoveryResult(
-        scores=scores, selection=chosen, faithfulness=faith, curve=found_curve, options=options, timings=timings,
-        forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs, heldout=held,
-    )
+def _held_out(evaluator, scores: Scores, chosen: Selection, fractions, curve: bool, granularity: str, neurons,
+              progress: Progress) -> HeldOut:
+    """The chosen circuit, and both curves, on the held-out prompts."""
+    curves = faithfulness_curves(evaluator, scores, fractions, progress=_stage(progress, "held-out curves"),
+                                 granularity=granularity, neurons=neurons) if curve else None
+    mask = evaluation_mask(chosen.keep_mask, evaluator.engine.graph, granularity)
+    return HeldOut(n=len(evaluator.dataset), curves=curves, faithfulness=evaluator.faithfulness(mask, chosen.neurons))

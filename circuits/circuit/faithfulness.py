@@ -11,13 +11,22 @@ the task's single-position metric is averaged over the prompts:
 model).  Both are computed through the same patched forward pass as ``m(C)``, so the full
 circuit gives exactly 1 and the empty circuit exactly 0.
 
-The faithfulness curve keeps, for each edge fraction in :data:`FRACTIONS`, the top
-``ceil(fraction * E)`` edges by ``|score|`` and then prunes them to the edges on an
-input -> logits path (:func:`circuits.circuit.ranking.prune`); a node method's curve keeps the top
-``ceil(fraction * N)`` of the N heads and MLPs instead.  CPR is the area under ``f`` and CMD
-the area under ``|1 - f|`` over that range (MIB's definitions), by the trapezoid rule on a
-*linear* x axis (the fractions as given), divided by the x range (1 - 0.001), so a circuit
-as faithful as the model at every size has CPR = 1 and CMD = 0.
+The faithfulness curves follow MIB's circuit track (``MIB_circuit_track/evaluation.py``,
+``evaluate_area_under_curve``) exactly.  For each fraction ``x`` in :data:`FRACTIONS` a curve keeps
+the first ``int(x * E)`` edges of a ranking (Python's ``int``: truncation, so 0 edges when
+``x * E < 1``) and then prunes them to the edges on an input -> logits path
+(:func:`circuits.circuit.ranking.prune`); a node method's curve counts the N heads and MLPs instead.
+Two rankings give two curves (:class:`Curves`):
+
+- ``signed``: most helpful first.  Our scores are the change of the metric when the edge is patched,
+  so a *negative* score means the edge helps and it comes first (the sort key is ``-score``).  MIB's
+  scores (EAP-IG's, with the loss ``-logit difference``) have the opposite sign and MIB sorts them
+  in descending order, so both put the same edges first.  **CPR** is the area under this curve's f.
+- ``abs``: largest ``|score|`` first.  **CMD** is the area under this curve's ``|1 - f|``.
+
+The area is MIB's: the plain trapezoid sum over the fractions on a *linear* axis,
+``sum((x2 - x1) * (y1 + y2) / 2)``, not divided by the x range (0.999), so a circuit as faithful
+as the model at every size has CPR = CMD + 1 = 0.999, and CPR can exceed 1.
 
 Nothing here prints or writes files.
 """
@@ -45,7 +54,8 @@ FRACTIONS: Tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
 
 __all__ = [
     "FRACTIONS", "ABLATIONS", "BatchReferences", "References", "reference_outputs", "circuit_metric", "Faithfulness", "faithfulness",
-    "CircuitEvaluator", "CurvePoint", "Curve", "faithfulness_curve", "normalized_area", "edges_for_fraction",
+    "CircuitEvaluator", "CurvePoint", "Curve", "Curves", "faithfulness_curve", "faithfulness_curves", "curve_area",
+    "edges_for_fraction",
 ]
 
 
@@ -213,39 +223,63 @@ def faithfulness(engine: GraphEngine, dataset: PromptDataset, metric: Metric, ke
 @dataclass(frozen=True)
 class CurvePoint:
     fraction: float
-    k: int  # edges taken by |score| before pruning
+    k: int  # units (edges or nodes) taken from the ranking before pruning: int(fraction * total)
     edges: int  # edges left after pruning
     faithfulness: float
 
 
 @dataclass(frozen=True)
 class Curve:
+    """f at each fraction for one ranking, with the two areas MIB computes from a curve."""
+
     points: Tuple[CurvePoint, ...]
-    cpr: float  # normalized area under f
-    cmd: float  # normalized area under |1 - f|
+    ranking: str  # "signed" or "abs"
+    area: float  # trapezoid sum of f (MIB's area_under; CPR when the ranking is signed)
+    area_from_one: float  # trapezoid sum of |1 - f| (MIB's area_from_1; CMD when the ranking is abs)
 
     def pairs(self) -> list:
         """[(fraction, f), ...] for plotting."""
         return [(p.fraction, p.faithfulness) for p in self.points]
 
+    def records(self) -> list:
+        """The manifest's form: ``[{"fraction", "edges", "faithfulness"}, ...]``."""
+        return [{"fraction": p.fraction, "edges": p.edges, "faithfulness": p.faithfulness} for p in self.points]
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The signed and the ``|score|`` curves; ``cpr`` and ``cmd`` as MIB reports them."""
+
+    signed: Curve
+    abs: Curve
+
+    @property
+    def cpr(self) -> float:
+        return self.signed.area
+
+    @property
+    def cmd(self) -> float:
+        return self.abs.area_from_one
+
+    def by_ranking(self, ranking: str) -> Curve:
+        return self.signed if ranking == "signed" else self.abs
+
 
 def edges_for_fraction(fraction: float, n_edges: int) -> int:
-    """``ceil(fraction * E)``, at least 1 and at most E (the float product is rounded first, so 0.1 * 110 is 11)."""
-    return max(1, min(n_edges, math.ceil(round(fraction * n_edges, 9))))
+    """MIB's ``int(fraction * E)``: Python's float product, truncated (so 0.29 * 100 gives 28 and 0.001 * 110 gives 0)."""
+    return int(fraction * n_edges)
 
 
-def normalized_area(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Trapezoid area under ``ys`` over a linear ``xs`` axis, divided by ``xs[-1] - xs[0]`` (NaN if any y is NaN)."""
-    if len(xs) < 2:
-        return float(ys[0]) if ys else math.nan
-    area = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1))
-    return area / (xs[-1] - xs[0])
+def curve_area(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """MIB's area: ``sum((x2 - x1) * (y1 + y2) / 2)`` over consecutive points, on the linear ``xs`` as given, not
+    divided by the x range (NaN if any y is NaN; 0 for fewer than two points)."""
+    return sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1))
 
 
 def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: Sequence[float] = FRACTIONS,
                        *, progress: Optional[Progress] = None, granularity: str = "edge",
                        neurons: Optional[NeuronMasks] = None, ranking: str = "abs") -> Curve:
-    """f of the top-``ceil(fraction * E)`` edges (each pruned) for each fraction, with CPR and CMD.
+    """f of the top-``int(fraction * E)`` edges of ``ranking`` (each pruned) for each fraction, with its areas.
 
     ``ranking``: ``abs`` (largest ``|score|`` first) or ``signed`` (most helpful first); see :mod:`circuits.circuit.ranking`.
 
@@ -276,4 +310,21 @@ def faithfulness_curve(evaluator: CircuitEvaluator, scores: Scores, fractions: S
         points.append(CurvePoint(fraction=x, k=k, edges=int(mask.sum()), faithfulness=f.f))
         progress(3 + i, total, "faithfulness curve")
     ys = [p.faithfulness for p in points]
-    return Curve(points=tuple(points), cpr=normalized_area(xs, ys), cmd=normalized_area(xs, [abs(1 - y) for y in ys]))
+    return Curve(points=tuple(points), ranking=ranking, area=curve_area(xs, ys),
+                 area_from_one=curve_area(xs, [abs(1 - y) for y in ys]))
+
+
+def faithfulness_curves(evaluator: CircuitEvaluator, scores: Scores, fractions: Sequence[float] = FRACTIONS,
+                        *, progress: Optional[Progress] = None, granularity: str = "edge",
+                        neurons: Optional[NeuronMasks] = None) -> Curves:
+    """Both curves (signed, then ``|score|``); circuits they share are measured once (the evaluator's cache)."""
+    progress = progress or no_progress
+
+    def part(offset: int) -> Progress:
+        return lambda done, total, message: progress(offset + done, 2 * total, message)
+
+    signed = faithfulness_curve(evaluator, scores, fractions, progress=part(0), granularity=granularity,
+                                neurons=neurons, ranking="signed")
+    absolute = faithfulness_curve(evaluator, scores, fractions, progress=part(len(signed.points) + 2),
+                                  granularity=granularity, neurons=neurons, ranking="abs")
+    return Curves(signed=signed, abs=absolute)

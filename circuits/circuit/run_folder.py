@@ -62,15 +62,15 @@ def _own_version() -> str:
 
 def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
     """The manifest of a :class:`circuits.circuit.discover.DiscoveryResult`; ``run`` adds command, task, model, method, n, seed..."""
-    sel, faith, curve = result.selection, result.faithfulness, result.curve
+    sel, faith, curves = result.selection, result.faithfulness, result.curves
     opts = result.options
     manifest: Dict[str, Any] = {
         "faithfulness": faith.f,
         "edges_kept": sel.edges_kept,
         "edges_total": result.edges_total,
         "granularity": sel.granularity,
-        "cpr": None if curve is None else curve.cpr,
-        "cmd": None if curve is None else curve.cmd,
+        "cpr": None if curves is None else curves.cpr,
+        "cmd": None if curves is None else curves.cmd,
         **dict(run),
         "ablation": opts.ablation,
         "metric": run.get("metric", "task"),
@@ -87,10 +87,10 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "forward_passes": result.forward_passes,
         **_budget(result.scores.info),
         "circuit_evaluations": result.circuit_evaluations,
+        "stability": None if getattr(result, "stability", None) is None else result.stability.manifest(),
         "method_info": dict(result.scores.info),
-        "curve": [] if curve is None else [
-            {"fraction": p.fraction, "k": p.k, "edges": p.edges, "faithfulness": p.faithfulness} for p in curve.points
-        ],
+        "curve_signed": [] if curves is None else curves.signed.records(),
+        "curve_abs": [] if curves is None else curves.abs.records(),
         "timings": {**dict(timings or {}), **dict(result.timings)},
         "versions": package_versions(),
     }
@@ -106,9 +106,9 @@ def _heldout_fields(held) -> Dict[str, Any]:
     """``n_heldout`` (0 when nothing was held out) and the circuit's figures on the held-out prompts."""
     if held is None:
         return {"n_heldout": 0, "faithfulness_heldout": None, "cpr_heldout": None, "cmd_heldout": None}
-    curve = held.curve
+    curves = held.curves
     return {"n_heldout": held.n, "faithfulness_heldout": held.faithfulness.f,
-            "cpr_heldout": None if curve is None else curve.cpr, "cmd_heldout": None if curve is None else curve.cmd,
+            "cpr_heldout": None if curves is None else curves.cpr, "cmd_heldout": None if curves is None else curves.cmd,
             "metric_full_heldout": held.faithfulness.m_full, "metric_empty_heldout": held.faithfulness.m_empty,
             "metric_circuit_heldout": held.faithfulness.m_circuit}
 
@@ -139,13 +139,17 @@ def _neuron_lists(selection) -> Dict[str, list]:
 
 def circuit_graph(result, metadata: Mapping[str, Any]):
     """The circuit's networkx graph: kept edges with scores, node scores and top neurons, and ``metadata``."""
-    from circuits.graphs.build import build_graph
+    from circuits.graphs.build import add_frequencies, build_graph
 
     scores = result.scores
     kept = result.kept_edges()
     top = {k: list(v) for k, v in scores.neuron_scores.items()} or None
-    return build_graph(kept, node_scores=dict(scores.node_scores) or None, top_neurons=top, metadata=metadata,
-                       neurons=_neuron_lists(result.selection) or None)
+    G = build_graph(kept, node_scores=dict(scores.node_scores) or None, top_neurons=top, metadata=metadata,
+                    neurons=_neuron_lists(result.selection) or None)
+    stability = getattr(result, "stability", None)
+    if stability is not None:
+        add_frequencies(G, stability.frequency)
+    return G
 
 
 def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
@@ -168,7 +172,7 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     sel = result.selection
     metadata = {k: manifest.get(k) for k in ("task", "model", "method", "granularity", "metric", "n", "seed", "ablation",
                                              "faithfulness", "edges_kept", "edges_total", "cpr", "cmd", "data", "holdout",
-                                             "n_heldout", "faithfulness_heldout")}
+                                             "n_heldout", "faithfulness_heldout", "stability")}
     metadata.update(selection=sel.mode, ranking=sel.ranking, k=sel.k)
     shape = getattr(result.scores, "graph", None)
     for key in ("n_layers", "n_heads"):
@@ -184,9 +188,9 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
     written.append(write_atomic(folder / "circuit.dot", to_dot(G)))
     written.append(write_atomic(folder / "circuit.svg", to_svg(G)))
     written.append(write_atomic(folder / HTML_FILE, viewer_html(G, scores=all_scores, manifest=jsonable(manifest))))
-    curve = result.curve.pairs() if result.curve is not None else None
-    written.append(write_report(folder, G=G, manifest=manifest, curve=curve, top_components=result.top_components()))
-    if curve and (folder / CURVE_FILE).is_file():
+    curves = None if result.curves is None else {"signed": result.curves.signed.pairs(), "abs": result.curves.abs.pairs()}
+    written.append(write_report(folder, G=G, manifest=manifest, curves=curves, top_components=result.top_components()))
+    if curves and (folder / CURVE_FILE).is_file():
         written.append(folder / CURVE_FILE)
     manifest["timings"]["write"] = time.perf_counter() - t
     text = json.dumps(jsonable(manifest), indent=2, allow_nan=False) + "\n"

@@ -18,6 +18,9 @@ METRIC_HELP = ("Metric to score and select with: task (the task's own) or kl (KL
 DTYPE_HELP = "Precision of the model and the engine's buffers: float32, bfloat16 or float16 (scores sum in float32)."
 BATCH_HELP = "Prompts per forward pass (0: all at once; auto: the largest batch that fits --max-memory)."
 MEMORY_HELP = "Memory budget of --batch-size auto, e.g. 16GB or 4GiB (default: 80% of the free RAM or GPU memory)."
+BOOTSTRAP_HELP = ("Measure the circuit's stability: score K seeded resamples of the prompts (K >= 2; 0: off), choose the "
+                  "circuit of the same size in each, and report the mean pairwise edge and node Jaccard and each kept "
+                  "edge's inclusion frequency.")
 DEFAULT_HOLDOUT = 0.2
 ABLATIONS = ("corrupted", "mean", "mean-positions", "zero")  # circuits.engine.ablation.ABLATIONS, without torch
 DTYPES = ("float32", "bfloat16", "float16")
@@ -57,7 +60,7 @@ def _plugin(kind: str):
     def check(name: str) -> str:
         from circuits import registry
 
-        registry.get(registry.TASKS if kind == "task" else registry.METHODS, name, kind)
+        (registry.get_task if kind == "task" else registry.get_method)(name)
         return name
 
     return check

@@ -13,11 +13,17 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from circuits.errors import CircuitsError
 from circuits.jobs.base import Job, Report
-from circuits.jobs.common import (ABLATION, BATCH_SIZE, DATA, DEFAULT_HOLDOUT, DEVICE, DTYPE, HOLDOUT, MAX_MEMORY, METHOD,
+from circuits.jobs.common import (ABLATION, BATCH_SIZE, BOOTSTRAP_HELP, DATA, DEFAULT_HOLDOUT, DEVICE, DTYPE, HOLDOUT, MAX_MEMORY, METHOD,
                                   METRIC, MODEL, SEED, TASK, TASK_FILE, N, auto_batch, batch_plan, build_prompts,
                                   check_keep_neurons, load_engine, neuron_layer_names, parse_mlp_layers, resolve_task)
 from circuits.methods.base import VERIFY_AUTO_EDGES, VERIFY_TOLERANCE
 from circuits.options import Option
+
+
+def _bootstrap(k: int) -> int:
+    from circuits.circuit.stability import check_bootstrap
+
+    return check_bootstrap(k)
 
 
 OPTIONS = (
@@ -41,6 +47,7 @@ OPTIONS = (
     Option("neurons", str, None, "Score the neurons of these MLPs, e.g. m8,m9."),
     Option("keep_neurons", int, None, "Keep each --neurons MLP through its K top-scored neurons only (the others are "
            "patched)."),
+    Option("bootstrap", int, 0, BOOTSTRAP_HELP, parse=_bootstrap),
     BATCH_SIZE, MAX_MEMORY, DTYPE, TASK_FILE, DEVICE,
     Option("force", bool, False, "Write into a non-empty --out folder.", served=False),
 )
@@ -145,7 +152,8 @@ def run(values: Mapping[str, Any], *, progress, load, command: Optional[List[str
     options = MethodOptions(ablation=values["ablation"], neurons=neuron_layer_names(p.neuron_layers), batch_size=batch,
                             params=p.params)
     metric_fn = build_metric(values["metric"], p.task, engine, dataset, batch_size=batch)
-    result = discover(engine, scored, metric_fn, p.method, options, p.spec, heldout=heldout, progress=progress, **extra)
+    result = discover(engine, scored, metric_fn, p.method, options, p.spec, heldout=heldout, progress=progress,
+                      bootstrap=values["bootstrap"], seed=values["seed"], **extra)
     run_info = {"command": list(command or []), "task": getattr(p.task, "name", values["task"]), "model": values["model"],
                 "method": values["method"], "metric": values["metric"], "n": len(dataset), "n_scored": len(scored),
                 "holdout": holdout, "data": None if values["data"] is None else str(values["data"]), "seed": values["seed"],
@@ -174,12 +182,14 @@ def summary(result, engine, run_info: Mapping[str, Any], out, notes: List[str]) 
                                                                   "removed": len(sel.verified.removed)},
                 "neurons_kept": {m: len(i) for m, i in neuron_lists(sel.neurons).items()} if sel.neurons else {},
                 "d_mlp": engine.w.d_mlp, "reached": sel.reached, "notes": list(notes),
-                "cpr": None if result.curve is None else result.curve.cpr,
-                "cmd": None if result.curve is None else result.curve.cmd, "heldout": None}
+                "cpr": result.cpr, "cmd": result.cmd, "heldout": None, "stability": None}
     if result.heldout is not None:
         h = result.heldout
-        out_info["heldout"] = {"n": h.n, "faithfulness": h.faithfulness.f, "cpr": None if h.curve is None else h.curve.cpr,
-                               "cmd": None if h.curve is None else h.curve.cmd}
+        out_info["heldout"] = {"n": h.n, "faithfulness": h.faithfulness.f, "cpr": None if h.curves is None else h.curves.cpr,
+                               "cmd": None if h.curves is None else h.curves.cmd}
+    if result.stability is not None:
+        st = result.stability
+        out_info["stability"] = {"k": st.k, "edge_jaccard": st.edge_jaccard, "node_jaccard": st.node_jaccard}
     info = result.scores.info
     out_info["method_info"] = {k: info.get(k) for k in ("complete", "passes_used", "max_passes", "edge_tests") if k in info}
     return out_info
@@ -201,13 +211,17 @@ def present(r: Mapping[str, Any]) -> Report:
     if r["neurons_kept"]:
         lines.append("neurons kept: " + ", ".join(f"{m} {k} of {r['d_mlp']}" for m, k in r["neurons_kept"].items()))
     if r["cpr"] is not None:
-        lines.append(f"CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f}")
+        lines.append(f"CPR {r['cpr']:.3f}, CMD {r['cmd']:.3f} (MIB's: signed and |score| rankings, int(pct * N) edges)")
     h = r["heldout"]
     if h is not None:
         line = f"held-out ({h['n']} prompts): faithfulness {h['faithfulness']:.3f}"
         if h["cpr"] is not None:
             line += f", CPR {h['cpr']:.3f}, CMD {h['cmd']:.3f}"
         lines.append(line)
+    if r["stability"] is not None:
+        st = r["stability"]
+        lines.append(f"stability ({st['k']} bootstrap resamples): edge Jaccard {st['edge_jaccard']:.3f}, "
+                     f"node Jaccard {st['node_jaccard']:.3f}")
     lines.append(r["out"])
     return Report(tuple(lines), tuple(r["notes"]) + warnings(r))
 
