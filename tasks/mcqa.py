@@ -1,13 +1,8 @@
 """Multiple-choice questions with four options, in MIB's form (Mueller et al., 2025: its MCQA task).
 
-MIB's MCQA asks the color of an object with the answer given in the question ("copy colors"):
-
-    Question: Bananas are yellow. What color are bananas?
-    A. blue
-    B. yellow
-    C. black
-    D. red
-    Answer:                                          -> `` B``
+MIB's MCQA asks the color of an object, with the answer given in the question ("copy colors"):
+``Question: Bananas are yellow. What color are bananas?``, options A-D, ``Answer:`` -> `` B``
+(the full form is in :mod:`circuits.tasks.choices`).
 
 The corrupted twin rotates the options so the right color sits under another letter.  Built in:
 40 objects of ``mcqa_colors.txt``; the three wrong options are other colors of ``COLORS``.

@@ -286,3 +286,18 @@ def hf_answer_contrast(model, dataset) -> tuple[torch.Tensor, torch.Tensor, list
         right.append(float(all(int(logits[p].argmax()) == a for p, a in zip(pos, meta["answer_ids"]))))
         rows.append(logits[pos])
     return torch.tensor(diffs, dtype=torch.float64), torch.tensor(right), rows
+
+
+def check_answer_contrast(task, loaded, hf, dataset) -> tuple[dict, list[torch.Tensor]]:
+    """Assert that ``task``'s metric on the engine (what discovery scores) and its reported
+    ``logit_difference`` equal :func:`hf_answer_contrast` on ``hf``; return ``(task.evaluate(...), rows)``."""
+    from circuits.engine.engine import GraphEngine
+    from circuits.data.evaluation import model_forward
+
+    want, right, rows = hf_answer_contrast(hf, dataset)
+    got = task.metric(GraphEngine.from_model(loaded).run(dataset.clean, dataset.answer_pos).logits, dataset)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    reported = task.evaluate(model_forward(loaded), dataset)
+    torch.testing.assert_close(reported["logit_difference"].double(), want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(reported["top1" if "top1" in reported else "accuracy"], right)
+    return reported, rows

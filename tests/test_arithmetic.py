@@ -8,12 +8,11 @@ from collections import Counter
 import pytest
 import torch
 
-from circuits.engine.engine import GraphEngine
 from circuits.errors import CircuitsError
 from circuits.data.evaluation import model_forward
 from circuits.models import load_model
 from circuits.tasks.arithmetic import ANSWERS, FORM, Arithmetic, differs_everywhere
-from reference import hf_answer_contrast, hf_model
+from reference import check_answer_contrast, hf_model
 
 TASK = Arithmetic()
 
@@ -107,12 +106,7 @@ def test_metric_and_accuracy_match_a_plain_hf_loop(request, tmp_path, folder, on
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ds = TASK.build(loaded.tokenizer, n=6, seed=2, data=data)
     assert ds.info["padded"]
-    want, right, _ = hf_answer_contrast(hf_model(path), ds)
-    got = TASK.metric(GraphEngine.from_model(loaded).run(ds.clean, ds.answer_pos).logits, ds)
-    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
-    reported = TASK.evaluate(model_forward(loaded), ds)
-    torch.testing.assert_close(reported["logit_difference"].double(), want, rtol=1e-4, atol=1e-4)
-    assert torch.equal(reported["accuracy"], right)
+    check_answer_contrast(TASK, loaded, hf_model(path), ds)
 
 
 @pytest.mark.slow

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuits.engine.engine import GraphEngine
 from circuits.errors import CircuitsError
 from circuits.data.evaluation import model_forward
 from circuits.models import load_model
 from circuits.tasks.arc import ARC
 from circuits.tasks.choices import prompt
 from circuits.tasks.mcqa import COLORS, MCQA, load_questions
-from reference import hf_answer_contrast, hf_model
+from cli_helpers import assert_user_error, invoke
+from reference import check_answer_contrast, hf_model
 
 ARC_SAMPLE = Path(__file__).parent / "data" / "arc_sample.jsonl"
 
@@ -109,15 +109,20 @@ def gpt2_models(tiny_gpt2_dir, one_thread):
 def test_metric_and_accuracy_match_a_plain_hf_loop(gpt2_models, task, data):
     loaded, hf = gpt2_models
     ds = task.build(loaded.tokenizer, n=6, seed=3, data=data)
-    want, top1, rows = hf_answer_contrast(hf, ds)
-    got = task.metric(GraphEngine.from_model(loaded).run(ds.clean, ds.answer_pos).logits, ds)
-    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
-    reported = task.evaluate(model_forward(loaded), ds)
-    torch.testing.assert_close(reported["logit_difference"].double(), want, rtol=1e-4, atol=1e-4)
-    assert torch.equal(reported["top1"], top1)
+    reported, rows = check_answer_contrast(task, loaded, hf, ds)
     for row, meta, acc in zip(rows, ds.metadata, reported["accuracy"]):  # the right letter beats the others
         best = max(range(len(meta["labels"])), key=lambda j: float(row[0, meta["label_ids"][j]]))
         assert float(acc) == float(best == meta["answer_index"])
+
+
+def test_cli_evaluate_arc(tiny_gpt2_dir, one_thread):
+    code, _, err = invoke("evaluate", "arc", "--model", str(tiny_gpt2_dir))
+    assert_user_error(code, err, "arc ships no questions: pass --data FILE")
+    code, out, err = invoke("evaluate", "arc", "--model", str(tiny_gpt2_dir), "--data", str(ARC_SAMPLE), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["task"] == "arc" and result["n"] == 4
+    assert set(result["metrics"]) == {"logit_difference", "accuracy", "top1"}
 
 
 @pytest.mark.slow

@@ -8,12 +8,11 @@ from collections import Counter
 import pytest
 import torch
 
-from circuits.engine.engine import GraphEngine
 from circuits.errors import CircuitsError
 from circuits.data.evaluation import model_forward
 from circuits.models import load_model
 from circuits.tasks.facts import MIN_FACTS, Facts, load_relations
-from reference import hf_answer_contrast, hf_model
+from reference import check_answer_contrast, hf_model
 
 TASK = Facts()
 
@@ -89,12 +88,7 @@ def test_metric_and_accuracy_match_a_plain_hf_loop(tiny_gpt2_dir, one_thread):
     loaded = load_model(str(tiny_gpt2_dir))
     ds = TASK.build(loaded.tokenizer, n=6, seed=1)
     assert ds.info["padded"]
-    want, right, _ = hf_answer_contrast(hf_model(tiny_gpt2_dir), ds)
-    got = TASK.metric(GraphEngine.from_model(loaded).run(ds.clean, ds.answer_pos).logits, ds)
-    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
-    reported = TASK.evaluate(model_forward(loaded), ds)
-    torch.testing.assert_close(reported["logit_difference"].double(), want, rtol=1e-4, atol=1e-4)
-    assert torch.equal(reported["accuracy"], right)
+    check_answer_contrast(TASK, loaded, hf_model(tiny_gpt2_dir), ds)
 
 
 @pytest.mark.slow
