@@ -98,6 +98,7 @@ class Trace:
     final_in: Optional[Tensor] = None  # normalized final residual at the answer positions [b, d] or [b, k, d]
     lnf: Optional[tuple] = None
     post_attn: List[tuple] = field(default_factory=list)  # per layer (xhat, scale) of the post-attention norm
+    qk_full: List[tuple] = field(default_factory=list)  # per layer q [b, p, H, e], k [b, p, K, e] before a whole-projection norm
 
 
 @dataclass(frozen=True)
@@ -231,9 +232,11 @@ class _Pass:
             else:
                 torch.sub(_grouped(values, self.groups), ref[:, None], out=_grouped(self.diff[first:last], self.groups))
 
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scales: tuple = (None, None)) -> Tensor:
-        """Attention of the pass's positions: causal over themselves, or after the cached ones."""
-        q, k = self.engine._qk_norm(layer, q, k, *scales)
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scales: Optional[tuple] = (None, None)) -> Tensor:
+        """Attention of the pass's positions: causal over themselves, or after the cached ones (``scales``:
+        see ``_qk_norm``; None when q and k are already normed)."""
+        if scales is not None:
+            q, k = self.engine._qk_norm(layer, q, k, *scales)
         if self.cache is None:
             return self.engine._attention(layer, self.engine._rotate(q, 0, layer), self.engine._rotate(k, 0, layer), v)
         return self.cache.attend(self.engine, layer, q, k, v)
@@ -586,6 +589,10 @@ class GraphEngine:
             if column is not None:  # one receiver's input differs: recompute only its head's q, k or v
                 self._one_head_input(layer, column, (q, k, v), ln1_w, ln1_b)
             if run.trace is not None:
+                if w.qk_norm_full:  # trace the normed q and k: the norm's statistics are mapped back per head
+                    run.trace.qk_full.append((q.detach(), k[:, :, self._first_of_group()].detach()))
+                    q, k = self._qk_norm(layer, q, k)
+                    scales = None
                 for t in (q, k, v):
                     t.retain_grad()
                 run.trace.q.append(q), run.trace.k.append(k), run.trace.v.append(v)
@@ -648,9 +655,13 @@ class GraphEngine:
         normed = xhat is not None  # OLMo 2 has no norm before attention and the MLP
         inv = (1.0 / scale)[..., None] if normed else None  # [b, p, 1, 1]
         norm_w = w.ln1_w[layer][None, :, None] if normed else None
-        for j, (t, W) in enumerate(((trace.q[i], w.W_Q[layer]), (trace.k[i], w.W_K[layer][kv]), (trace.v[i], w.W_V[layer][kv]))):
-            g = (t.grad * inv if normed else t.grad).permute(2, 0, 1, 3).reshape(H, n, -1)  # [H, n, e]
+        grads = [trace.q[i].grad, trace.k[i].grad, trace.v[i].grad]
+        stats = self._full_norm_grads(trace, layer, grads) if w.qk_norm_full else None
+        for j, (t, W) in enumerate(((grads[0], w.W_Q[layer]), (grads[1], w.W_K[layer][kv]), (grads[2], w.W_V[layer][kv]))):
+            g = (t * inv if normed else t).permute(2, 0, 1, 3).reshape(H, n, -1)  # [H, n, e]
             torch.bmm(g, (W * norm_w if normed else W).transpose(1, 2), out=out[j * H:(j + 1) * H].view(H, n, d))
+            if stats is not None and j < 2:  # each head's share of its norm's statistics
+                out[j * H:(j + 1) * H] += stats[j] * (w.ln1_w[layer] / scale if normed else 1.0)
         if normed:
             self._finish_vjp(out[:3 * H], xhat)
         xhat2, scale2 = trace.ln2[i]
@@ -660,6 +671,29 @@ class GraphEngine:
             torch.mul(trace.mlp_in[i].grad, w.ln2_w[layer] / scale2, out=out[3 * H])
             self._finish_vjp(out[3 * H:], xhat2)
         return out
+
+    def _full_norm_grads(self, trace: Trace, layer: int, grads: list) -> tuple:
+        """For q/k norms over the whole projection (OLMo 2): turns ``grads[0:2]`` (w.r.t. the normed q, k
+        [b, p, H, e]) into gradients w.r.t. each head's projection, in place, and returns each head's gradient
+        through the norm's statistics, w.r.t. its input [H, b, p, d] (q, then k).
+
+        Head ``h`` reads ``y_h = w_h q_h / s(q)`` with ``s`` the RMS of the whole projection of its own input, so
+        ``dM/dx_h = W_h (w_h G_h / s) - (sum_e w_h G_h q_h) / (N s^3) * sum_g W_g q_g``."""
+        w = self.w
+        i = layer - self._first_traced(trace)
+        out = []
+        for j, (pre, weight, W) in enumerate(zip(trace.qk_full[i], (w.q_norm[layer], w.k_norm[layer]),
+                                                 (w.W_Q[layer], w.W_K[layer]))):
+            n_heads, e = pre.shape[2], pre.shape[3]
+            s = self._rms(pre.flatten(-2))[..., None]  # [b, p, 1, 1]
+            wv = weight.view(n_heads, e)
+            mine = (pre, wv) if j == 0 else (pre[:, :, self.kv_of_head], wv[self.kv_of_head])  # per query head
+            G = grads[j] * mine[1]
+            c = (G * mine[0]).sum(-1) / (n_heads * e * s[..., 0] ** 3)  # [b, p, H]
+            grads[j] = G / s
+            P = torch.einsum("bpge,gde->bpd", pre, W)
+            out.append(-c.permute(2, 0, 1)[..., None] * P[None])
+        return out[0], out[1]
 
     def sender_deltas(self, trace: Trace, delta: Tensor) -> Tensor:
         """The senders' changes ``delta`` [S, b, p, d] as they reach the residual stream, to first order: a head
