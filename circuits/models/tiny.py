@@ -71,21 +71,24 @@ FAMILIES: Dict[str, Callable[[dict], Any]] = {
 REFUSED: Dict[str, Callable[[dict], Any]] = {"mixtral": _mixtral}
 
 
-def tiny_config(family: str, tokenizer):
-    """The config of ``family``'s tiny model, sized to ``tokenizer``."""
+def tiny_config(family: str, tokenizer, **overrides):
+    """The config of ``family``'s tiny model, sized to ``tokenizer`` (``overrides``: config fields to change)."""
     make = FAMILIES.get(family) or REFUSED[family]
     ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    return make(ids)
+    cfg = make(ids)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
 
 
-def tiny_model(family: str, tokenizer, *, seed: int = 0):
+def tiny_model(family: str, tokenizer, *, seed: int = 0, **overrides):
     """A random ``family`` model (eager attention, eval mode) with a large init."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    cfg = tiny_config(family, tokenizer)
+    cfg = tiny_config(family, tokenizer, **overrides)
     cfg._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():  # norms and biases away from their init, so a wrong offset or a dropped bias shows
