@@ -366,7 +366,9 @@ class ArchChecks:
         from circuits.tasks.greater_than import GreaterThan
 
         torch.set_num_threads(1)
-        model = load_float64(self.family, tmp_path_factory.mktemp(self.family), gpt2_tok)
+        folder = tmp_path_factory.mktemp(self.family)
+        model = load_float64(self.family, folder, gpt2_tok)
+        model.folder = folder
         task = GreaterThan()
         data = task.build(gpt2_tok, n=4, seed=1)
         assert data.clean.shape[1] > 4  # longer than the sliding windows
@@ -389,6 +391,24 @@ class ArchChecks:
             ref = answer_logits(model(data.clean).logits, data)
         assert gap < TOL * scale, (gap, scale)
         assert torch.allclose(engine.run(data.clean, data.answer_pos).logits, ref, atol=TOL * scale, rtol=0)
+
+    def test_loading_reads_the_same_weights(self, case, circuits_cache):
+        """``load_model`` (TransformerLens's bridge around the HF model) and ``from_model`` (config check, logit
+        check) give the engine the same weights as the plain HF model."""
+        import dataclasses
+
+        from transformers import AutoModelForCausalLM
+
+        from circuits.engine import GraphEngine
+        from circuits.models import load_model
+        from circuits.models.hf_weights import hf_weights
+
+        model = case[0]
+        ours = GraphEngine.from_model(load_model(str(model.folder))).w
+        plain = hf_weights(AutoModelForCausalLM.from_pretrained(str(model.folder)))
+        for f in dataclasses.fields(plain):
+            a, b = getattr(ours, f.name), getattr(plain, f.name)
+            assert (torch.equal(a, b) if isinstance(b, torch.Tensor) else a == b), f.name
 
     def test_activation_patching_matches_hooks(self, case):
         from circuits.registry import get_method
@@ -438,3 +458,18 @@ class ArchChecks:
             theirs = referee.patched(data.clean, referee.senders(data.corrupted), edges)
             gap, scale = rel(ours, theirs)
             assert gap < TOL * scale, (fraction, gap, scale)
+
+    def test_cached_positions_match_a_full_run(self, case):
+        """``extend`` (keys and values cached, then one position at a time) gives the full run's logits:
+        windows, soft-caps and rotary offsets are counted from the cached positions."""
+        _, engine, _, _, data = case
+        tokens = data.clean
+        p = tokens.shape[1]
+        with torch.no_grad():
+            full = engine.run(tokens, torch.arange(p)[None].expand(len(data), -1)).logits
+            state = engine.extend(tokens[:, :p - 3], keep_state=True).state
+            for i in range(p - 3, p):
+                step = engine.extend(tokens[:, i:i + 1], state, keep_state=True)
+                state = step.state
+                gap, scale = rel(step.logits, full[:, i])
+                assert gap < 1e-9 * scale, (i, gap, scale)

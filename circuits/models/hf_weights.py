@@ -38,12 +38,18 @@ def reads_from_hf(config: Any) -> bool:
     return config is not None and model_type(config) in FAMILIES
 
 
+def _inner(module):
+    """The HF module itself: TransformerLens's bridge wraps some modules (``_original_component``)."""
+    return getattr(module, "_original_component", module)
+
+
 def _stack(tensors) -> Tensor:
     return torch.stack([t.detach() for t in tensors])
 
 
 def _heads_in(linear, n: int, e: int) -> tuple[Tensor, Optional[Tensor]]:
     """A projection to ``n`` heads as [n, d, e] and its bias [n, e] (or None)."""
+    linear = _inner(linear)
     w = linear.weight.detach().view(n, e, -1).permute(0, 2, 1)
     b = None if linear.bias is None else linear.bias.detach().view(n, e)
     return w, b
@@ -54,7 +60,7 @@ def _or_zeros(values, like: Tensor) -> Tensor:
 
 
 def _norm_weight(module, offset: float) -> Tensor:
-    return module.weight.detach() + offset  # Gemma's norms multiply by (1 + weight)
+    return _inner(module).weight.detach() + offset  # Gemma's norms multiply by (1 + weight)
 
 
 def _rope(cfg) -> tuple[Optional[float], Optional[tuple], float]:
@@ -114,23 +120,24 @@ def hf_weights(model) -> ModelWeights:
         Q, K_, V, O, bO, Win, bin_, Wg, Wout, bout = ([] for _ in range(10))
         for layer in layers:
             if neox:
-                attn = layer.attention
-                qkv = attn.query_key_value.weight.detach().view(H, 3, e, d).permute(1, 0, 3, 2)  # [3, H, d, e]
-                bias = (attn.query_key_value.bias.detach().view(H, 3, e).permute(1, 0, 2)
-                        if attn.query_key_value.bias is not None else [None] * 3)
+                attn, fused = layer.attention, _inner(layer.attention.query_key_value)
+                qkv = fused.weight.detach().view(H, 3, e, d).permute(1, 0, 3, 2)  # [3, H, d, e]
+                bias = fused.bias.detach().view(H, 3, e).permute(1, 0, 2) if fused.bias is not None else [None] * 3
                 Q.append((qkv[0], bias[0])), K_.append((qkv[1], bias[1])), V.append((qkv[2], bias[2]))
                 out, mlp = attn.dense, layer.mlp
-                Win.append(mlp.dense_h_to_4h.weight.detach().T), bin_.append(mlp.dense_h_to_4h.bias)
-                Wout.append(mlp.dense_4h_to_h.weight.detach().T), bout.append(mlp.dense_4h_to_h.bias)
+                up, down = _inner(mlp.dense_h_to_4h), _inner(mlp.dense_4h_to_h)
+                Win.append(up.weight.detach().T), bin_.append(up.bias)
+                Wout.append(down.weight.detach().T), bout.append(down.bias)
                 Wg.append(None)
             else:
                 attn, mlp = layer.self_attn, layer.mlp
                 Q.append(_heads_in(attn.q_proj, H, e)), K_.append(_heads_in(attn.k_proj, K, e))
                 V.append(_heads_in(attn.v_proj, K, e))
                 out = attn.o_proj
-                Win.append(mlp.up_proj.weight.detach().T), bin_.append(None)
-                Wg.append(mlp.gate_proj.weight.detach().T)
-                Wout.append(mlp.down_proj.weight.detach().T), bout.append(None)
+                Win.append(_inner(mlp.up_proj).weight.detach().T), bin_.append(None)
+                Wg.append(_inner(mlp.gate_proj).weight.detach().T)
+                Wout.append(_inner(mlp.down_proj).weight.detach().T), bout.append(None)
+            out = _inner(out)
             O.append(out.weight.detach().T.reshape(H, e, d)), bO.append(out.bias)
         W_Q, W_K = _stack([w for w, _ in Q]), _stack([w for w, _ in K_])
         W_in = _stack(Win)
@@ -139,20 +146,21 @@ def hf_weights(model) -> ModelWeights:
             return None if name is None else _stack([_norm_weight(getattr(l, name), offset) for l in layers])
 
         def biases(name: Optional[str]):
-            if name is None or getattr(getattr(layers[0], name), "bias", None) is None:
+            if name is None or getattr(_inner(getattr(layers[0], name)), "bias", None) is None:
                 return None
-            return _stack([getattr(l, name).bias for l in layers])
+            return _stack([_inner(getattr(l, name)).bias for l in layers])
 
         first = layers[0] if neox else layers[0].self_attn
-        q_norm = getattr(first, "q_norm", None)
+        q_norm = getattr(_inner(first), "q_norm", None)
         full = q_norm is not None and q_norm.weight.numel() == H * e and H * e != e
-        final = body.final_layer_norm if neox else body.norm
-        eps = getattr(final, "eps", None) or getattr(final, "variance_epsilon", None) or getattr(cfg, "rms_norm_eps", 1e-6)
+        final = _inner(body.final_layer_norm if neox else body.norm)
+        eps = (getattr(final, "eps", None) or getattr(final, "variance_epsilon", None)
+               or getattr(cfg, "layer_norm_eps" if neox else "rms_norm_eps", None) or 1e-6)
         base, bases, partial = _rope(cfg)
-        unembed = getattr(model, "lm_head", None) or model.embed_out
+        unembed = _inner(getattr(model, "lm_head", None) or model.embed_out)
         scalar = getattr(cfg, "query_pre_attn_scalar", None)
         return ModelWeights(
-            W_E=(body.embed_in if neox else body.embed_tokens).weight.detach(), W_pos=None,
+            W_E=_inner(body.embed_in if neox else body.embed_tokens).weight.detach(), W_pos=None,
             W_Q=W_Q, b_Q=_or_zeros([b for _, b in Q], W_Q[:, :, 0]),
             W_K=W_K, b_K=_or_zeros([b for _, b in K_], W_K[:, :, 0]),
             W_V=_stack([w for w, _ in V]), b_V=_or_zeros([b for _, b in V], W_K[:, :, 0]),
@@ -166,8 +174,8 @@ def hf_weights(model) -> ModelWeights:
             eps=float(eps), norm="LN" if neox else "RMS", act_fn=ACTIVATIONS[act],
             rotary_base=base, rotary_dim=int(e * partial),
             emb_scale=float(d ** 0.5) if gemma else 1.0,
-            q_norm=None if q_norm is None else _stack([_norm_weight(l.self_attn.q_norm, offset) for l in layers]),
-            k_norm=None if q_norm is None else _stack([_norm_weight(l.self_attn.k_norm, offset) for l in layers]),
+            q_norm=None if q_norm is None else _stack([_norm_weight(_inner(l.self_attn).q_norm, offset) for l in layers]),
+            k_norm=None if q_norm is None else _stack([_norm_weight(_inner(l.self_attn).k_norm, offset) for l in layers]),
             qk_norm_full=full,
             attn_post_w=norms(post_attn), mlp_post_w=norms(post_mlp),
             attn_scale=None if scalar is None else float(scalar) ** -0.5,

@@ -18,50 +18,51 @@ WINDOW = 4  # shorter than any test prompt
 
 def _qwen2(t):
     from transformers import Qwen2Config
-    return Qwen2Config(**COMMON, **t)
+    return Qwen2Config(**{**COMMON, **t})
 
 
 def _qwen3(t):
     from transformers import Qwen3Config
-    return Qwen3Config(**COMMON, **t)
+    return Qwen3Config(**{**COMMON, **t})
 
 
 def _mistral(t):
     from transformers import MistralConfig
-    return MistralConfig(**COMMON, sliding_window=WINDOW, **t)
+    return MistralConfig(**{**COMMON, "sliding_window": WINDOW, **t})
 
 
 def _gpt_neox(t):
     from transformers import GPTNeoXConfig
-    return GPTNeoXConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                         max_position_embeddings=128, initializer_range=0.2, rotary_pct=0.5, use_parallel_residual=True,
-                         tie_word_embeddings=False, **t)
+    return GPTNeoXConfig(**{"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
+                            "max_position_embeddings": 128, "initializer_range": 0.2, "rotary_pct": 0.5,
+                            "use_parallel_residual": True, "tie_word_embeddings": False, **t})
 
 
 def _olmo2(t):
     from transformers import Olmo2Config
-    return Olmo2Config(**{k: v for k, v in COMMON.items() if k != "head_dim"}, **t)
+    return Olmo2Config(**{**{k: v for k, v in COMMON.items() if k != "head_dim"}, **t})
 
 
 def _gemma2(t):
     from transformers import Gemma2Config
-    return Gemma2Config(**COMMON, query_pre_attn_scalar=24, sliding_window=WINDOW, attn_logit_softcapping=2.0,
-                        final_logit_softcapping=3.0, hidden_activation="gelu_pytorch_tanh", **t)
+    return Gemma2Config(**{**COMMON, "query_pre_attn_scalar": 24, "sliding_window": WINDOW, "attn_logit_softcapping": 2.0,
+                           "final_logit_softcapping": 3.0, "hidden_activation": "gelu_pytorch_tanh", **t})
 
 
 def _gemma3(t):
     from transformers import Gemma3TextConfig
-    return Gemma3TextConfig(**{**COMMON, "num_hidden_layers": 4}, query_pre_attn_scalar=24, sliding_window=WINDOW,
-                            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-                            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
-                                             "full_attention": {"rope_type": "default", "rope_theta": 1000.0}},
-                            hidden_activation="gelu_pytorch_tanh", **t)
+    layers = t.get("num_hidden_layers", 4)
+    return Gemma3TextConfig(**{**COMMON, "num_hidden_layers": 4, "query_pre_attn_scalar": 24, "sliding_window": WINDOW,
+                               "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+                               "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                                                   "full_attention": {"rope_type": "default", "rope_theta": 1000.0}},
+                               "hidden_activation": "gelu_pytorch_tanh", **t})
 
 
 def _mixtral(t):
     from transformers import MixtralConfig
-    return MixtralConfig(**{k: v for k, v in COMMON.items() if k != "head_dim"}, num_local_experts=4,
-                         num_experts_per_tok=2, **t)
+    return MixtralConfig(**{**{k: v for k, v in COMMON.items() if k != "head_dim"}, "num_local_experts": 4,
+                            "num_experts_per_tok": 2, **t})
 
 
 FAMILIES: Dict[str, Callable[[dict], Any]] = {
@@ -76,10 +77,7 @@ def tiny_config(family: str, tokenizer, **overrides):
     make = FAMILIES.get(family) or REFUSED[family]
     ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    cfg = make(ids)
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
+    return make({**ids, **overrides})
 
 
 def tiny_model(family: str, tokenizer, *, seed: int = 0, **overrides):
