@@ -238,7 +238,7 @@ class _Pass:
         if scales is not None:
             q, k = self.engine._qk_norm(layer, q, k, *scales)
         if self.cache is None:
-            return self.engine._attention(layer, self.engine._rotate(q, 0, layer), self.engine._rotate(k, 0, layer), v)
+            return self.engine._attend(q, k, v, layer)
         return self.cache.attend(self.engine, layer, q, k, v)
 
     def inputs(self, resid: Tensor, n_senders: int, cols: slice, defer_column: bool = False):
@@ -398,6 +398,11 @@ class GraphEngine:
             scores = torch.tanh(scores / w.attn_softcap) * w.attn_softcap
         mask = self._mask(layer, q.shape[1], start, q.device)
         return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, layer: int = 0) -> Tensor:
+        """Layer ``layer``'s attention of positions ``0 ..`` on q, k, v [b, p, H, e] (after any q/k norm; k, v per
+        query head): rotary, causal (windowed) softmax -> z [b, p, H, e]."""
+        return self._attention(layer, self._rotate(q, 0, layer), self._rotate(k, 0, layer), v)
 
     def _attention(self, layer: int, q: Tensor, k: Tensor, v: Tensor, start: int = 0) -> Tensor:
         """Attention of rotated q [b, n, H, e] over k, v [b, start + n, H, e] (per query head) -> z [b, n, H, e]."""
@@ -604,11 +609,12 @@ class GraphEngine:
             attn = head_out.sum(0)
         else:
             attn = torch.einsum("bphe,hed->bpd", z, w.W_O[layer])
-        attn = attn + w.b_O[layer]
-        if w.attn_post_w is not None:  # a post-norm: the heads' outputs enter the residual stream through it
-            attn, xhat, scale = self._norm(attn, w.attn_post_w[layer], None)
-            if run.trace is not None:
-                run.trace.post_attn.append(_detached(xhat, scale))
+        if w.attn_post_w is None:
+            return resid + attn + w.b_O[layer]  # this order: the reference residual sums the same way, bit for bit
+        # a post-norm: the heads' outputs enter the residual stream through it
+        attn, xhat, scale = self._norm(attn + w.b_O[layer], w.attn_post_w[layer], None)
+        if run.trace is not None:
+            run.trace.post_attn.append(_detached(xhat, scale))
         return resid + attn
 
     def _mlp_block(self, run: "_Pass", layer: int, resid: Tensor, base: Optional[Tensor] = None) -> Tensor:
