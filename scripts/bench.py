@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: the scoring methods against a plain forward and forward+backward pass.
 
-    python scripts/bench.py [--quick] [--device cpu|cuda] [--sections main,scaling,streaming,large] [--out bench.json]
+    python scripts/bench.py [--quick] [--device cpu|cuda] [--sections main,scaling,streaming,large,architectures] [--out bench.json]
 
 The model is GPT-2 small's shape (``GPT2Config()``: 12 layers, 12 heads, width 768) with
 random weights (fixed seed) and GPT-2's real tokenizer, saved once under
@@ -33,6 +33,9 @@ see ``bench_acdc.py``).
 Then EAP and forward+backward against the number of prompts and the model's depth; EAP with
 ``--batch-size 50`` at n = 100, 400 and 1600 (its peak must not grow with n); and EAP on a
 random Llama-shaped model of 0.93B parameters in bfloat16 (``scripts/bench_scale.py``).
+Section ``architectures`` (``scripts/bench_arch.py``): EAP per architecture family as a ratio to
+that model's forward+backward, and TransformerLens 4.3's edge ``attribution_patch`` against our
+EAP on GPT-2 small's shape, n = 20.
 ``--device cuda`` runs the GPU plan instead (``bench_scale.cuda_plan``: GPT-2-small shape at 100
 and 1000 prompts, the 1B shape in bfloat16) and writes bench-cuda.json.
 Results go to ``--out`` (bench.json), written atomically.
@@ -57,7 +60,7 @@ if str(HERE) not in sys.path:
 
 import bench_scale  # noqa: E402  (next to this script)
 
-SECTIONS = ("main", "scaling", "streaming", "large")
+SECTIONS = ("main", "scaling", "streaming", "large", "architectures")
 MAIN_NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
               "faithfulness", "eap_peer_style")
 EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive", "load",
@@ -88,6 +91,21 @@ TARGETS = (
 
 
 # --------------------------------------------------------------------------- model
+def architectures(quick: bool) -> Dict[str, Any]:
+    """``bench_arch.py``'s rows (EAP per architecture family; TransformerLens's edge attribution), in their own process."""
+    import subprocess
+    import tempfile
+
+    print("\nArchitectures: EAP / forward+backward per family; TransformerLens 4.3's edge attribution_patch vs our EAP",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "arch.json"
+        cmd = [sys.executable, str(HERE / "bench_arch.py"), "--out", str(out)] + (["--quick"] if quick else [])
+        if subprocess.run(cmd).returncode != 0:
+            return {"error": "bench_arch.py failed"}
+        return json.loads(out.read_text())
+
+
 def model_folder(config: Dict[str, int], seed: int) -> Path:
     """The benchmark model's HF folder in the circuits cache, built (atomically) the first time."""
     from circuits.models.cache import cached_folder
@@ -593,6 +611,15 @@ def main(argv=None) -> int:
     stream = bench_scale.streaming(measure, spec, quick=args.quick, fit_line=fit_line, **helpers) if "streaming" in sections else {}
     big = bench_scale.large(measure, spec, quick=args.quick, mib=mib) if "large" in sections else {}
     targets += [part["target"] for part in (stream, big) if part]
+    arch = architectures(args.quick) if "architectures" in sections else {}
+    for row in arch.get("families", []):
+        targets.append({"target": f"{row['family']}: EAP time <= {row['target']}x that model's forward_backward",
+                        "value": row["ratio"], "limit": row["target"], "pass": row["met"]})
+    if "transformer_lens" in arch:
+        tl = arch["transformer_lens"]
+        targets.append({"target": f"EAP >= {tl['target']:.0f}x faster than TransformerLens 4.3's edge attribution_patch "
+                                  f"(GPT-2 small shape, n = {tl['prompts']})", "value": tl["speedup"], "limit": tl["target"],
+                        "pass": tl["met"]})
 
     # ------------------------------------------------------------------ bench.json
     from circuits.atomic import write_atomic
@@ -617,6 +644,7 @@ def main(argv=None) -> int:
         "scaling": scaling,
         "streaming": stream,
         "large_model": big,
+        "architectures": arch,
         "total_seconds": time.perf_counter() - t_start,
     }
     write_atomic(args.out, json.dumps(report, indent=2) + "\n")

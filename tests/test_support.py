@@ -16,21 +16,22 @@ SMALL = dict(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_la
 
 
 def test_config_features():
-    from transformers import (Gemma2Config, GemmaConfig, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig,
-                              Olmo2Config, Qwen2Config, Qwen3Config)
+    from transformers import (BloomConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, GPTJConfig,
+                              GPTNeoXConfig, LlamaConfig, MistralConfig, MixtralConfig, Olmo2Config, Qwen2Config,
+                              Qwen3Config)
 
     assert unsupported_features(LlamaConfig(**SMALL)) == []
     assert unsupported_features(Qwen2Config(**SMALL)) == []  # q/k/v biases are implemented; no window in use
-    assert unsupported_features(Qwen3Config(**SMALL), ["model.layers.0.self_attn.q_norm"]) == ["q/k norm"]
-    assert "q/k norm" in unsupported_features(Olmo2Config(**SMALL), ["model.layers.0.self_attn.q_norm"])
-    gemma2 = unsupported_features(Gemma2Config(**SMALL, sliding_window=16))
-    assert {"logit soft-capping", "sliding-window attention"} <= set(gemma2)
+    # the families circuits.models.hf_weights implements: q/k norms, windows, soft-caps, post-norms, parallel layers
+    for config in (Qwen3Config(**SMALL), Olmo2Config(**SMALL), Gemma2Config(**SMALL, sliding_window=16),
+                   Gemma3TextConfig(**SMALL), MistralConfig(**SMALL, sliding_window=16), GPTNeoXConfig()):
+        assert unsupported_features(config, ["model.layers.0.self_attn.q_norm"]) == [], type(config).__name__
     assert any("embedding multiplier" in f for f in unsupported_features(GemmaConfig(**SMALL)))
-    assert unsupported_features(MistralConfig(**SMALL, sliding_window=16)) == ["sliding-window attention"]
-    assert unsupported_features(MistralConfig(**SMALL, sliding_window=None)) == []
     assert "parallel attention and MLP" in unsupported_features(GPTJConfig(n_embd=32, n_layer=2, n_head=4))
-    assert "parallel attention and MLP" in unsupported_features(GPTNeoXConfig(use_parallel_residual=True))
     assert unsupported_features(LlamaConfig(**SMALL, mlp_bias=True)) == ["MLP biases (the engine's gated MLP has none)"]
+    assert unsupported_features(MixtralConfig(**SMALL)) == ["mixture-of-experts MLPs"]
+    assert unsupported_features(GPT2Config(add_cross_attention=True)) == ["cross-attention"]
+    assert "ALiBi positions" in unsupported_features(BloomConfig())
 
 
 def _save(folder, model, tokenizer):
@@ -41,27 +42,42 @@ def _save(folder, model, tokenizer):
 
 @pytest.fixture(scope="module")
 def unsupported_dirs(tmp_path_factory, digit_tokenizer):
-    """Tiny random Qwen3-like (q/k norms) and Gemma-like (embedding scale, soft-capping, sliding window) checkpoints."""
-    import torch
-    from transformers import Gemma2Config, Gemma2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    """A tiny random Mixtral (mixture of experts) checkpoint."""
+    from circuits.models.tiny import tiny_model
 
-    torch.manual_seed(0)
-    ids = dict(vocab_size=len(digit_tokenizer), bos_token_id=digit_tokenizer.bos_token_id,
-               eos_token_id=digit_tokenizer.eos_token_id, pad_token_id=digit_tokenizer.pad_token_id)
-    small = {**SMALL, **ids}
-    qwen = Qwen3ForCausalLM(Qwen3Config(**small, head_dim=8)).eval()
-    gemma = Gemma2ForCausalLM(Gemma2Config(**small, head_dim=8, sliding_window=16)).eval()
-    return {"Qwen3ForCausalLM": _save(tmp_path_factory.mktemp("tiny-qwen3"), qwen, digit_tokenizer),
-            "Gemma2ForCausalLM": _save(tmp_path_factory.mktemp("tiny-gemma2"), gemma, digit_tokenizer)}
+    return {"MixtralForCausalLM": _save(tmp_path_factory.mktemp("tiny-mixtral"), tiny_model("mixtral", digit_tokenizer),
+                                        digit_tokenizer)}
 
 
-@pytest.mark.parametrize("arch, feature", [("Qwen3ForCausalLM", "q/k norm"), ("Gemma2ForCausalLM", "soft-capping")])
+@pytest.mark.parametrize("arch, feature", [("MixtralForCausalLM", "mixture-of-experts")])
 def test_discover_refuses_unsupported_models(unsupported_dirs, tmp_path, arch, feature):
     code, out, err = invoke("discover", "greater-than", "--model", str(unsupported_dirs[arch]), "--method", "eap",
                             "--n", "4", "--out", str(tmp_path / "run"))
     assert_user_error(code, err, arch)
     assert feature in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_shorter_than_the_check_prompt_loads_and_runs(tmp_path, gpt2_tok, circuits_cache):
+    """A GPT-2 with 6 positions: the logit check runs on 6 tokens, and prompts longer than that are refused in
+    one line (no traceback), for every method."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuits.engine.engine import GraphEngine
+    from circuits.models import load_model
+
+    torch.manual_seed(0)
+    folder = _save(tmp_path / "short", GPT2LMHeadModel(GPT2Config(n_positions=6, n_embd=32, n_layer=2, n_head=4)).eval(),
+                   gpt2_tok)
+    engine = GraphEngine.from_model(load_model(str(folder)))
+    assert engine.w.W_pos.shape[0] == 6
+    for method in ("eap", "activation-patching"):
+        code, out, err = invoke("discover", "greater-than", "--model", str(folder), "--method", method, "--n", "4",
+                                "--out", str(tmp_path / method))
+        assert code == 2 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("error: the prompts need"), err
+        assert "positions but the model has only 6" in err
 
 
 def test_logit_check_passes_supported_models_and_catches_a_wrong_engine(tiny_llama_dir):

@@ -3,10 +3,11 @@
 Two checks, both ending in a one-line ``CircuitsError``:
 
 - :func:`check_config` reads the Hugging Face config (and the module names) and refuses a
-  model that uses a feature the engine does not compute: q/k norms (Qwen3, OLMo-2), logit
-  soft-capping and sliding windows (Gemma 2), embedding or residual multipliers (Gemma's
-  sqrt(d) embedding scale and 1 + weight norms, Granite, MiniCPM), parallel attention and MLP
-  (GPT-J, Phi, Cohere, GPT-NeoX), post-norms, and biases it would ignore (a gated MLP's biases).
+  model that uses a feature the engine does not compute: mixture-of-experts MLPs, cross-attention,
+  ALiBi, and outside the families of ``circuits.models.hf_weights`` (Qwen 2/3, Mistral, GPT-NeoX,
+  OLMo 2, Gemma 2/3, which implement them) q/k norms, soft-capping, sliding windows, embedding or
+  residual multipliers (Granite, MiniCPM), parallel attention and MLP (GPT-J, Phi, Cohere),
+  post-norms, and biases it would ignore (a gated MLP's biases).
 - :func:`check_logits` runs a random prompt through the engine and through the bridge and
   refuses a model whose logits differ beyond float tolerance, for whatever the first check missed.
 
@@ -25,6 +26,8 @@ SCALED_EMBEDDING_FAMILIES = ("gemma", "recurrent_gemma", "t5gemma", "vaultgemma"
 PARALLEL_FAMILIES = ("gptj", "phi", "codegen", "cohere", "cohere2")
 MULTIPLIERS = ("embedding_multiplier", "scale_emb", "emb_scale", "embedding_scale", "residual_multiplier",
                "attention_multiplier", "logits_scaling", "logit_scale", "mup_width_multiplier")
+MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
+ALIBI_FAMILIES = ("bloom", "mpt", "baichuan")
 CHECK_LENGTH = 10  # one random prompt, every position compared
 RTOL = 1e-3  # of the largest |logit|: float32 rounding is ~1e-6 of it
 
@@ -43,10 +46,26 @@ def _set(config: Any, name: str) -> bool:
 
 def unsupported_features(config: Any, module_names: Optional[List[str]] = None) -> List[str]:
     """The features of a HF ``config`` (and its model's module names) the engine does not implement."""
+    from circuits.models.hf_weights import FAMILIES
+
     cfg = _text_config(config)
     model_type = str(getattr(cfg, "model_type", "") or "")
     leaves = {name.rsplit(".", 1)[-1] for name in (module_names or [])}
     found: List[str] = []
+    if any(_set(cfg, f) for f in MOE_FIELDS) or leaves & {"experts", "block_sparse_moe"}:
+        found.append("mixture-of-experts MLPs")
+    if (getattr(cfg, "add_cross_attention", False) is True or getattr(config, "is_encoder_decoder", False) is True
+            or leaves & {"crossattention", "cross_attn", "encoder_attn"}):
+        found.append("cross-attention")
+    if (model_type in ALIBI_FAMILIES or getattr(cfg, "alibi", False) is True
+            or str(getattr(cfg, "position_embedding_type", "")) == "alibi"):
+        found.append("ALiBi positions")
+    if model_type in FAMILIES and getattr(config, "text_config", None) is None:  # implemented: see docs/architectures.md
+        if getattr(cfg, "mlp_bias", False) is True:
+            found.append("MLP biases (the engine's gated MLP has none)")
+        if model_type == "gpt_neox" and getattr(cfg, "use_parallel_residual", True) is False:
+            found.append("GPT-NeoX without parallel residual")
+        return found
     if leaves & set(QK_NORM_MODULES) or any(_set(cfg, f) for f in ("qk_layernorm", "use_qk_norm", "qk_norm")):
         found.append("q/k norm")
     if any(_set(cfg, f) for f in ("attn_logit_softcapping", "final_logit_softcapping", "logit_softcapping")):
@@ -81,20 +100,38 @@ def check_config(config: Any, module_names: Optional[List[str]] = None) -> None:
         arch = (getattr(config, "architectures", None) or [None])[0] or getattr(cfg, "model_type", "this model")
         raise CircuitsError(
             f"{arch} is not supported by the graph engine: it uses {', '.join(found)}, which the engine does not "
-            "implement (supported: GPT-2-style and Llama-style models without them); `circuits evaluate` still runs it")
+            "implement (supported: GPT-2, Llama, Qwen 2/2.5/3, Mistral, GPT-NeoX, OLMo 2, Gemma 2/3; "
+            "see docs/architectures.md); `circuits evaluate` still runs it")
+
+
+def check_length(engine, bridge) -> int:
+    """The logit check's prompt length: ``CHECK_LENGTH``, or the model's context length if shorter."""
+    limits = [CHECK_LENGTH]
+    if engine.w.W_pos is not None:
+        limits.append(int(engine.w.W_pos.shape[0]))
+    config = _text_config(getattr(getattr(bridge, "original_model", None), "config", None))
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            limits.append(value)
+    return max(1, min(limits))
 
 
 def check_logits(engine, bridge) -> None:
     """Refuse a model whose engine logits differ from the bridge's at any position of a random prompt."""
     import torch
 
+    from circuits.models.hf_weights import reads_from_hf
+
     g = torch.Generator().manual_seed(0)
     vocab = int(engine.w.W_E.shape[0])
-    tokens = torch.randint(0, vocab, (1, CHECK_LENGTH), generator=g).to(engine.device)
-    every = torch.arange(CHECK_LENGTH, device=engine.device)[None]  # logits at every position: [1, p, V]
+    length = check_length(engine, bridge)
+    tokens = torch.randint(0, vocab, (1, length), generator=g).to(engine.device)
+    every = torch.arange(length, device=engine.device)[None]  # logits at every position: [1, p, V]
+    hf = getattr(bridge, "original_model", None)
     with torch.no_grad():
         ours = engine.run(tokens, every).logits.double()
-        theirs = bridge(tokens).double()
+        theirs = (hf(tokens).logits if reads_from_hf(getattr(hf, "config", None)) else bridge(tokens)).double()
     if ours.shape != theirs.shape:
         raise CircuitsError(f"the graph engine gives logits of shape {tuple(ours.shape)} but the model {tuple(theirs.shape)}; "
                             "this architecture is not supported by the graph engine")
@@ -121,6 +158,7 @@ def fingerprint(engine, bridge) -> str:
     import torch
 
     import circuits
+    from circuits.models import hf_weights as hf_module
     from circuits.models import weights as weights_module
 
     engine_module = sys.modules[type(engine).__module__]  # the engine's own code, without importing it here
@@ -136,7 +174,7 @@ def fingerprint(engine, bridge) -> str:
         except metadata.PackageNotFoundError:
             versions.append(None)
     h.update(json.dumps([type(model).__name__, settings, versions], sort_keys=True, default=str).encode())
-    for module in (engine_module, weights_module):
+    for module in (engine_module, weights_module, hf_module):
         h.update(Path(module.__file__).read_bytes())
     h.update(Path(__file__).read_bytes())
     for field in dataclasses.fields(engine.w):
@@ -167,7 +205,7 @@ def logits_checked(engine, bridge) -> bool:
     arch = type(getattr(bridge, "original_model", bridge)).__name__
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(marker, json.dumps({"architecture": arch, "check": "logits", "length": CHECK_LENGTH}) + "\n")
+        write_atomic(marker, json.dumps({"architecture": arch, "check": "logits", "length": check_length(engine, bridge)}) + "\n")
     except OSError:
         pass
     return True

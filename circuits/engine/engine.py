@@ -97,6 +97,8 @@ class Trace:
     ln2: List[tuple] = field(default_factory=list)
     final_in: Optional[Tensor] = None  # normalized final residual at the answer positions [b, d] or [b, k, d]
     lnf: Optional[tuple] = None
+    post_attn: List[tuple] = field(default_factory=list)  # per layer (xhat, scale) of the post-attention norm
+    qk_full: List[tuple] = field(default_factory=list)  # per layer q [b, p, H, e], k [b, p, K, e] before a whole-projection norm
 
 
 @dataclass(frozen=True)
@@ -173,16 +175,13 @@ class _Cache:
         self.v: List[Tensor] = []
 
     def attend(self, engine: "GraphEngine", layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        q, k = engine._rotate(q, self.start), engine._rotate(k, self.start)
+        q, k = engine._rotate(q, self.start, layer), engine._rotate(k, self.start, layer)
         if self.state is not None:
             k = torch.cat([self.state.k[layer][self.rows], k], 1)
             v = torch.cat([self.state.v[layer][self.rows], v], 1)
         if self.keep:
             self.k.append(k), self.v.append(v)
-        n = q.shape[1]
-        mask = torch.ones(n, self.start + n, dtype=torch.bool, device=q.device).tril(self.start)
-        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        return z.transpose(1, 2)
+        return engine._attention(layer, q, k, v, self.start)
 
 
 class _Pass:
@@ -233,12 +232,19 @@ class _Pass:
             else:
                 torch.sub(_grouped(values, self.groups), ref[:, None], out=_grouped(self.diff[first:last], self.groups))
 
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention of the pass's positions: causal over themselves, or after the cached ones."""
-        return self.engine._attend(q, k, v) if self.cache is None else self.cache.attend(self.engine, layer, q, k, v)
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scales: Optional[tuple] = (None, None)) -> Tensor:
+        """Attention of the pass's positions: causal over themselves, or after the cached ones (``scales``:
+        see ``_qk_norm``; None when q and k are already normed)."""
+        if scales is not None:
+            q, k = self.engine._qk_norm(layer, q, k, *scales)
+        if self.cache is None:
+            return self.engine._attend(q, k, v, layer)
+        return self.cache.attend(self.engine, layer, q, k, v)
 
     def inputs(self, resid: Tensor, n_senders: int, cols: slice, defer_column: bool = False):
         """``GraphEngine._patched_inputs`` of the receivers ``cols`` reading the first ``n_senders`` senders."""
+        if self.engine.w.attn_post_w is not None and self.options.patch is not None:
+            return self.engine._post_norm_inputs(resid, self.options.patch, self.diff, n_senders, cols, self.groups)
         return GraphEngine._patched_inputs(resid, self.ref_resid, self.options.patch, self.diff, n_senders, cols,
                                            defer_column=defer_column)
 
@@ -248,7 +254,7 @@ class GraphEngine:
 
     def __init__(self, weights: ModelWeights):
         self.w = weights
-        self.graph = ComputationalGraph(weights.n_layers, weights.n_heads)
+        self.graph = ComputationalGraph(weights.n_layers, weights.n_heads, parallel=weights.parallel)
         group = weights.n_heads // weights.n_kv_heads
         self.kv_of_head = torch.arange(weights.n_heads, device=weights.W_Q.device) // group
 
@@ -258,14 +264,16 @@ class GraphEngine:
         implement (from its HF config), then one whose logits differ from the bridge's on a random prompt
         (that second check is remembered per model and code: :func:`circuits.engine.architectures.logits_checked`)."""
         from circuits.engine.architectures import check_config, logits_checked
+        from circuits.models.hf_weights import hf_weights, reads_from_hf
         from circuits.models.weights import extract_weights
 
         bridge = loaded.bridge
+        hf = getattr(bridge, "original_model", None)
+        config = getattr(hf, "config", None)
         if check:
-            hf = getattr(bridge, "original_model", None)
             names = [name for name, _ in hf.named_modules()] if hf is not None else None
-            check_config(getattr(hf, "config", None), names)
-        engine = cls(extract_weights(bridge))
+            check_config(config, names)
+        engine = cls(hf_weights(hf) if reads_from_hf(config) else extract_weights(bridge))
         if check:
             logits_checked(engine, bridge)
         return engine
@@ -279,13 +287,22 @@ class GraphEngine:
         """The ``input`` node's output [b, p, d]: token (+ learned position) embeddings, the tokens being
         at positions ``start ..``."""
         x = self.w.W_E[tokens]
+        if self.w.emb_scale != 1.0:
+            x = x * torch.tensor(self.w.emb_scale, dtype=x.dtype)  # rounded to the model's precision, as HF does
         if self.w.W_pos is not None:
+            if start + tokens.shape[1] > self.w.W_pos.shape[0]:
+                from circuits.errors import CircuitsError
+
+                raise CircuitsError(f"the prompts need {start + tokens.shape[1]} positions but the model has only "
+                                    f"{self.w.W_pos.shape[0]} (its context length); use shorter prompts")
             x = x + self.w.W_pos[start:start + tokens.shape[1]][None]
         return x
 
     def _norm(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]):
         """``(y, xhat, scale)`` of LayerNorm / RMSNorm; half-precision inputs are normalized in float32
         (as Hugging Face's models do) and the results given back in their precision."""
+        if weight is None:  # no norm here (OLMo 2 has none before attention and the MLP); a copy, so that a
+            return x.clone(), None, None  # gradient retained on it is this input's alone
         dtype = x.dtype
         if dtype in (torch.bfloat16, torch.float16):
             x = x.float()
@@ -302,13 +319,15 @@ class GraphEngine:
         self._finish_vjp(g.view(1, -1, 1, g.shape[-1]), xhat.reshape(-1, 1, xhat.shape[-1]))
         return g
 
-    def _rotate(self, x: Tensor, start: int = 0) -> Tensor:
-        """Rotary position embedding (HF's rotate-half layout) on [b, p, h, e] at positions ``start ..``."""
+    def _rotate(self, x: Tensor, start: int = 0, layer: int = 0) -> Tensor:
+        """Rotary position embedding (HF's rotate-half layout) on [b, p, h, e] at positions ``start ..``,
+        on the first ``rotary_dim`` dimensions of each head, with ``layer``'s base."""
         if self.w.rotary_base is None:
             return x
         dim = self.w.rotary_dim
         p = x.shape[1]
-        inv = 1.0 / (self.w.rotary_base ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
+        base = self.w.rotary_bases[layer] if self.w.rotary_bases is not None else self.w.rotary_base
+        inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.int64).float() / dim))
         freqs = torch.arange(start, start + p, device=x.device, dtype=torch.float32)[:, None] * inv[None]
         emb = torch.cat([freqs, freqs], -1)
         cos, sin = emb.cos()[None, :, None].to(x.dtype), emb.sin()[None, :, None].to(x.dtype)
@@ -334,23 +353,77 @@ class GraphEngine:
             return self._act(x @ w.W_gate[layer]) * pre
         return self._act(pre)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal attention; q, k, v [b, p, H, e] (k, v already per query head) -> z [b, p, H, e]."""
-        q, k = self._rotate(q), self._rotate(k)
-        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    def _qk_norm(self, layer: int, q: Tensor, k: Tensor, q_scale: Optional[Tensor] = None,
+                 k_scale: Optional[Tensor] = None):
+        """q and k [b, p, H, e] after the layer's q/k RMSNorms: per head (Qwen3, Gemma 3) or over the whole
+        projection (OLMo 2; ``q_scale``/``k_scale`` [b, p, H, 1] give each head's own RMS when the heads'
+        inputs differ)."""
+        w = self.w
+        if w.q_norm is None:
+            return q, k
+        if not w.qk_norm_full:
+            return (self._norm(q, w.q_norm[layer], None)[0], self._norm(k, w.k_norm[layer], None)[0])
+        H, e = q.shape[2], q.shape[3]
+        out = []
+        for t, weight, scale, n in ((q, w.q_norm[layer], q_scale, H), (k, w.k_norm[layer], k_scale, w.n_kv_heads)):
+            if scale is None:  # every head from the same input: the norm over the whole projection
+                flat = t if t.shape[2] == n else t[:, :, self._first_of_group()]  # k: one copy per key/value head
+                scale = self._rms(flat.reshape(*t.shape[:2], -1))[..., None]
+            weight = weight.view(n, e)
+            out.append(t / scale * (weight if n == H else weight[self.kv_of_head]))
+        return out[0], out[1]
+
+    def _rms(self, x: Tensor) -> Tensor:
+        """sqrt(mean(x^2) + eps) over the last dimension, keeping it: [..., 1]."""
+        return (x.pow(2).mean(-1, keepdim=True) + self.w.eps).sqrt()
+
+    def _first_of_group(self) -> Tensor:
+        group = self.w.n_heads // self.w.n_kv_heads
+        return torch.arange(0, self.w.n_heads, group, device=self.device)
+
+    def _mask(self, layer: int, n: int, start: int, device) -> Tensor:
+        """Which keys [n, start + n] each of ``n`` queries at positions ``start ..`` sees (causal, windowed)."""
+        mask = torch.ones(n, start + n, dtype=torch.bool, device=device).tril(start)
+        window = self.w.windows[layer] if self.w.windows is not None else None
+        if window is not None:
+            mask &= ~torch.ones_like(mask).tril(start - window)
+        return mask
+
+    def _probs(self, layer: int, q: Tensor, k: Tensor, start: int = 0) -> Tensor:
+        """Attention probabilities [b, H, n, start + n] from rotated q [b, n, H, e] and k [b, start + n, H, e]."""
+        w = self.w
+        scale = w.attn_scale if w.attn_scale is not None else 1.0 / math.sqrt(w.d_head)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * scale
+        if w.attn_softcap is not None:
+            scores = torch.tanh(scores / w.attn_softcap) * w.attn_softcap
+        mask = self._mask(layer, q.shape[1], start, q.device)
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, layer: int = 0) -> Tensor:
+        """Layer ``layer``'s attention of positions ``0 ..`` on q, k, v [b, p, H, e] (after any q/k norm; k, v per
+        query head): rotary, causal (windowed) softmax -> z [b, p, H, e]."""
+        return self._attention(layer, self._rotate(q, 0, layer), self._rotate(k, 0, layer), v)
+
+    def _attention(self, layer: int, q: Tensor, k: Tensor, v: Tensor, start: int = 0) -> Tensor:
+        """Attention of rotated q [b, n, H, e] over k, v [b, start + n, H, e] (per query head) -> z [b, n, H, e]."""
+        w = self.w
+        if w.attn_softcap is not None:
+            return torch.einsum("bhqk,bkhe->bqhe", self._probs(layer, q, k, start), v)
+        windowed = w.windows is not None and w.windows[layer] is not None
+        mask = self._mask(layer, q.shape[1], start, q.device) if (start or windowed) else None
+        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                           is_causal=mask is None, scale=w.attn_scale)
         return z.transpose(1, 2)
 
     def attention_pattern(self, layer: int, resid_pre: Tensor) -> Tensor:
         """Attention probabilities [b, H, p_query, p_key] of one layer, from its residual input."""
         w = self.w
-        x, _, _ = self._norm(resid_pre, w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
-        q = self._rotate(torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer])
+        x, _, _ = self._norm(resid_pre, None if w.ln1_w is None else w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer])
+        q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
         kv = self.kv_of_head
-        k = self._rotate(torch.einsum("bpd,hde->bphe", x, w.W_K[layer][kv]) + w.b_K[layer][kv])
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(w.d_head)
-        p = scores.shape[-1]
-        mask = torch.ones(p, p, dtype=torch.bool, device=scores.device).tril()
-        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        k = torch.einsum("bpd,hde->bphe", x, w.W_K[layer][kv]) + w.b_K[layer][kv]
+        q, k = self._qk_norm(layer, q, k)
+        return self._probs(layer, self._rotate(q, 0, layer), self._rotate(k, 0, layer))
 
     def unembed(self, resid: Tensor, answer_pos: Tensor, trace: Optional[Trace] = None) -> Tensor:
         """Logits at the answer positions from the final residual stream [b, p, d]: [b, V] for
@@ -361,7 +434,10 @@ class GraphEngine:
         if trace is not None:
             y.retain_grad()
             trace.final_in, trace.lnf = y, (xhat.detach(), scale.detach())
-        return y @ w.W_U + w.b_U
+        logits = y @ w.W_U + w.b_U
+        if w.final_softcap is not None:
+            logits = torch.tanh(logits / w.final_softcap) * w.final_softcap
+        return logits
 
     # ------------------------------------------------------------------ patching helpers
     @staticmethod
@@ -430,7 +506,7 @@ class GraphEngine:
             return start + (weights[:, 0] @ flat).view_as(start), False
         return start[None] + (weights.T @ flat).view(weights.shape[1], *start.shape), True
 
-    def _one_head_input(self, layer: int, column: tuple, qkv: tuple, ln1_w: Tensor, ln1_b: Optional[Tensor]) -> None:
+    def _one_head_input(self, layer: int, column: tuple, qkv: tuple, ln1_w: Optional[Tensor], ln1_b: Optional[Tensor]) -> None:
         """In place: head ``h``'s q, k or v (receiver ``j = kind * H + h`` of the layer) from its own input."""
         j, x_in = column
         w = self.w
@@ -483,10 +559,10 @@ class GraphEngine:
         for layer in range(o.start_layer, self.w.n_layers):
             if run.resid_pre is not None:
                 run.resid_pre.append(resid.detach())
-            resid = self._attention_block(run, layer, resid)
+            mid = self._attention_block(run, layer, resid)
             if o.edit_mid is not None:
-                resid = o.edit_mid(layer, resid)
-            resid = self._mlp_block(run, layer, resid)
+                mid = o.edit_mid(layer, mid)
+            resid = self._mlp_block(run, layer, resid, base=mid) if self.w.parallel else self._mlp_block(run, layer, mid)
         if run.resid_pre is not None:
             run.resid_pre.append(resid.detach())
         g = self.graph
@@ -496,16 +572,20 @@ class GraphEngine:
         """Layer ``layer``'s attention on the residual stream: its heads' q/k/v inputs (patched, per head
         where they differ), the heads' outputs recorded, the residual stream after them."""
         w, g, kv = self.w, self.graph, self.kv_of_head
-        ln1_w, ln1_b = w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer]
+        ln1_w, ln1_b = None if w.ln1_w is None else w.ln1_w[layer], None if w.ln1_b is None else w.ln1_b[layer]
         block = g.receiver_block(layer)
         x_in, split, column = run.inputs(resid, g.senders_before_heads(layer), slice(block.start, block.start + 3 * w.n_heads),
-                                         defer_column=True)
+                                         defer_column=not w.qk_norm_full)
+        scales = (None, None)
         if split:  # every head's q, k and v input on its own
             x, _, _ = self._norm(x_in, ln1_w, ln1_b)  # [3H, b, p, d]
             H = w.n_heads
             q = torch.einsum("hbpd,hde->bphe", x[:H], w.W_Q[layer]) + w.b_Q[layer]
             k = torch.einsum("hbpd,hde->bphe", x[H:2 * H], w.W_K[layer][kv]) + w.b_K[layer][kv]
             v = torch.einsum("hbpd,hde->bphe", x[2 * H:], w.W_V[layer][kv]) + w.b_V[layer][kv]
+            if w.qk_norm_full:  # each head's q (k) normalized over the whole projection of its own input
+                scales = tuple(self._rms((torch.einsum("hbpd,gde->hbpge", xs, W[layer]) + bias[layer]).flatten(-2))
+                               .permute(1, 2, 0, 3) for xs, W, bias in ((x[:H], w.W_Q, w.b_Q), (x[H:2 * H], w.W_K, w.b_K)))
         else:
             x, xhat, scale = self._norm(x_in, ln1_w, ln1_b)
             q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
@@ -514,30 +594,41 @@ class GraphEngine:
             if column is not None:  # one receiver's input differs: recompute only its head's q, k or v
                 self._one_head_input(layer, column, (q, k, v), ln1_w, ln1_b)
             if run.trace is not None:
+                if w.qk_norm_full:  # trace the normed q and k: the norm's statistics are mapped back per head
+                    run.trace.qk_full.append((q.detach(), k[:, :, self._first_of_group()].detach()))
+                    q, k = self._qk_norm(layer, q, k)
+                    scales = None
                 for t in (q, k, v):
                     t.retain_grad()
                 run.trace.q.append(q), run.trace.k.append(k), run.trace.v.append(v)
-                run.trace.ln1.append((xhat.detach(), scale.detach()))
-        z = run.attend(layer, q, k, v)
+                run.trace.ln1.append(_detached(xhat, scale))
+        z = run.attend(layer, q, k, v, scales)
         if run.records:
             head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
             run.store(g.head_sender(layer, 0), head_out.detach())
             attn = head_out.sum(0)
         else:
             attn = torch.einsum("bphe,hed->bpd", z, w.W_O[layer])
-        return resid + attn + w.b_O[layer]
+        if w.attn_post_w is None:
+            return resid + attn + w.b_O[layer]  # this order: the reference residual sums the same way, bit for bit
+        # a post-norm: the heads' outputs enter the residual stream through it
+        attn, xhat, scale = self._norm(attn + w.b_O[layer], w.attn_post_w[layer], None)
+        if run.trace is not None:
+            run.trace.post_attn.append(_detached(xhat, scale))
+        return resid + attn
 
-    def _mlp_block(self, run: "_Pass", layer: int, resid: Tensor) -> Tensor:
-        """Layer ``layer``'s MLP on the residual stream (its input patched, hidden activations edited or
-        captured as asked), its output recorded, the residual stream after it."""
+    def _mlp_block(self, run: "_Pass", layer: int, resid: Tensor, base: Optional[Tensor] = None) -> Tensor:
+        """Layer ``layer``'s MLP on the residual stream ``resid`` (its input patched, hidden activations edited
+        or captured as asked), its output recorded, the residual stream after it (its output added to
+        ``base`` when given: a parallel layer's MLP reads the layer's input, not the attention's output)."""
         w, g, o = self.w, self.graph, run.options
         mlp_r = g.mlp_receiver(layer)
         x_in = run.inputs(resid, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))[0]
-        x, xhat, scale = self._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
+        x, xhat, scale = self._norm(x_in, None if w.ln2_w is None else w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
         if run.trace is not None:
             x.retain_grad()
             run.trace.mlp_in.append(x)
-            run.trace.ln2.append((xhat.detach(), scale.detach()))
+            run.trace.ln2.append(_detached(xhat, scale))
         hidden = self.mlp_hidden(layer, x)
         if o.edit_hidden is not None:
             hidden = o.edit_hidden(layer, hidden)
@@ -546,8 +637,10 @@ class GraphEngine:
                 hidden.retain_grad()
             run.hiddens[layer] = hidden
         mlp_out = hidden @ w.W_out[layer] + w.b_out[layer]
+        if w.mlp_post_w is not None:  # one sender's own norm: part of its output
+            mlp_out = self._norm(mlp_out, w.mlp_post_w[layer], None)[0]
         run.store(g.mlp_sender(layer), mlp_out.detach()[None])
-        return resid + mlp_out
+        return (resid if base is None else base) + mlp_out
 
     # ------------------------------------------------------------------ gradients
     def receiver_grads(self, trace: Trace, layer: int) -> Tensor:
@@ -560,20 +653,133 @@ class GraphEngine:
         w = self.w
         i = layer - self._first_traced(trace)
         xhat, scale = trace.ln1[i]
-        b, p, d = xhat.shape
+        b, p = trace.q[i].shape[:2]
+        d = w.d_model
         H, n = w.n_heads, b * p
         kv = self.kv_of_head
-        out = torch.empty(3 * H + 1, b, p, d, dtype=xhat.dtype, device=xhat.device)
-        inv = (1.0 / scale)[..., None]  # [b, p, 1, 1]
-        norm_w = w.ln1_w[layer][None, :, None]
-        for j, (t, W) in enumerate(((trace.q[i], w.W_Q[layer]), (trace.k[i], w.W_K[layer][kv]), (trace.v[i], w.W_V[layer][kv]))):
-            g = (t.grad * inv).permute(2, 0, 1, 3).reshape(H, n, -1)  # [H, n, e]
-            torch.bmm(g, (W * norm_w).transpose(1, 2), out=out[j * H:(j + 1) * H].view(H, n, d))
-        self._finish_vjp(out[:3 * H], xhat)
+        out = torch.empty(3 * H + 1, b, p, d, dtype=trace.q[i].dtype, device=trace.q[i].device)
+        normed = xhat is not None  # OLMo 2 has no norm before attention and the MLP
+        inv = (1.0 / scale)[..., None] if normed else None  # [b, p, 1, 1]
+        norm_w = w.ln1_w[layer][None, :, None] if normed else None
+        grads = [trace.q[i].grad, trace.k[i].grad, trace.v[i].grad]
+        stats = self._full_norm_grads(trace, layer, grads) if w.qk_norm_full else None
+        for j, (t, W) in enumerate(((grads[0], w.W_Q[layer]), (grads[1], w.W_K[layer][kv]), (grads[2], w.W_V[layer][kv]))):
+            g = (t * inv if normed else t).permute(2, 0, 1, 3).reshape(H, n, -1)  # [H, n, e]
+            torch.bmm(g, (W * norm_w if normed else W).transpose(1, 2), out=out[j * H:(j + 1) * H].view(H, n, d))
+            if stats is not None and j < 2:  # each head's share of its norm's statistics
+                out[j * H:(j + 1) * H] += stats[j] * (w.ln1_w[layer] / scale if normed else 1.0)
+        if normed:
+            self._finish_vjp(out[:3 * H], xhat)
         xhat2, scale2 = trace.ln2[i]
-        torch.mul(trace.mlp_in[i].grad, w.ln2_w[layer] / scale2, out=out[3 * H])
-        self._finish_vjp(out[3 * H:], xhat2)
+        if xhat2 is None:
+            out[3 * H] = trace.mlp_in[i].grad
+        else:
+            torch.mul(trace.mlp_in[i].grad, w.ln2_w[layer] / scale2, out=out[3 * H])
+            self._finish_vjp(out[3 * H:], xhat2)
         return out
+
+    def _full_norm_grads(self, trace: Trace, layer: int, grads: list) -> tuple:
+        """For q/k norms over the whole projection (OLMo 2): turns ``grads[0:2]`` (w.r.t. the normed q, k
+        [b, p, H, e]) into gradients w.r.t. each head's projection, in place, and returns each head's gradient
+        through the norm's statistics, w.r.t. its input [H, b, p, d] (q, then k).
+
+        Head ``h`` reads ``y_h = w_h q_h / s(q)`` with ``s`` the RMS of the whole projection of its own input, so
+        ``dM/dx_h = W_h (w_h G_h / s) - (sum_e w_h G_h q_h) / (N s^3) * sum_g W_g q_g``."""
+        w = self.w
+        i = layer - self._first_traced(trace)
+        out = []
+        for j, (pre, weight, W) in enumerate(zip(trace.qk_full[i], (w.q_norm[layer], w.k_norm[layer]),
+                                                 (w.W_Q[layer], w.W_K[layer]))):
+            n_heads, e = pre.shape[2], pre.shape[3]
+            s = self._rms(pre.flatten(-2))[..., None]  # [b, p, 1, 1]
+            wv = weight.view(n_heads, e)
+            mine = (pre, wv) if j == 0 else (pre[:, :, self.kv_of_head], wv[self.kv_of_head])  # per query head
+            G = grads[j] * mine[1]
+            c = (G * mine[0]).sum(-1) / (n_heads * e * s[..., 0] ** 3)  # [b, p, H]
+            grads[j] = G / s
+            P = torch.einsum("bpge,gde->bpd", pre, W)
+            out.append(-c.permute(2, 0, 1)[..., None] * P[None])
+        return out[0], out[1]
+
+    def sender_deltas(self, trace: Trace, delta: Tensor) -> Tensor:
+        """The senders' changes ``delta`` [S, b, p, d] as they reach the residual stream, to first order: a head
+        behind a post-attention norm moves it by the norm's Jacobian (at the traced run) times its change.
+        ``delta`` itself when the model has no post-attention norm."""
+        w, g = self.w, self.graph
+        if w.attn_post_w is None:
+            return delta
+        out = delta.clone()
+        first = self._first_traced(trace)
+        for i, (xhat, scale) in enumerate(trace.post_attn):
+            layer = first + i
+            rows = slice(g.head_sender(layer, 0), g.head_sender(layer, 0) + w.n_heads)
+            out[rows] = self._rms_jvp(delta[rows], xhat, scale, w.attn_post_w[layer])
+        return out
+
+    @staticmethod
+    def _rms_jvp(dx: Tensor, xhat: Tensor, scale: Tensor, weight: Tensor) -> Tensor:
+        """An RMSNorm's Jacobian (at ``xhat``, ``scale``) times ``dx`` [..., b, p, d]."""
+        return (dx - xhat * (dx * xhat).mean(-1, keepdim=True)) * (weight / scale)
+
+    def node_shift(self, s: int, outputs: Tensor, reference: Tensor) -> Tensor:
+        """How the residual stream moves [b, p, d] where sender ``s``'s output enters it, when that output takes
+        its ``reference`` value (``outputs``, ``reference`` [S, b, p, d]): the difference, or for a head behind
+        a post-attention norm, that norm recomputed with the head changed."""
+        w, g = self.w, self.graph
+        delta = reference[s] - outputs[s]
+        if w.attn_post_w is None or s == 0 or s == g.mlp_sender(g.sender_layer(s)):
+            return delta
+        layer = g.sender_layer(s)
+        first = g.head_sender(layer, 0)
+        attn = outputs[first:first + w.n_heads].sum(0) + w.b_O[layer]
+        return self._norm(attn + delta, w.attn_post_w[layer], None)[0] - self._norm(attn, w.attn_post_w[layer], None)[0]
+
+    def residual_from(self, outputs: Tensor, layer: int) -> Tensor:
+        """The residual stream [b, p, d] at ``layer``'s input (``n_layers``: the final one) that the senders'
+        ``outputs`` [S, b, p, d] make, with the attention biases (and post-attention norms)."""
+        w, g = self.w, self.graph
+        n = g.senders_before_heads(layer) if layer < w.n_layers else g.n_senders
+        if w.attn_post_w is None:
+            return outputs[:n].sum(0) + w.b_O[:layer].sum(0)
+        resid = outputs[0].clone()
+        for l in range(layer):
+            first = g.head_sender(l, 0)
+            resid += self._norm(outputs[first:first + w.n_heads].sum(0) + w.b_O[l], w.attn_post_w[l], None)[0]
+            resid += outputs[g.mlp_sender(l)]
+        return resid
+
+    def _post_norm_inputs(self, base: Tensor, patch: Patch, diff: Tensor, n_s: int, cols: slice, groups: int):
+        """``_patched_inputs`` for a model with post-attention norms: each receiver sees its patched heads'
+        reference outputs, and every post-attention norm between is recomputed on those mixed heads (the norm is
+        not additive over heads: see docs/architecture.md).  Receivers with the same keep column share one input."""
+        if patch.column is not None:
+            from circuits.errors import CircuitsError
+
+            raise CircuitsError("one-receiver column patches (ACDC) are not implemented for models with post-attention "
+                                "norms yet; use eap, eap-ig, activation-patching or path-patching")
+        w, g = self.w, self.graph
+        drop = 1.0 - patch.keep[:n_s, cols].to(diff.dtype)  # [n_s, r]
+        if not bool((drop != 0).any()):
+            return base, False, None
+        uniq, inverse = torch.unique(drop.T, dim=0, return_inverse=True)  # [u, n_s]
+        linear = uniq.clone()
+        layers = [l for l in range(w.n_layers) if g.head_sender(l, 0) < n_s]
+        for l in layers:
+            linear[:, g.head_sender(l, 0):g.head_sender(l, 0) + w.n_heads] = 0
+        x = base[None] - (linear @ diff[:n_s].reshape(n_s, -1)).view(uniq.shape[0], *base.shape)
+        for l in layers:
+            rows = slice(g.head_sender(l, 0), g.head_sender(l, 0) + w.n_heads)
+            dropped = uniq[:, rows]  # [u, H]
+            if not bool((dropped != 0).any()):
+                continue
+            ref = patch.reference[rows]
+            current = diff[rows] + (ref if groups == 1 else ref.repeat(1, groups, 1, 1))
+            attn = current.sum(0) + w.b_O[l]
+            mixed = attn[None] - torch.einsum("uh,hbpd->ubpd", dropped, diff[rows])
+            x = x + self._norm(mixed, w.attn_post_w[l], None)[0] - self._norm(attn, w.attn_post_w[l], None)[0]
+        if uniq.shape[0] == 1:
+            return x[0], False, None
+        return x[inverse], True, None
 
     def _finish_vjp(self, g: Tensor, xhat: Tensor) -> None:
         """In place: ``g <- g - mean(g) - xhat * mean(g * xhat)`` (RMS: no mean term), for g [r, b, p, d]
@@ -622,6 +828,10 @@ class _ReferenceResidual:
                 self.value = self.value + ref[self.n]
                 self.n += 1
         return _ungrouped(self.value, self.groups)
+
+
+def _detached(xhat: Optional[Tensor], scale: Optional[Tensor]) -> tuple:
+    return (None, None) if xhat is None else (xhat.detach(), scale.detach())
 
 
 def _groups(batch: int, ref_batch: int) -> int:

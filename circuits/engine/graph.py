@@ -26,6 +26,7 @@ from circuits import names
 class ComputationalGraph:
     n_layers: int
     n_heads: int
+    parallel: bool = False  # attention and MLP in parallel (GPT-NeoX): m{l} reads no head of layer l
 
     # ----------------------------------------------------------- index maths
     @property
@@ -65,7 +66,8 @@ class ComputationalGraph:
         return 1 + layer * (self.n_heads + 1)
 
     def senders_before_mlp(self, layer: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + self.n_heads
+        """How many senders feed the MLP of ``layer``: its own layer's heads too, unless the layer is parallel."""
+        return 1 + layer * (self.n_heads + 1) + (0 if self.parallel else self.n_heads)
 
     def receiver_block(self, layer: int) -> slice:
         """The receivers of one layer: its heads' q, k, v inputs and its MLP."""

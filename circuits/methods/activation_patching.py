@@ -113,7 +113,7 @@ class ActivationPatching:
         MLP and everything later read it), or at the next layer's input for an MLP."""
         g = engine.graph
         layer = g.sender_layer(s)
-        shift = reference[s] - clean.outputs[s]
+        shift = engine.node_shift(s, clean.outputs, reference)
         if s == g.mlp_sender(layer):
             return engine.run(tokens, part.answer_pos, start_layer=layer + 1, start_resid=clean.resid_pre[layer + 1] + shift)
         return engine.run(tokens, part.answer_pos, start_layer=layer, start_resid=clean.resid_pre[layer],
@@ -125,14 +125,10 @@ class ActivationPatching:
         patches take: zeros for ``zero``; otherwise the reference outputs ``ref_outputs`` [S, b, p, d] summed
         with the attention biases, which is the corrupted run's own residual stream, or the dataset's mean
         one (per position, or over positions), the same whatever the batch size."""
-        g, w = engine.graph, engine.w
+        w = engine.w
         if ablation == "zero":
             return [torch.zeros_like(r) for r in clean.resid_pre]
-        out = []
-        for layer in range(w.n_layers + 1):
-            n = g.senders_before_heads(layer) if layer < w.n_layers else g.n_senders
-            out.append(ref_outputs[:n].sum(0) + w.b_O[:layer].sum(0))
-        return out
+        return [engine.residual_from(ref_outputs, layer) for layer in range(w.n_layers + 1)]
 
     @staticmethod
     def _patch_resid(engine, tokens, part, clean, ref_resid, layer: int, pos: int):

@@ -24,7 +24,7 @@ def add_edge_scores(engine, out: Tensor, delta: Tensor, trace, answer_pos: Tenso
     gradients [3H + 1, b, p, d] exist at a time.
     """
     g = engine.graph
-    flat = delta.reshape(delta.shape[0], -1)
+    flat = engine.sender_deltas(trace, delta).reshape(delta.shape[0], -1)
     H3 = 3 * engine.w.n_heads
     same = out.dtype == flat.dtype
     for layer in range(engine.w.n_layers):

@@ -1,10 +1,11 @@
 """Turn a ``.gguf`` file into a float32 Hugging Face checkpoint folder.
 
-Supported architectures: ``llama`` (SmolLM2, Llama, Mistral-style) and ``gpt2``.
-Every tensor is dequantized with the ``gguf`` package and reshaped to HF's
-[out, in] layout.  llama.cpp's converter permutes the rows of Q and K for its
-rotary layout; that permutation is undone here.  The tokenizer is rebuilt from
-the file's metadata.
+Supported architectures: ``llama`` (SmolLM2, Llama, Mistral-style), ``gpt2``, ``qwen2``,
+``qwen3``, ``olmo2``, ``gemma2`` and ``gemma3`` (text).  Every tensor is dequantized with the
+``gguf`` package and reshaped to HF's [out, in] layout.  llama.cpp's converter permutes the rows
+of Q and K for llama's rotary layout; that permutation is undone here (the other families keep
+HF's rotate-half layout).  Gemma's norm weights are stored as ``1 + w`` (llama.cpp multiplies by
+the weight itself); 1 is taken off again.  The tokenizer is rebuilt from the file's metadata.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from circuits.errors import CircuitsError
 
-SUPPORTED = ("llama", "gpt2")
+SUPPORTED = ("llama", "gpt2", "qwen2", "qwen3", "olmo2", "gemma2", "gemma3")
 
 
 def _field(reader, key: str, default: Any = None) -> Any:
@@ -258,6 +259,91 @@ def _gpt2(reader, arch: str, raw: dict[str, np.ndarray]):
     return model
 
 
+#: llama.cpp's per-layer tensor names -> HF's, for the families built by ``_decoder``
+_ATTENTION = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+              "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+_NORMS = {
+    "qwen2": {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"},
+    "olmo2": {"post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
+    "gemma2": {"attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+               "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
+}
+_NORMS["qwen3"], _NORMS["gemma3"] = _NORMS["qwen2"], _NORMS["gemma2"]
+
+
+def _decoder_config(reader, arch: str, raw: dict[str, np.ndarray]):
+    """The HF config of a qwen2/qwen3/olmo2/gemma2/gemma3 file, from its metadata."""
+    import transformers
+
+    def get(key, default=None):
+        return _field(reader, f"{arch}.{key}", default)
+
+    n_heads = int(get("attention.head_count"))
+    d = int(get("embedding_length"))
+    n_layers = int(get("block_count"))
+    head_dim = int(get("attention.key_length", d // n_heads))
+    kwargs = dict(
+        vocab_size=raw["token_embd.weight"].shape[0], hidden_size=d, intermediate_size=int(get("feed_forward_length")),
+        num_hidden_layers=n_layers, num_attention_heads=n_heads,
+        num_key_value_heads=int(get("attention.head_count_kv", n_heads)),
+        max_position_embeddings=int(get("context_length", 2048)),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        tie_word_embeddings="output.weight" not in raw,
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"), eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+        pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
+    )
+    base = float(get("rope.freq_base", 10000.0))
+    scaling = get("rope.scaling.type")
+    rope = {"rope_type": "default" if scaling in (None, "none") else str(scaling), "rope_theta": base}
+    if rope["rope_type"] != "default":
+        rope["factor"] = float(get("rope.scaling.factor", 1.0))
+    if arch in ("qwen2", "qwen3"):
+        cls = transformers.Qwen2Config if arch == "qwen2" else transformers.Qwen3Config
+        return cls(**kwargs, head_dim=head_dim, rope_parameters=rope, attention_bias="blk.0.attn_q.bias" in raw)
+    if arch == "olmo2":
+        return transformers.Olmo2Config(**kwargs, rope_parameters=rope)
+    # Gemma: llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(d/heads) for the 27B models
+    scalar = d // n_heads if (arch, n_layers) in (("gemma2", 46), ("gemma3", 62)) else head_dim
+    gemma = dict(kwargs, head_dim=head_dim, query_pre_attn_scalar=scalar, sliding_window=int(get("attention.sliding_window", 4096)),
+                 hidden_activation="gelu_pytorch_tanh")
+    if arch == "gemma2":
+        return transformers.Gemma2Config(**gemma, rope_parameters=rope,
+                                         attn_logit_softcapping=float(get("attn_logit_softcapping", 50.0)),
+                                         final_logit_softcapping=float(get("final_logit_softcapping", 30.0)))
+    pattern = get("attention.sliding_window_pattern", 6)  # llama.cpp: every 6th layer is global
+    if isinstance(pattern, list):
+        sliding = [bool(x) for x in pattern]
+    else:
+        sliding = [(i + 1) % int(pattern) != 0 for i in range(n_layers)]
+    types = ["sliding_attention" if s else "full_attention" for s in sliding]
+    local = {"rope_type": "default", "rope_theta": 10000.0}  # llama.cpp's fixed base for Gemma 3's local layers
+    return transformers.Gemma3TextConfig(**gemma, layer_types=types,
+                                         rope_parameters={"sliding_attention": local, "full_attention": rope})
+
+
+def _decoder(reader, arch: str, raw: dict[str, np.ndarray]):
+    """A qwen2, qwen3, olmo2, gemma2 or gemma3 model from its GGUF tensors."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = _decoder_config(reader, arch, raw)
+    names = {**_ATTENTION, **_NORMS[arch]}
+    gemma = arch.startswith("gemma")
+    state = {"model.embed_tokens.weight": raw["token_embd.weight"],
+             "model.norm.weight": raw["output_norm.weight"] - (1.0 if gemma else 0.0)}
+    if "output.weight" in raw:
+        state["lm_head.weight"] = raw["output.weight"]
+    for layer, key, kind, arr in _block_tensors(raw, names, arch):
+        if gemma and key.endswith("norm"):
+            arr = arr - 1.0
+        state[f"model.layers.{layer}.{names[key]}.{kind}"] = arr
+    cls = AutoModelForCausalLM._model_mapping[type(cfg)]
+    model = _load_state(cls, cfg, state, arch, may_miss=lambda m: cfg.tie_word_embeddings and m == "lm_head.weight")
+    if cfg.tie_word_embeddings:
+        model.tie_weights()
+    return model
+
+
 def _tokenizer(reader, arch: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -295,7 +381,8 @@ def convert_gguf(path: Path, out_dir: Path) -> None:
         raise CircuitsError(f"GGUF architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED)}")
     raw = _tensors(reader)
     try:
-        model = _llama(reader, arch, raw) if arch == "llama" else _gpt2(reader, arch, raw)
+        build = {"llama": _llama, "gpt2": _gpt2}.get(arch, _decoder)
+        model = build(reader, arch, raw)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # a missing tensor or field, wrong shapes
         raise CircuitsError(f"{path}: cannot build a {arch} model from this GGUF file ({type(exc).__name__}: {exc})") from exc
     tokenizer = _tokenizer(reader, arch)

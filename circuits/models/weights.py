@@ -37,9 +37,9 @@ class ModelWeights:
     b_out: Tensor  # [L, d]
     W_U: Tensor  # [d, V]
     b_U: Tensor  # [V]
-    ln1_w: Tensor  # [L, d]
+    ln1_w: Optional[Tensor]  # [L, d]; None: no norm before attention (OLMo 2)
     ln1_b: Optional[Tensor]  # [L, d]; None for RMSNorm
-    ln2_w: Tensor
+    ln2_w: Optional[Tensor]
     ln2_b: Optional[Tensor]
     lnf_w: Tensor  # [d]
     lnf_b: Optional[Tensor]
@@ -48,6 +48,19 @@ class ModelWeights:
     act_fn: str  # "gelu_new", "gelu", "relu", "silu"
     rotary_base: Optional[float]  # rotary positions when set
     rotary_dim: int
+    # what the families beyond GPT-2 and Llama add (see docs/architectures.md); the defaults change nothing
+    emb_scale: float = 1.0  # the embedding is multiplied by it (Gemma: sqrt(d_model))
+    q_norm: Optional[Tensor] = None  # RMSNorm weights of each head's query [L, e] (Qwen3, Gemma 3), or of the whole
+    k_norm: Optional[Tensor] = None  # projection [L, H*e] / [L, K*e] when ``qk_norm_full`` (OLMo 2)
+    qk_norm_full: bool = False
+    attn_post_w: Optional[Tensor] = None  # [L, d]: RMSNorm of the attention output before the residual add
+    mlp_post_w: Optional[Tensor] = None  # [L, d]: RMSNorm of the MLP output (part of the MLP sender's output)
+    attn_scale: Optional[float] = None  # query scale; None: 1 / sqrt(d_head)
+    attn_softcap: Optional[float] = None  # attention scores -> cap * tanh(scores / cap)
+    final_softcap: Optional[float] = None  # logits -> cap * tanh(logits / cap)
+    windows: Optional[tuple] = None  # per layer: sliding window W (a query sees the last W positions) or None
+    rotary_bases: Optional[tuple] = None  # per layer rotary base (Gemma 3's local and global layers)
+    parallel: bool = False  # attention and MLP read the same residual stream (GPT-NeoX)
 
     @property
     def n_layers(self) -> int:
