@@ -117,28 +117,7 @@ def hf_weights(model) -> ModelWeights:
     if getattr(cfg, "mlp_bias", False):
         raise CircuitsError(f"{kind}: MLP biases are not supported by the graph engine yet")
     with torch.no_grad():
-        Q, K_, V, O, bO, Win, bin_, Wg, Wout, bout = ([] for _ in range(10))
-        for layer in layers:
-            if neox:
-                attn, fused = layer.attention, _inner(layer.attention.query_key_value)
-                qkv = fused.weight.detach().view(H, 3, e, d).permute(1, 0, 3, 2)  # [3, H, d, e]
-                bias = fused.bias.detach().view(H, 3, e).permute(1, 0, 2) if fused.bias is not None else [None] * 3
-                Q.append((qkv[0], bias[0])), K_.append((qkv[1], bias[1])), V.append((qkv[2], bias[2]))
-                out, mlp = attn.dense, layer.mlp
-                up, down = _inner(mlp.dense_h_to_4h), _inner(mlp.dense_4h_to_h)
-                Win.append(up.weight.detach().T), bin_.append(up.bias)
-                Wout.append(down.weight.detach().T), bout.append(down.bias)
-                Wg.append(None)
-            else:
-                attn, mlp = layer.self_attn, layer.mlp
-                Q.append(_heads_in(attn.q_proj, H, e)), K_.append(_heads_in(attn.k_proj, K, e))
-                V.append(_heads_in(attn.v_proj, K, e))
-                out = attn.o_proj
-                Win.append(_inner(mlp.up_proj).weight.detach().T), bin_.append(None)
-                Wg.append(_inner(mlp.gate_proj).weight.detach().T)
-                Wout.append(_inner(mlp.down_proj).weight.detach().T), bout.append(None)
-            out = _inner(out)
-            O.append(out.weight.detach().T.reshape(H, e, d)), bO.append(out.bias)
+        Q, K_, V, O, bO, Win, bin_, Wg, Wout, bout = _layer_weights(layers, neox, H, K, e, d)
         W_Q, W_K = _stack([w for w, _ in Q]), _stack([w for w, _ in K_])
         W_in = _stack(Win)
 
@@ -184,3 +163,30 @@ def hf_weights(model) -> ModelWeights:
             windows=_windows(cfg, len(layers)), rotary_bases=bases,
             parallel=bool(neox and getattr(cfg, "use_parallel_residual", True)),
         )
+
+
+def _layer_weights(layers, neox: bool, H: int, K: int, e: int, d: int) -> tuple:
+    """Per layer: (W, b) of q, k and v per head, W_O and b_O, and the MLP's W_in, b_in, W_gate, W_out, b_out."""
+    Q, K_, V, O, bO, Win, bin_, Wg, Wout, bout = ([] for _ in range(10))
+    for layer in layers:
+        if neox:
+            attn, fused = layer.attention, _inner(layer.attention.query_key_value)
+            qkv = fused.weight.detach().view(H, 3, e, d).permute(1, 0, 3, 2)  # [3, H, d, e]
+            bias = fused.bias.detach().view(H, 3, e).permute(1, 0, 2) if fused.bias is not None else [None] * 3
+            Q.append((qkv[0], bias[0])), K_.append((qkv[1], bias[1])), V.append((qkv[2], bias[2]))
+            out, mlp = attn.dense, layer.mlp
+            up, down = _inner(mlp.dense_h_to_4h), _inner(mlp.dense_4h_to_h)
+            Win.append(up.weight.detach().T), bin_.append(up.bias)
+            Wout.append(down.weight.detach().T), bout.append(down.bias)
+            Wg.append(None)
+        else:
+            attn, mlp = layer.self_attn, layer.mlp
+            Q.append(_heads_in(attn.q_proj, H, e)), K_.append(_heads_in(attn.k_proj, K, e))
+            V.append(_heads_in(attn.v_proj, K, e))
+            out = attn.o_proj
+            Win.append(_inner(mlp.up_proj).weight.detach().T), bin_.append(None)
+            Wg.append(_inner(mlp.gate_proj).weight.detach().T)
+            Wout.append(_inner(mlp.down_proj).weight.detach().T), bout.append(None)
+        out = _inner(out)
+        O.append(out.weight.detach().T.reshape(H, e, d)), bO.append(out.bias)
+    return Q, K_, V, O, bO, Win, bin_, Wg, Wout, bout
