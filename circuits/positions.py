@@ -29,7 +29,7 @@ from circuits.spans import SpanTable, span_table
 POSITIONAL_METHODS = ("eap", "eap-ig")
 
 __all__ = ["POSITIONAL_METHODS", "positional_keep", "span_order", "prune_positional", "PositionalEvaluator",
-           "PositionalSelection", "PositionalResult", "ranked_pairs", "top_k_pairs", "discover_positions",
+           "PositionalSelection", "PositionalResult", "check_positional", "ranked_pairs", "top_k_pairs", "discover_positions",
            "kept_pairs", "project"]
 
 
@@ -198,6 +198,20 @@ class PositionalResult:
         return self.scores.graph.n_edges * len(self.spans)
 
 
+def check_positional(method, selection, aggregate: str, neurons=()) -> None:
+    """Refuse, before any model loads, what ``--positions`` does not do (yet)."""
+    from circuits.spans import check_aggregate
+
+    name = getattr(method, "name", str(method))
+    if name not in POSITIONAL_METHODS:
+        raise CircuitsError(f"--positions works with {', '.join(POSITIONAL_METHODS)} so far, not {name}; pick one of them")
+    if selection.mode == "acdc" or selection.keep_neurons or neurons:
+        raise CircuitsError("--positions does not combine with acdc selection, --neurons or --keep-neurons yet; drop them")
+    if selection.verify:
+        raise CircuitsError("--verify checks plain edge circuits; drop it with --positions")
+    check_aggregate(aggregate)
+
+
 def discover_positions(engine, dataset, metric, method, options, selection, *, aggregate: str = "sum",
                        heldout=None, progress: Optional[Progress] = None,
                        cache_bytes: int = REFERENCE_CACHE_BYTES) -> PositionalResult:
@@ -213,10 +227,7 @@ def discover_positions(engine, dataset, metric, method, options, selection, *, a
 
     progress = progress or no_progress
     name = getattr(method, "name", str(method))
-    if name not in POSITIONAL_METHODS:
-        raise CircuitsError(f"--positions works with {', '.join(POSITIONAL_METHODS)} so far, not {name}")
-    if selection.mode == "acdc" or selection.keep_neurons or options.neurons:
-        raise CircuitsError("--positions does not combine with acdc selection or --neurons yet")
+    check_positional(method, replace(selection, verify=None), aggregate, options.neurons)
     timings: Dict[str, float] = {}
     t = time.perf_counter()
     options = replace(options, params=option_values(method, options.params))

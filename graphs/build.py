@@ -221,6 +221,10 @@ def from_node_link(data: Any) -> nx.DiGraph:
     if not isinstance(edges, list) or not isinstance(nodes, list):
         raise CircuitsError(f"not a circuit: no list of edges; {fix}")
     meta = data.get("graph", data.get("metadata", {}))
+    if isinstance(meta, dict) and meta.get("spans"):  # a positional circuit (circuits.graphs.positions)
+        from circuits.graphs.positions import from_positional_node_link
+
+        return from_positional_node_link(data)
     G = nx.DiGraph()
     G.graph.update(meta if isinstance(meta, dict) else {})
     for i, entry in enumerate(nodes):
@@ -340,8 +344,9 @@ def _canonical_node(name: str) -> str:
 
 
 def _node_key(name: str) -> tuple:
-    node = names.parse_node(name)
-    return (names.node_layer_order(node), node.kind)
+    base, _, span = name.partition("@")  # a positional circuit's node: COMPONENT@SPAN
+    node = names.parse_node(base)
+    return (names.node_layer_order(node), node.kind, span)
 
 
 def _finite(value: Any, name: str) -> float:

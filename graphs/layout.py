@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from circuits import names
 
@@ -68,20 +68,23 @@ class Layout:
     rows: tuple[Row, ...]
     columns: tuple[tuple[float, str], ...]  # (x, label) of each head / MLP column
     n_heads: int
+    bands: tuple[tuple[float, float, str], ...] = ()  # (left, right, span name) of each span's column band
 
 
 def node_info(name: str, attrs: Optional[Mapping[str, Any]] = None) -> tuple[names.Node, Optional[int]]:
     """The parsed node and its position (None when the circuit has no positions)."""
-    node = names.parse_node(name)
+    node = names.parse_node(str(name).partition("@")[0])  # a positional node: COMPONENT@SPAN
     pos = (attrs or {}).get("position")
     return node, (int(pos) if isinstance(pos, (int, float)) and not isinstance(pos, bool) else None)
 
 
 def layout(nodes: Mapping[str, Mapping[str, Any]] | Iterable[str], *, n_heads: Optional[int] = None,
-           compact: bool = True) -> Layout:
+           compact: bool = True, spans: Optional[Sequence[str]] = None) -> Layout:
     """Place ``nodes`` (names, or name -> attributes with an optional ``position``) on the grid.
 
     ``n_heads`` fixes the number of head columns (default: the largest head index + 1).
+    ``spans`` (a positional circuit's span names): every span is a column band, labelled, even when empty;
+    ``input`` and ``logits`` are drawn in each band where they occur.
     With ``compact``, rows that hold no node are left out (the row labels still name the
     layer), so a circuit spread over a deep model stays short. Columns are wider for models
     with few heads, so that the grid spans about :data:`GRID_W` pixels.
@@ -92,7 +95,7 @@ def layout(nodes: Mapping[str, Mapping[str, Any]] | Iterable[str], *, n_heads: O
     n_heads = max([n_heads or 0, *(h + 1 for h in heads)]) or 1
     layers = sorted({node.layer for node, _ in parsed.values() if node.layer is not None})
     positions = sorted({p for _, p in parsed.values() if p is not None})
-    blocks = positions or [None]
+    blocks = list(range(len(spans))) if spans else (positions or [None])
 
     col_w = max(MIN_COL_W, min(MAX_COL_W, GRID_W / ((n_heads + 1) * len(blocks))))
     neurons: dict[tuple, list[str]] = defaultdict(list)  # (layer, position) -> neuron names
@@ -144,15 +147,17 @@ def layout(nodes: Mapping[str, Mapping[str, Any]] | Iterable[str], *, n_heads: O
         node, pos = parsed[n]
         if node.kind in ("input", "logits"):
             row = row_of[(node.kind,)]
-            boxes[n] = Box(n, node.kind, None, mid, row.y, IO_W, NODE_H + 2, n)
+            x = mid if not spans or pos is None else block_x(pos) + block_w / 2 - col_w * 0.2
+            boxes[n] = Box(n, node.kind, None, x, row.y, min(IO_W, block_w - 8) if spans else IO_W, NODE_H + 2,
+                           n.partition("@")[0])
         elif node.kind == "head":
             row = row_of[("attn", node.layer)]
             x = block_x(pos) + (node.index + 0.5) * col_w
-            boxes[n] = Box(n, "head", node.layer, x, row.y, NODE_W, NODE_H, n)
+            boxes[n] = Box(n, "head", node.layer, x, row.y, NODE_W, NODE_H, n.partition("@")[0])
         elif node.kind == "mlp":
             row = row_of[("mlp", node.layer)]
             x = block_x(pos) + (n_heads + 0.5) * col_w
-            boxes[n] = Box(n, "mlp", node.layer, x, row.y, NODE_W, NODE_H, n)
+            boxes[n] = Box(n, "mlp", node.layer, x, row.y, NODE_W, NODE_H, n.partition("@")[0])
         else:  # neuron, right of its MLP
             row = row_of[("mlp", node.layer)]
             i = neurons[(node.layer, pos)].index(n)
@@ -160,12 +165,13 @@ def layout(nodes: Mapping[str, Mapping[str, Any]] | Iterable[str], *, n_heads: O
             y = row.y + (i // NEURON_COLS) * NEURON_LINE_H
             boxes[n] = Box(n, "neuron", node.layer, x, y, NEURON_W - 4, NEURON_H, f"n{node.index}")
     columns = []
+    bands = tuple((block_x(pos), block_x(pos) + block_w - col_w * 0.4, spans[pos]) for pos in blocks) if spans else ()
     for pos in blocks:
-        suffix = "" if pos is None else f"@{pos}"
+        suffix = "" if pos is None or spans else f"@{pos}"  # span bands carry their own label
         columns += [(block_x(pos) + (h + 0.5) * col_w, f"h{h}{suffix}") for h in range(n_heads)]
         columns.append((block_x(pos) + (n_heads + 0.5) * col_w, f"MLP{suffix}"))
     return Layout(width=round(width, 1), height=round(height, 1), boxes=boxes, rows=tuple(rows),
-                  columns=tuple(columns), n_heads=n_heads)
+                  columns=tuple(columns), n_heads=n_heads, bands=bands)
 
 
 def first_neurons(lay: Layout) -> set[str]:

@@ -25,6 +25,7 @@ from circuits.errors import CircuitsError
 from circuits.graphs.build import edge_names, jsonable
 from circuits.graphs.compare import SCORES_FILE, load_scores, overlap
 from circuits.graphs.layout import first_neurons, layout
+from circuits.graphs.positions import pair_names
 from circuits.graphs.svg import title_of
 
 MANIFEST_FILE = "manifest.json"
@@ -47,41 +48,54 @@ def run_inputs(path: Union[str, Path]) -> tuple[Optional[dict[str, float]], Opti
     return scores, manifest if isinstance(manifest, dict) else None
 
 
+class _Ends:
+    """An edge name's ends as node ids, and its q/k/v: ``a0.h1->m2`` or, in a positional circuit,
+    ``a0.h1->m2@YY`` (ends ``a0.h1@YY``, ``m2@YY``)."""
+
+    def __init__(self, name: str):
+        base, sep, span = name.partition("@")
+        edge = names.parse_edge(base)
+        at = f"@{span}" if sep else ""
+        self.src, self.dst, self.qkv = names.format_node(edge.src) + at, names.format_node(edge.dst) + at, edge.qkv
+
+
 def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
                 manifest: Optional[Mapping[str, Any]] = None, compare: Optional[nx.DiGraph] = None,
                 compare_label: str = "B") -> dict[str, Any]:
     """The JSON the page draws: layout, ranked edges (kept flagged), curve and comparison."""
-    kept = edge_names(G)
+    spans = G.graph.get("spans") or None  # a positional circuit: edges and nodes are NAME@SPAN
+    kept = pair_names(G) if spans else edge_names(G)
     all_scores: dict[str, float] = {}
     for u, v, data in G.edges(data=True):  # kept edges, q/k/v apart
         per = data.get("scores") or {}
         for name in data.get("names") or []:
             qkv = names.parse_edge(name).qkv or ""
             value = per.get(qkv)
-            all_scores[name] = float(value) if _number(value) else float(data.get("score") or 0.0)
-    for name, value in (scores or {}).items():
+            key = f"{name}@{data.get('span')}" if spans else name
+            all_scores[key] = float(value) if _number(value) else float(data.get("score") or 0.0)
+    for name, value in (scores or {}).items() if not spans else ():
         all_scores[names.format_edge(names.parse_edge(name))] = float(value)
-    parsed = {n: names.parse_edge(n) for n in all_scores}
+    parsed = {n: _Ends(n) for n in all_scores}
     other = edge_names(compare) if compare is not None else set()
     for n in other:
-        parsed.setdefault(n, names.parse_edge(n))
+        parsed.setdefault(n, _Ends(n))
 
     node_attrs: dict[str, dict] = {n: dict(G.nodes[n]) for n in G.nodes}
     for e in parsed.values():
         for end in (e.src, e.dst):
-            node_attrs.setdefault(names.format_node(end), {})
+            node_attrs.setdefault(end, {})
     if compare is not None:
         for n in compare.nodes:
             node_attrs.setdefault(n, dict(compare.nodes[n]))
     n_heads = _int(G.graph.get("n_heads"))
-    lay = layout({n: {"position": a.get("position")} for n, a in node_attrs.items()}, n_heads=n_heads)
+    lay = layout({n: {"position": a.get("position")} for n, a in node_attrs.items()}, n_heads=n_heads, spans=spans)
     order = sorted(lay.boxes, key=lambda n: (lay.boxes[n].y, lay.boxes[n].x))
     index = {n: i for i, n in enumerate(order)}
 
     linked = first_neurons(lay)
     out_sum: dict[str, float] = {}
     for name, value in all_scores.items():
-        src = names.format_node(parsed[name].src)
+        src = parsed[name].src
         out_sum[src] = out_sum.get(src, 0.0) + value
     nodes = []
     for n in order:
@@ -97,7 +111,7 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
             "kept": n in G, "link": n in linked,
         })
     ranked = sorted(all_scores.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
-    edges = [[index[names.format_node(parsed[n].src)], index[names.format_node(parsed[n].dst)],
+    edges = [[index[parsed[n].src], index[parsed[n].dst],
               parsed[n].qkv or "", float(f"{s:.6g}"), 1 if n in kept else 0] for n, s in ranked]
     meta = jsonable(dict(G.graph))
     manifest = dict(manifest or {})
@@ -111,7 +125,8 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
             "edges_kept", "edges_total", "cpr", "cmd", "selection", "k")},
         "layout": {"width": lay.width, "height": lay.height,
                    "rows": [{"label": r.label, "y": r.y, "top": r.top, "bottom": r.bottom, "kind": r.key[0]} for r in lay.rows],
-                   "columns": [[x, label] for x, label in lay.columns]},
+                   "columns": [[x, label] for x, label in lay.columns],
+                   "bands": [[left, right, span] for left, right, span in lay.bands]},
         "nodes": nodes,
         "edges": edges,
         "kept": len(kept),
@@ -124,7 +139,7 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
         stats = {"nodes": overlap(set(G.nodes), set(compare.nodes)), "edges": overlap(kept, other)}
         data["compare"] = {
             "label": compare_label,
-            "edges": sorted(f"{index[names.format_node(parsed[n].src)]}:{index[names.format_node(parsed[n].dst)]}:{parsed[n].qkv or ''}"
+            "edges": sorted(f"{index[parsed[n].src]}:{index[parsed[n].dst]}:{parsed[n].qkv or ''}"
                             for n in other),
             "nodes": sorted(index[n] for n in compare.nodes if n in index),
             "kept_stats": stats,

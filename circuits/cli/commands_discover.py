@@ -163,6 +163,9 @@ def discover(
     task_file: Optional[Path] = typer.Option(None, "--task-file", help="Load the task from a local Python file."),
     device: str = typer.Option("cpu", "--device", help="torch device (cpu, cuda)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out folder."),
+    positions: bool = typer.Option(False, "--positions", help="Score and keep edges per span of the prompt (the task's "
+                                   "schema, or each position when it has none): a circuit of (edge, span) pairs (eap, eap-ig)."),
+    span_aggregate: str = typer.Option("sum", "--span-aggregate", help="--positions: how a span's positions combine: sum, mean or max."),
 ) -> None:
     """Score every edge, keep a faithful circuit, and write it (JSON, DOT, SVG, scores, manifest, report) to --out."""
     from circuits.discover import check_selection, holdout_count, split_holdout
@@ -182,6 +185,10 @@ def discover(
 
     spec = replace(spec, ranking=ranking, verify=verify, verify_tolerance=verify_tolerance)
     check_selection(spec, method_obj)  # refused before the model loads
+    if positions:
+        from circuits.positions import check_positional
+
+        check_positional(method_obj, spec, span_aggregate, neuron_layers)
     if keep_neurons is not None:
         if not neuron_layers:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
@@ -235,15 +242,19 @@ def discover(
 
     options = with_batch(options, batch_size=batch)
     bars = ProgressBars()
+    run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
+           "method": method, "metric": metric, "n": len(dataset), "n_scored": len(scored), "holdout": holdout,
+           "data": None if data is None else str(data), "seed": seed, "device": device, "dtype": dtype,
+           "batch_size": batch, "batch_size_auto": None if auto is None else auto.manifest()}
+    if positions:
+        return _discover_positions(engine, scored, heldout, metric_fn=build_metric(metric, task_obj, engine, dataset, batch_size=batch),
+                                   method=method_obj, options=options, spec=spec, aggregate=span_aggregate, run=run,
+                                   meter=meter, out=out, force=force, timings=timings, extra=extra)
     try:
         metric_fn = build_metric(metric, task_obj, engine, dataset, batch_size=batch)
         result = run_discovery(engine, scored, metric_fn, method_obj, options, spec, heldout=heldout, progress=bars, **extra)
     finally:
         bars.close()
-    run = {"command": ["circuits", *sys.argv[1:]], "task": getattr(task_obj, "name", task), "model": model,
-           "method": method, "metric": metric, "n": len(dataset), "n_scored": len(scored), "holdout": holdout,
-           "data": None if data is None else str(data), "seed": seed, "device": device, "dtype": dtype,
-           "batch_size": batch, "batch_size_auto": None if auto is None else auto.manifest()}
     if meter is not None:
         run["memory"] = meter.report()
     d_model = getattr(getattr(engine, "w", None), "d_model", None)
@@ -287,6 +298,32 @@ def discover(
     elif info.get("complete") is False:
         typer.echo(f"warning: {method} stopped early after {info.get('edge_tests', '?')} edge tests (--max-tests); "
                    "untested edges were kept and score 0", err=True)
+    if not sel.reached:
+        typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
+    typer.echo(str(out))
+
+
+def _discover_positions(engine, scored, heldout, *, metric_fn, method, options, spec, aggregate, run, meter, out, force,
+                        timings, extra) -> None:
+    """``discover --positions``: a circuit of (edge, span) pairs (:mod:`circuits.positions`), written and summarized."""
+    from circuits.positions import discover_positions
+    from circuits.positions_folder import write_positional_run
+
+    bars = ProgressBars()
+    try:
+        result = discover_positions(engine, scored, metric_fn, method, options, spec, aggregate=aggregate, heldout=heldout,
+                                    progress=bars, **extra)
+    finally:
+        bars.close()
+    if meter is not None:
+        run["memory"] = meter.report()
+    written = write_positional_run(out, result, run, timings=timings, force=force)
+    sel = result.selection
+    typer.echo(f"{run['task']} on {run['model']} with {run['method']} by span ({', '.join(result.spans)}): {sel.pairs_kept} of "
+               f"{result.pairs_total} (edge, span) pairs kept ({written.manifest['edges_kept']} edges; {sel.mode} {sel.value:g}, "
+               f"k = {sel.k}), faithfulness {result.faithfulness.f:.3f}")
+    if result.heldout is not None:
+        typer.echo(f"held-out ({result.n_heldout} prompts): faithfulness {result.heldout.f:.3f}")
     if not sel.reached:
         typer.echo(f"warning: no circuit reached faithfulness {sel.value:g}; kept the most faithful one tried", err=True)
     typer.echo(str(out))
