@@ -237,3 +237,40 @@ def test_no_schema_needs_equal_lengths(setup):
     gt = GreaterThan().build(tok, n=3, seed=0)
     raw = span_table(replace(gt, info={k: v for k, v in gt.info.items() if k != "spans"}))
     assert raw.names[0] == "p0" and raw.k == gt.clean.shape[1] and not raw.schema
+
+
+def test_discover_positions_cli(tiny_gpt2_dir, tmp_path):
+    import json
+
+    from circuits.graphs.build import load_circuit
+    from circuits.graphs.positions import is_positional, pair_names
+    from cli_helpers import assert_user_error, invoke
+
+    run = tmp_path / "run"
+    code, out, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "eap", "--positions",
+                            "--top-k", "12", "--n", "10", "--holdout", "0.2", "--out", str(run))
+    assert code == 0, err
+    assert "(edge, span) pairs kept" in out and "held-out (2 prompts)" in out
+    G = load_circuit(run)
+    assert is_positional(G) and G.graph["spans"][4] == "YY"
+    assert all(d["span"] in G.graph["spans"] and n.endswith("@" + d["span"]) for n, d in G.nodes(data=True))
+    assert all(d["span"] in G.graph["spans"] for _, _, d in G.edges(data=True))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["granularity"] == "positional" and manifest["pairs_kept"] == len(pair_names(G)) <= 12
+    assert manifest["pairs_total"] == 110 * 7 and sum(manifest["pairs_per_span"].values()) == manifest["pairs_kept"]
+    assert "## Kept components per span" in (run / "report.md").read_text()
+    assert (run / "span_scores.tsv").read_text().splitlines()[0] == "edge\tspan\tscore"
+    svg = (run / "circuit.svg").read_text()
+    assert all(f">{span}</text>" in svg for span in G.graph["spans"])  # one labelled band per span
+    code, out, err = invoke("compare", str(run / "circuit.json"), str(run / "circuit_plain.json"), "--json")
+    assert code == 0, err
+    projected = json.loads(out)
+    assert projected["projected"] == "a" and projected["edges"]["precision"] == projected["edges"]["recall"] == 1.0
+    code, out, err = invoke("compare", str(run), str(run), "--json")
+    assert code == 0 and json.loads(out)["granularity"] == "positional"
+    code, _, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "activation-patching",
+                          "--positions", "--out", str(tmp_path / "x"))
+    assert_user_error(code, err, "--positions works with eap, eap-ig")
+    code, _, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "eap", "--positions",
+                          "--span-aggregate", "median", "--out", str(tmp_path / "y"))
+    assert_user_error(code, err, "unknown span aggregate")
