@@ -26,10 +26,10 @@ from circuits.ranking import _receiver_node, check_ranking, rank_keys
 from circuits.scores import Progress, Scores, no_progress
 from circuits.spans import SpanTable, span_table
 
-POSITIONAL_METHODS = ("eap", "eap-ig")
+POSITIONAL_METHODS = ("eap", "eap-ig", "activation-patching")
 
 __all__ = ["POSITIONAL_METHODS", "positional_keep", "span_order", "prune_positional", "PositionalEvaluator",
-           "PositionalSelection", "PositionalResult", "check_positional", "ranked_pairs", "top_k_pairs", "discover_positions",
+           "PositionalSelection", "PositionalResult", "check_positional", "node_span_scores", "pairs_of_nodes", "ranked_pairs", "top_k_pairs", "discover_positions",
            "kept_pairs", "project"]
 
 
@@ -145,6 +145,56 @@ class PositionalEvaluator:
         return Faithfulness(m_full=self.m_full, m_empty=self.m_empty, m_circuit=m_c, f=_ratio(m_c, self.m_full, self.m_empty))
 
 
+def node_span_scores(engine, dataset, metric, options, *, progress: Optional[Progress] = None,
+                     evaluator: Optional[PositionalEvaluator] = None) -> Scores:
+    """Activation patching by span: the exact effect ``m(patched) - m(full)`` of patching one node's output at
+    the positions of one span (every pair ``n -> r`` at that span), for every head, MLP and span.
+
+    ``info["node_span_scores"]`` is that [S, K] table (``input``'s row too); ``edge_scores`` [S, R, K] gives each
+    pair its sender's node-span score (as plain activation patching does), so tables still read."""
+    progress = progress or no_progress
+    ev = evaluator or PositionalEvaluator(engine, dataset, metric, ablation=options.ablation, batch_size=options.batch_size)
+    g = engine.graph
+    K = ev.spans.k
+    present = [bool((ev.spans.index == k).any()) for k in range(K)]
+    full = ev.m_full
+    out = torch.zeros(g.n_senders, K, dtype=torch.float64)
+    everything = torch.ones(ev.shape, dtype=torch.bool)
+    work, done = g.n_senders * sum(present), 0
+    for s in range(g.n_senders):
+        for k in range(K):
+            if not present[k]:
+                continue
+            kept = everything.clone()
+            kept[s, :, k] = False
+            out[s, k] = ev.metric(kept) - full
+            done += 1
+            progress(done, work, "activation patching by span")
+    edge = out[:, None, :].expand(-1, g.n_receivers, -1) * g.valid_mask()[..., None]
+    return Scores(graph=g, method="activation-patching", edge_scores=edge.float(),
+                  info={"spans": list(ev.spans.names), "granularity": "node", "node_span_scores": out,
+                        "circuit_evaluations": ev.runs})
+
+
+def pairs_of_nodes(nodes, graph, order: Tensor, answers: Tensor) -> Tensor:
+    """The pairs among kept node-spans ``nodes`` (bool [S, K]; ``input`` always kept, the logits at ``answers``):
+    ``s -> r`` at ``k`` when ``s`` is kept at ``k`` and ``r``'s node at ``k`` (for a k or v input: at some span
+    that reads ``k``), then pruned to input -> logits paths.  Bool [S, R, K]."""
+    nodes = torch.as_tensor(nodes).bool().clone()
+    nodes[0] = True
+    ext = torch.cat([nodes, answers[None]], 0).float()  # [S + 1, K]; row S: the logits
+    node_of = _receiver_node(graph)
+    receiving = ext[node_of]  # [R, K]
+    kv = torch.zeros(graph.n_receivers, dtype=torch.bool)
+    H = graph.n_heads
+    for layer in range(graph.n_layers):
+        start = graph.receiver_block(layer).start
+        kv[start + H:start + 3 * H] = True
+    receiving[kv] = ((receiving[kv] @ order.float().T) > 0).float()
+    kept = nodes[:, None, :] & (receiving > 0)[None] & graph.valid_mask()[..., None]
+    return prune_positional(kept, graph, order, answers)
+
+
 def ranked_pairs(scores: Scores, ranking: str = "abs") -> Tensor:
     """Flat indices into [S, R, K] of every valid (edge, span) pair, first ranked first (stable ties)."""
     values = torch.as_tensor(scores.edge_scores).detach().cpu().double()
@@ -176,6 +226,7 @@ class PositionalSelection:
     reached: bool = True
     evaluations: int = 0
     faithfulness: Optional[float] = None
+    node_spans: Optional[List[Tuple[str, str, float]]] = None  # activation patching: the kept (node, span, score)
 
     @property
     def pairs_kept(self) -> int:
@@ -231,22 +282,37 @@ def discover_positions(engine, dataset, metric, method, options, selection, *, a
     timings: Dict[str, float] = {}
     t = time.perf_counter()
     options = replace(options, params=option_values(method, options.params))
-    steps = int(options.params.get("ig_steps", 1))
-    scores = integrated_scores(engine, dataset, metric, options, steps=steps, progress=progress, method=name,
-                               aggregate=aggregate)
-    timings["scoring"] = time.perf_counter() - t
     spans = span_table(dataset)
     order, answers = span_order(spans), answer_spans(spans, dataset.answer_pos)
     evaluator = PositionalEvaluator(engine, dataset, metric, ablation=options.ablation, batch_size=options.batch_size,
                                     cache_bytes=cache_bytes)
+    by_node = name == "activation-patching"
+    if by_node:  # node-spans: chosen by node and span; the circuit is every pair among them
+        scores = node_span_scores(engine, dataset, metric, options, progress=progress, evaluator=evaluator)
+    else:
+        steps = int(options.params.get("ig_steps", 1))
+        scores = integrated_scores(engine, dataset, metric, options, steps=steps, progress=progress, method=name,
+                                   aggregate=aggregate)
+    timings["scoring"] = time.perf_counter() - t
     t = time.perf_counter()
-    ranked = ranked_pairs(scores, selection.ranking)
-    pick = lambda k: top_k_pairs(scores, k, selection.ranking, order=order, answers=answers, ranked=ranked)  # noqa: E731
+    if by_node:
+        table = scores.info["node_span_scores"]
+        flat = torch.arange(spans.k, table.numel())  # every node-span but input's
+        keys = rank_keys(table.reshape(-1)[flat], selection.ranking)
+        ranked = flat[torch.sort(keys, descending=True, stable=True).indices]
+
+        def pick(k: int) -> Tensor:
+            nodes = torch.zeros(table.numel(), dtype=torch.bool)
+            nodes[ranked[:k]] = True
+            return pairs_of_nodes(nodes.view(table.shape), engine.graph, order, answers)
+    else:
+        ranked = ranked_pairs(scores, selection.ranking)
+        pick = lambda k: top_k_pairs(scores, k, selection.ranking, order=order, answers=answers, ranked=ranked)  # noqa: E731
     reached, evaluations = True, 0
     if selection.mode == "top-k":
         k = int(selection.value)
     elif selection.mode == "threshold":
-        values = torch.as_tensor(scores.edge_scores).double().reshape(-1)[ranked]
+        values = (scores.info["node_span_scores"] if by_node else torch.as_tensor(scores.edge_scores)).double().reshape(-1)[ranked]
         keys = rank_keys(values, selection.ranking)
         k = int((keys >= float(selection.value)).sum())
     else:
@@ -257,7 +323,8 @@ def discover_positions(engine, dataset, metric, method, options, selection, *, a
     timings["selection"] = time.perf_counter() - t
     faith = evaluator.faithfulness(kept)
     chosen = PositionalSelection(kept=kept, mode=selection.mode, value=float(selection.value), k=k,
-                                 ranking=selection.ranking, reached=reached, evaluations=evaluations, faithfulness=faith.f)
+                                 ranking=selection.ranking, reached=reached, evaluations=evaluations, faithfulness=faith.f,
+                                 node_spans=_node_spans(scores, ranked[:k], spans.names) if by_node else None)
     held = None
     if heldout is not None and len(heldout):
         t = time.perf_counter()
@@ -267,6 +334,12 @@ def discover_positions(engine, dataset, metric, method, options, selection, *, a
     return PositionalResult(scores=scores, selection=chosen, spans=spans.names, faithfulness=faith, heldout=held,
                             n_heldout=0 if heldout is None else len(heldout), timings=timings,
                             circuit_evaluations=evaluator.runs)
+
+
+def _node_spans(scores: Scores, flat: Tensor, spans) -> List[Tuple[str, str, float]]:
+    table = scores.info["node_span_scores"]
+    K = table.shape[1]
+    return [(scores.graph.sender_names[int(i) // K], spans[int(i) % K], float(table.reshape(-1)[int(i)])) for i in flat]
 
 
 def kept_pairs(scores: Scores, kept, spans) -> List[Tuple[str, str, float]]:

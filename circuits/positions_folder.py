@@ -29,10 +29,11 @@ def positional_manifest(result, run: Mapping[str, Any], timings: Optional[Mappin
     sel, faith = result.selection, result.faithfulness
     pairs = kept_pairs(result.scores, sel.kept, result.spans)
     per_span = {s: sum(1 for _, sp, _ in pairs if sp == s) for s in result.spans}
-    info = dict(result.scores.info)
+    info = {k: v for k, v in result.scores.info.items() if k != "node_span_scores"}
     return {
         **dict(run),
-        "granularity": "positional",
+        "granularity": "positional" if sel.node_spans is None else "positional-node",
+        **({} if sel.node_spans is None else {"node_spans_kept": [{"node": n, "span": s, "score": v} for n, s, v in sel.node_spans]}),
         "spans": list(result.spans),
         "aggregate": info.get("aggregate"),
         "faithfulness": faith.f,

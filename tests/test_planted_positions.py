@@ -107,3 +107,30 @@ def test_the_plain_circuit_cannot_separate_the_decoy(planted):
     for e, s in reference:
         only[(*g.edge_index(e), spans.names.index(s))] = True
     assert ev.faithfulness(only).f > 0.99 and ev.faithfulness(lifted).f > 0.99
+
+
+def test_activation_patching_by_span_recovers_the_reference_nodes(planted):
+    from circuits.positions import (PositionalEvaluator, answer_spans, kept_pairs, node_span_scores, pairs_of_nodes,
+                                    span_order)
+    from circuits.scores import MethodOptions
+    from circuits.spans import span_table
+
+    engine, task, data = planted
+    g = engine.graph
+    spans = span_table(data)
+    ev = PositionalEvaluator(engine, data, task.metric, batch_size=12)
+    scores = node_span_scores(engine, data, task.metric, MethodOptions(batch_size=12), evaluator=ev)
+    table = scores.info["node_span_scores"]
+    pairs = {tuple(p) for p in ground_truth(VARIANT)["pairs"]}
+    want = {(e.split("->")[0], s) for e, s in pairs} - {("input", "YY")}  # the senders' node-spans
+    order = torch.argsort(table[1:].abs().reshape(-1), descending=True)  # every node-span but input's
+    top = {(g.sender_names[1 + int(i) // spans.k], spans.names[int(i) % spans.k]) for i in order[:len(want)]}
+    assert top == want  # span precision and recall 1.0 over node-spans
+    rest = table[1:].abs().reshape(-1)[order[len(want):]]
+    assert float(rest.max()) < 1e-4 < float(table[1:].abs().max())
+    nodes = torch.zeros_like(table, dtype=torch.bool)
+    for n, s in want:
+        nodes[g.sender_names.index(n), spans.names.index(s)] = True
+    kept = pairs_of_nodes(nodes, g, span_order(spans), answer_spans(spans, data.answer_pos))
+    found = {(e, s) for e, s, _ in kept_pairs(scores, kept, spans.names)}
+    assert pairs <= found and ev.faithfulness(kept).f > 0.99

@@ -322,6 +322,8 @@ def _discover_positions(engine, scored, heldout, *, metric_fn, method, options, 
     typer.echo(f"{run['task']} on {run['model']} with {run['method']} by span ({', '.join(result.spans)}): {sel.pairs_kept} of "
                f"{result.pairs_total} (edge, span) pairs kept ({written.manifest['edges_kept']} edges; {sel.mode} {sel.value:g}, "
                f"k = {sel.k}), faithfulness {result.faithfulness.f:.3f}")
+    if sel.node_spans is not None:
+        typer.echo("node-spans kept: " + (", ".join(f"{n}@{s}" for n, s, _ in sel.node_spans) or "none"))
     if result.heldout is not None:
         typer.echo(f"held-out ({result.n_heldout} prompts): faithfulness {result.heldout.f:.3f}")
     if not sel.reached:
