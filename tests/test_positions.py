@@ -19,7 +19,8 @@ from circuits.scores import MethodOptions
 from circuits.spans import span_table
 from circuits.tasks.greater_than import GreaterThan
 from circuits.tasks.ioi import IOI
-from reference import PerHeadFlags, boot_float64, ig_inputs, receiver_hook_grads, sender_activations, sender_stack
+from reference import PerHeadFlags, boot_float64, ig_inputs, sender_activations, sender_stack
+from test_methods import _receiver_grads as _grads  # d mean metric / d every receiver input, by hooks: [R, b, p, d]
 
 N_LAYERS, N_HEADS = 2, 4
 
@@ -35,21 +36,6 @@ def setup(tmp_path_factory):
     cfg = GPT2Config(n_layer=N_LAYERS, n_head=N_HEADS, n_embd=32, n_positions=32, vocab_size=len(tok), initializer_range=0.3)
     bridge, engine = boot_float64(tmp_path_factory.mktemp("pos-gpt2"), GPT2LMHeadModel(cfg), tok)
     return bridge, engine, tok
-
-
-def _grads(bridge, task, data, resid0=None):
-    """d mean metric / d every receiver input from hooks, in the graph's receiver order: [R, b, p, d]."""
-    def loss(logits):
-        return task.metric(logits[torch.arange(len(data)), data.answer_pos], data).mean()
-
-    probes = receiver_hook_grads(bridge, data.clean, loss, resid0)
-    out = []
-    for layer in range(N_LAYERS):
-        for x in "qkv":
-            out += list(probes[f"blocks.{layer}.hook_{x}_input"].permute(2, 0, 1, 3))
-        out.append(probes[f"blocks.{layer}.ln2.hook_in"])
-    out.append(probes["ln_final.hook_in"])
-    return torch.stack(out)
 
 
 def _expected(bridge, engine, task, data, steps=1):

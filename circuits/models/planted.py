@@ -125,6 +125,10 @@ class Variant:
         return self.d_model // self.n_heads
 
 
+# planted's two paths (a0.h0 -> m1 -> logits, a0.h1 -> logits), shared by planted-positional
+PLANTED_EDGES = ("input->a0.h0<v>", "a0.h0->m1", "m1->logits", "input->a0.h1<v>", "a0.h1->logits")
+PLANTED_POSITIONS = (("input", "YY"), ("a0.h0", "last"), ("a0.h1", "last"), ("m1", "last"), ("logits", "last"))
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -140,14 +144,8 @@ VARIANTS: dict[str, Variant] = {
             maps=(MlpMap(1, "R_A", "lin", "M1", "ans", "century"),),
             readout=(("M1", 0.55), ("R_B", 0.45)),
             yy_decoys=(Mover(1, 2, "NUM_LIN", "D_YY0"),),
-            edges=(
-                "input->a0.h0<v>",
-                "a0.h0->m1",
-                "m1->logits",
-                "input->a0.h1<v>",
-                "a0.h1->logits",
-            ),
-            positions=(("input", "YY"), ("a0.h0", "last"), ("a0.h1", "last"), ("m1", "last"), ("logits", "last")),
+            edges=PLANTED_EDGES,
+            positions=PLANTED_POSITIONS,
         ),
         Variant(
             name="planted-deep",
@@ -205,14 +203,8 @@ VARIANTS: dict[str, Variant] = {
             maps=(MlpMap(1, "R_A", "lin", "M1", "ans", "century"), MlpMap(1, "R_A", "lin", "D_M1", "k0", "num2")),
             readout=(("M1", 0.55), ("R_B", 0.45)),
             yy_decoys=(Mover(1, 2, "NUM_LIN", "D_YY0"),),
-            edges=(
-                "input->a0.h0<v>",
-                "a0.h0->m1",
-                "m1->logits",
-                "input->a0.h1<v>",
-                "a0.h1->logits",
-            ),
-            positions=(("input", "YY"), ("a0.h0", "last"), ("a0.h1", "last"), ("m1", "last"), ("logits", "last")),
+            edges=PLANTED_EDGES,
+            positions=PLANTED_POSITIONS,
             pairs=(
                 ("input->a0.h0<v>", "YY"),
                 ("a0.h0->m1", "XX2"),
