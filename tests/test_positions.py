@@ -254,9 +254,30 @@ def test_discover_positions_cli(tiny_gpt2_dir, tmp_path):
     assert projected["projected"] == "a" and projected["edges"]["precision"] == projected["edges"]["recall"] == 1.0
     code, out, err = invoke("compare", str(run), str(run), "--json")
     assert code == 0 and json.loads(out)["granularity"] == "positional"
-    code, _, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "activation-patching",
+    code, _, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "path-patching",
                           "--positions", "--out", str(tmp_path / "x"))
-    assert_user_error(code, err, "--positions works with eap, eap-ig")
+    assert_user_error(code, err, "--positions works with eap, eap-ig, activation-patching")
     code, _, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "eap", "--positions",
                           "--span-aggregate", "median", "--out", str(tmp_path / "y"))
     assert_user_error(code, err, "unknown span aggregate")
+
+
+def test_small_positional_circuit_matches_hooks(setup):
+    """A circuit that keeps few pairs takes the engine's other side (the reference plus the kept senders)."""
+    bridge, engine, tok = setup
+    task = GreaterThan()
+    data = task.build(tok, n=2, seed=4)
+    g = engine.graph
+    P = data.clean.shape[1]
+    yy, last = int(data.info["yy_pos"]), P - 1
+    kept = [("input->a0.h1<v>", yy), ("a0.h1->m1", last), ("m1->logits", last), ("input->a1.h2<q>", last)]
+    keep = torch.zeros(g.n_senders, g.n_receivers, P, dtype=torch.float64)
+    for edge, pos in kept:
+        keep[(*g.edge_index(edge), pos)] = 1
+    patched = [(e, p) for e in g.edge_names() for p in range(P) if (e, p) not in kept]
+    ref = sender_stack_engine(engine, data.corrupted)
+    ours = engine.run(data.clean, data.answer_pos, patch=Patch(keep=keep, reference=ref)).logits
+    want = _positional_hook_logits(bridge, data.clean, data.corrupted, patched)[torch.arange(len(data)), data.answer_pos]
+    empty = engine.run(data.corrupted, data.answer_pos).logits
+    assert (want - empty).abs().max() > 1e-4  # the kept pairs matter
+    assert torch.allclose(ours, want, atol=1e-9)
