@@ -29,6 +29,9 @@ MOVED = {
     "circuits.metrics": "circuits.methods.metrics",
     "circuits.benchmark": "circuits.bench.benchmark",
     "circuits.stability": "circuits.circuit.stability",
+    "circuits.spans": "circuits.data.spans",
+    "circuits.positions": "circuits.circuit.positions",
+    "circuits.positions_folder": "circuits.circuit.positions_folder",
 }
 
 

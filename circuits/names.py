@@ -159,7 +159,18 @@ def node_layer_order(node: Node) -> tuple[float, int]:
     return (node.layer + 0.5, node.index or 0)
 
 
+SPAN_SEP = "@"  # a positional circuit's names: ``a0.h1@YY``, ``a0.h1->m2@YY``
+
+
+def split_span(name: str) -> tuple[str, Optional[str]]:
+    """``(name without its span, the span or None)``: ``a0.h1@YY`` -> ``("a0.h1", "YY")``."""
+    base, sep, span = name.partition(SPAN_SEP)
+    return base, (span if sep else None)
+
+
 def sort_key(name: str) -> tuple:
-    """Sort key of a node name: input first, then by layer (heads before the MLP), logits last."""
-    node = parse_node(name)
-    return (node_layer_order(node), node.kind)
+    """Sort key of a node name (a positional one, ``a0.h1@YY``, too): input first, then by layer (heads
+    before the MLP), logits last, then by span."""
+    base, span = split_span(name)
+    node = parse_node(base)
+    return (node_layer_order(node), node.kind, span or "")

@@ -37,6 +37,16 @@ def compare(a: nx.DiGraph, b: nx.DiGraph, *, scores: Optional[Mapping[str, float
     and Jaccard over the kept neurons (``m10.n123``) of the MLPs that both circuits reduce
     (``mlps``: those MLPs); an MLP kept whole has no neuron list to compare.
     """
+    from circuits.graphs.positions import is_positional, pair_names, project_graph
+
+    if is_positional(a) or is_positional(b):
+        if is_positional(a) and is_positional(b):  # (edge, span) pairs and (component, span) nodes
+            out = {"nodes": overlap(set(a.nodes), set(b.nodes)), "edges": {**overlap(pair_names(a), pair_names(b)), "auroc": None},
+                   "granularity": "positional", "projected": compare(project_graph(a), project_graph(b))}
+            return out
+        # one is plain: compare the positional one's projection (each edge kept at some span)
+        out = compare(project_graph(a) if is_positional(a) else a, project_graph(b) if is_positional(b) else b, scores=scores)
+        return {**out, "projected": "a" if is_positional(a) else "b"}
     edges = overlap(edge_names(a), edge_names(b))
     edges["auroc"] = None
     if scores is not None:

@@ -11,6 +11,7 @@ import networkx as nx
 from circuits.errors import CircuitsError
 from circuits.graphs.build import CIRCUIT_FILE, from_node_link
 from circuits.graphs.interop import from_eap_ig, is_eap_ig
+from circuits.graphs.positions import from_positional_node_link
 
 
 def _circuit_file(path: Path) -> Path:
@@ -44,6 +45,11 @@ def load_circuit(path: Union[str, Path]) -> nx.DiGraph:
     except (OSError, UnicodeDecodeError) as exc:
         raise CircuitsError(f"cannot read {file} ({exc}); check the path and its permissions") from None
     try:
-        return from_eap_ig(data) if is_eap_ig(data) else from_node_link(data)
+        if is_eap_ig(data):
+            return from_eap_ig(data)
+        meta = data.get("graph", data.get("metadata")) if isinstance(data, dict) else None
+        if isinstance(meta, dict) and meta.get("spans"):  # a positional circuit (circuits.graphs.positions)
+            return from_positional_node_link(data)
+        return from_node_link(data)
     except CircuitsError as exc:
         raise CircuitsError(f"{file}: {exc}") from None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from circuits import names
 
@@ -68,20 +68,23 @@ class Layout:
     rows: tuple[Row, ...]
     columns: tuple[tuple[float, str], ...]  # (x, label) of each head / MLP column
     n_heads: int
+    bands: tuple[tuple[float, float, str], ...] = ()  # (left, right, span name) of each span's column band
 
 
 def node_info(name: str, attrs: Optional[Mapping[str, Any]] = None) -> tuple[names.Node, Optional[int]]:
     """The parsed node and its position (None when the circuit has no positions)."""
-    node = names.parse_node(name)
+    node = names.parse_node(str(name).partition("@")[0])  # a positional node: COMPONENT@SPAN
     pos = (attrs or {}).get("position")
     return node, (int(pos) if isinstance(pos, (int, float)) and not isinstance(pos, bool) else None)
 
 
 def layout(nodes: Mapping[str, Mapping[str, Any]] | Iterable[str], *, n_heads: Optional[int] = None,
-           compact: bool = True) -> Layout:
+           compact: bool = True, spans: Optional[Sequence[str]] = None) -> Layout:
     """Place ``nodes`` (names, or name -> attributes with an optional ``position``) on the grid.
 
     ``n_heads`` fixes the number of head columns (default: the largest head index + 1).
+    ``spans`` (a positional circuit's span names): every span is a column band, labelled, even when empty;
+    ``input`` and ``logits`` are drawn in each band where they occur.
     With ``compact``, rows that hold no node are left out (the row labels still name the
     layer), so a circuit spread over a deep model stays short. Columns are wider for models
     with few heads, so that the grid spans about :data:`GRID_W` pixels.
@@ -92,20 +95,50 @@ def layout(nodes: Mapping[str, Mapping[str, Any]] | Iterable[str], *, n_heads: O
     n_heads = max([n_heads or 0, *(h + 1 for h in heads)]) or 1
     layers = sorted({node.layer for node, _ in parsed.values() if node.layer is not None})
     positions = sorted({p for _, p in parsed.values() if p is not None})
-    blocks = positions or [None]
-
+    blocks = list(range(len(spans))) if spans else (positions or [None])
     col_w = max(MIN_COL_W, min(MAX_COL_W, GRID_W / ((n_heads + 1) * len(blocks))))
-    neurons: dict[tuple, list[str]] = defaultdict(list)  # (layer, position) -> neuron names
+    neurons = _neuron_groups(parsed)
+    neuron_cols = min(NEURON_COLS, max((len(v) for v in neurons.values()), default=0))
+    block_cols = n_heads + 1 + (neuron_cols * NEURON_W / col_w if neuron_cols else 0.0)
+    block_w = block_cols * col_w + (col_w * 0.4 if len(blocks) > 1 else 0.0)
+    grid = _Grid(blocks=blocks, block_w=block_w, col_w=col_w, n_heads=n_heads, spans=spans)
+    rows, total = _rows(parsed, layers, compact, neurons)
+    row_of = {r.key: r for r in rows}
+    boxes = {n: _box(n, parsed[n], grid, row_of, neurons) for n in sorted(attrs, key=lambda n: _sort_key(parsed[n]))}
+    columns, bands = _columns(grid)
+    width = LEFT + block_w * len(blocks) + col_w * 0.5
+    height = TOP + total + BOTTOM
+    return Layout(width=round(width, 1), height=round(height, 1), boxes=boxes, rows=tuple(rows),
+                  columns=tuple(columns), n_heads=n_heads, bands=bands)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The column blocks (one per position or span) and their widths."""
+
+    blocks: list
+    block_w: float
+    col_w: float
+    n_heads: int
+    spans: Optional[Sequence[str]]
+
+    def x(self, pos: Optional[int]) -> float:
+        return LEFT + self.blocks.index(pos) * self.block_w if pos in self.blocks else LEFT
+
+
+def _neuron_groups(parsed) -> dict:
+    """(layer, position) -> the neuron names there, by neuron index."""
+    neurons: dict[tuple, list[str]] = defaultdict(list)
     for n, (node, pos) in parsed.items():
         if node.kind == "neuron":
             neurons[(node.layer, pos)].append(n)
     for key in neurons:
         neurons[key].sort(key=lambda n: parsed[n][0].index)
-    neuron_cols = min(NEURON_COLS, max((len(v) for v in neurons.values()), default=0))
-    block_cols = n_heads + 1 + (neuron_cols * NEURON_W / col_w if neuron_cols else 0.0)
-    block_w = block_cols * col_w + (col_w * 0.4 if len(blocks) > 1 else 0.0)
+    return neurons
 
-    # rows, bottom to top, with their heights
+
+def _rows(parsed, layers, compact: bool, neurons) -> tuple[list, float]:
+    """The rows bottom to top (input, each layer's attention and MLP, logits) and their total height."""
     row_keys: list[tuple] = [("input",)]
     for layer in (layers if compact else range(layers[-1] + 1) if layers else ()):
         has_attn = any(node.layer == layer and node.kind == "head" for node, _ in parsed.values())
@@ -123,8 +156,6 @@ def layout(nodes: Mapping[str, Mapping[str, Any]] | Iterable[str], *, n_heads: O
             lines = max([1, *(-(-c // NEURON_COLS) for c in counts)])
         heights[key] = ROW_H + (lines - 1) * NEURON_LINE_H
     total = sum(heights.values())
-    width = LEFT + block_w * len(blocks) + col_w * 0.5
-    height = TOP + total + BOTTOM
     rows: list[Row] = []
     bottom = TOP + total
     for key in row_keys:  # bottom row first: y decreases as we go up
@@ -133,39 +164,41 @@ def layout(nodes: Mapping[str, Mapping[str, Any]] | Iterable[str], *, n_heads: O
         rows.append(Row(key=key, label=label, y=top + ROW_H / 2 if key[0] == "mlp" else (top + bottom) / 2,
                         top=top, bottom=bottom))
         bottom = top
-    row_of = {r.key: r for r in rows}
+    return rows, total
 
-    def block_x(pos: Optional[int]) -> float:
-        return LEFT + blocks.index(pos) * block_w if pos in blocks else LEFT
 
-    boxes: dict[str, Box] = {}
-    mid = LEFT + block_w * len(blocks) / 2 - col_w * 0.2
-    for n in sorted(attrs, key=lambda n: _sort_key(parsed[n])):
-        node, pos = parsed[n]
-        if node.kind in ("input", "logits"):
-            row = row_of[(node.kind,)]
-            boxes[n] = Box(n, node.kind, None, mid, row.y, IO_W, NODE_H + 2, n)
-        elif node.kind == "head":
-            row = row_of[("attn", node.layer)]
-            x = block_x(pos) + (node.index + 0.5) * col_w
-            boxes[n] = Box(n, "head", node.layer, x, row.y, NODE_W, NODE_H, n)
-        elif node.kind == "mlp":
-            row = row_of[("mlp", node.layer)]
-            x = block_x(pos) + (n_heads + 0.5) * col_w
-            boxes[n] = Box(n, "mlp", node.layer, x, row.y, NODE_W, NODE_H, n)
-        else:  # neuron, right of its MLP
-            row = row_of[("mlp", node.layer)]
-            i = neurons[(node.layer, pos)].index(n)
-            x = block_x(pos) + (n_heads + 1) * col_w + (i % NEURON_COLS + 0.5) * NEURON_W
-            y = row.y + (i // NEURON_COLS) * NEURON_LINE_H
-            boxes[n] = Box(n, "neuron", node.layer, x, y, NEURON_W - 4, NEURON_H, f"n{node.index}")
+def _box(n: str, info, grid: _Grid, row_of, neurons) -> Box:
+    """Where node ``n`` goes: input and logits centred (in its band for a positional circuit), heads by index,
+    the MLP right of the heads, neurons right of their MLP."""
+    node, pos = info
+    label = names.split_span(n)[0]
+    if node.kind in ("input", "logits"):
+        row = row_of[(node.kind,)]
+        mid = LEFT + grid.block_w * len(grid.blocks) / 2 - grid.col_w * 0.2
+        x = mid if not grid.spans or pos is None else grid.x(pos) + grid.block_w / 2 - grid.col_w * 0.2
+        return Box(n, node.kind, None, x, row.y, min(IO_W, grid.block_w - 8) if grid.spans else IO_W, NODE_H + 2, label)
+    if node.kind == "head":
+        x = grid.x(pos) + (node.index + 0.5) * grid.col_w
+        return Box(n, "head", node.layer, x, row_of[("attn", node.layer)].y, NODE_W, NODE_H, label)
+    row = row_of[("mlp", node.layer)]
+    if node.kind == "mlp":
+        return Box(n, "mlp", node.layer, grid.x(pos) + (grid.n_heads + 0.5) * grid.col_w, row.y, NODE_W, NODE_H, label)
+    i = neurons[(node.layer, pos)].index(n)  # a neuron, right of its MLP
+    x = grid.x(pos) + (grid.n_heads + 1) * grid.col_w + (i % NEURON_COLS + 0.5) * NEURON_W
+    y = row.y + (i // NEURON_COLS) * NEURON_LINE_H
+    return Box(n, "neuron", node.layer, x, y, NEURON_W - 4, NEURON_H, f"n{node.index}")
+
+
+def _columns(grid: _Grid) -> tuple[list, tuple]:
+    """The column labels (head index and MLP per block) and, for a positional circuit, the span bands."""
     columns = []
-    for pos in blocks:
-        suffix = "" if pos is None else f"@{pos}"
-        columns += [(block_x(pos) + (h + 0.5) * col_w, f"h{h}{suffix}") for h in range(n_heads)]
-        columns.append((block_x(pos) + (n_heads + 0.5) * col_w, f"MLP{suffix}"))
-    return Layout(width=round(width, 1), height=round(height, 1), boxes=boxes, rows=tuple(rows),
-                  columns=tuple(columns), n_heads=n_heads)
+    bands = tuple((grid.x(pos), grid.x(pos) + grid.block_w - grid.col_w * 0.4, grid.spans[pos])
+                  for pos in grid.blocks) if grid.spans else ()
+    for pos in grid.blocks:
+        suffix = "" if pos is None or grid.spans else f"@{pos}"  # span bands carry their own label
+        columns += [(grid.x(pos) + (h + 0.5) * grid.col_w, f"h{h}{suffix}") for h in range(grid.n_heads)]
+        columns.append((grid.x(pos) + (grid.n_heads + 0.5) * grid.col_w, f"MLP{suffix}"))
+    return columns, bands
 
 
 def first_neurons(lay: Layout) -> set[str]:

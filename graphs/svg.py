@@ -7,7 +7,8 @@
 - an edge into a head ends at the head's q, k or v port (left, middle, right of its bottom
   side), and the used ports are lettered;
 - every node is labelled; hovering an edge or node shows its name and score (SVG ``<title>``);
-- the title gives the task, model, method, faithfulness and edge count.
+- the title gives the task, model, method, faithfulness and edge count;
+- a positional circuit (``graph["spans"]``) is drawn with one column band per span, labelled on top.
 
 Node circuits (``graph["granularity"] == "node"``) keep every edge among their nodes, so
 their edges are drawn thin and grey and the nodes are shaded by ``|score|`` instead.
@@ -32,7 +33,7 @@ __all__ = ["to_svg", "title_of", "edge_path", "port_x", "FILL", "PORT"]
 
 def to_svg(G: nx.DiGraph, *, n_heads: Optional[int] = None) -> str:
     """The SVG text of a circuit graph (see the module docstring)."""
-    lay = layout(_node_attrs(G), n_heads=n_heads or _n_heads(G))
+    lay = layout(_node_attrs(G), n_heads=n_heads or _n_heads(G), spans=G.graph.get("spans") or None)
     node_level = G.graph.get("granularity") == "node"
     title = title_of(G.graph, edges=len(_edge_items(G)))
     width = max(lay.width, 7.6 * len(title) + 24)
@@ -140,6 +141,11 @@ def _bands(lay: Layout, width: float) -> list[str]:
         shade = "#f4f6f9" if row.key[0] == "mlp" else "#fbfbfb"
         out.append(f'<rect x="0" y="{_f(row.top)}" width="{_f(width)}" height="{_f(row.bottom - row.top)}" fill="{shade}"/>')
         out.append(f'<text x="6" y="{_f(row.y + 3.5)}">{escape(row.label)}</text>')
+    for i, (left, right, span) in enumerate(lay.bands):  # a positional circuit: one column band per span
+        if i % 2 == 0:
+            out.append(f'<rect x="{_f(left)}" y="{_f(lay.rows[-1].top if lay.rows else 0)}" width="{_f(right - left)}" '
+                       f'height="{_f(lay.rows[0].bottom - lay.rows[-1].top if lay.rows else lay.height)}" fill="#5b7fbf" fill-opacity="0.06"/>')
+        out.append(f'<text x="{_f((left + right) / 2)}" y="30" text-anchor="middle" font-weight="bold">{escape(span)}</text>')
     out.append("</g>")
     if lay.rows:
         y = lay.height - 10

@@ -72,6 +72,10 @@
       parts.push('<rect class="band ' + r.kind + '" x="0" y="' + r.top + '" width="' + L.width + '" height="' + (r.bottom - r.top) + '"/>');
       parts.push('<text class="rowlabel" x="6" y="' + (r.y + 3.5) + '">' + esc(r.label) + "</text>");
     });
+    (L.bands || []).forEach(function (b, i) {  // a positional circuit: one column band per span
+      if (i % 2 === 0) { parts.push('<rect class="spanband" x="' + b[0] + '" y="0" width="' + (b[1] - b[0]) + '" height="' + L.height + '"/>'); }
+      parts.push('<text class="spanlabel" x="' + ((b[0] + b[1]) / 2) + '" y="30">' + esc(b[2]) + "</text>");
+    });
     L.columns.forEach(function (c) {
       parts.push('<text class="collabel" x="' + c[0] + '" y="' + (L.height - 10) + '">' + esc(c[1]) + "</text>");
     });

@@ -26,6 +26,7 @@ from circuits.errors import CircuitsError
 from circuits.graphs.build import edge_frequencies, edge_names, jsonable
 from circuits.graphs.compare import SCORES_FILE, load_scores, overlap
 from circuits.graphs.layout import first_neurons, layout
+from circuits.graphs.positions import pair_names
 from circuits.graphs.report import CURVE_LABELS, manifest_curves
 from circuits.graphs.svg import title_of
 
@@ -49,41 +50,96 @@ def run_inputs(path: Union[str, Path]) -> tuple[Optional[dict[str, float]], Opti
     return scores, manifest if isinstance(manifest, dict) else None
 
 
+class _Ends:
+    """An edge name's ends as node ids, and its q/k/v: ``a0.h1->m2`` or, in a positional circuit,
+    ``a0.h1->m2@YY`` (ends ``a0.h1@YY``, ``m2@YY``)."""
+
+    def __init__(self, name: str):
+        base, span = names.split_span(name)
+        edge = names.parse_edge(base)
+        at = f"{names.SPAN_SEP}{span}" if span is not None else ""
+        self.src, self.dst, self.qkv = names.format_node(edge.src) + at, names.format_node(edge.dst) + at, edge.qkv
+
+
 def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
                 manifest: Optional[Mapping[str, Any]] = None, compare: Optional[nx.DiGraph] = None,
                 compare_label: str = "B") -> dict[str, Any]:
     """The JSON the page draws: layout, ranked edges (kept flagged), curve and comparison."""
-    kept = edge_names(G)
-    all_scores: dict[str, float] = {}
-    for u, v, data in G.edges(data=True):  # kept edges, q/k/v apart
-        per = data.get("scores") or {}
-        for name in data.get("names") or []:
-            qkv = names.parse_edge(name).qkv or ""
-            value = per.get(qkv)
-            all_scores[name] = float(value) if _number(value) else float(data.get("score") or 0.0)
-    for name, value in (scores or {}).items():
-        all_scores[names.format_edge(names.parse_edge(name))] = float(value)
-    parsed = {n: names.parse_edge(n) for n in all_scores}
+    spans = G.graph.get("spans") or None  # a positional circuit: edges and nodes are NAME@SPAN
+    kept = pair_names(G) if spans else edge_names(G)
+    all_scores = _edge_scores(G, scores, spans)
+    parsed = {n: _Ends(n) for n in all_scores}
     other = edge_names(compare) if compare is not None else set()
     for n in other:
-        parsed.setdefault(n, names.parse_edge(n))
-
+        parsed.setdefault(n, _Ends(n))
     node_attrs: dict[str, dict] = {n: dict(G.nodes[n]) for n in G.nodes}
     for e in parsed.values():
         for end in (e.src, e.dst):
-            node_attrs.setdefault(names.format_node(end), {})
+            node_attrs.setdefault(end, {})
     if compare is not None:
         for n in compare.nodes:
             node_attrs.setdefault(n, dict(compare.nodes[n]))
-    n_heads = _int(G.graph.get("n_heads"))
-    lay = layout({n: {"position": a.get("position")} for n, a in node_attrs.items()}, n_heads=n_heads)
+    lay = layout({n: {"position": a.get("position")} for n, a in node_attrs.items()}, n_heads=_int(G.graph.get("n_heads")),
+                 spans=spans)
     order = sorted(lay.boxes, key=lambda n: (lay.boxes[n].y, lay.boxes[n].x))
     index = {n: i for i, n in enumerate(order)}
+    ranked = sorted(all_scores.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+    frequency = edge_frequencies(G)  # bootstrap inclusion frequency of kept edges (discover --bootstrap)
+    edges = [[index[parsed[n].src], index[parsed[n].dst], parsed[n].qkv or "", float(f"{s:.6g}"), 1 if n in kept else 0]
+             + ([round(frequency[n], 4)] if n in frequency else []) for n, s in ranked]
+    meta = jsonable(dict(G.graph))
+    manifest = dict(manifest or {})
+    curves = _curves(manifest)
+    data: dict[str, Any] = {
+        "title": title_of({**manifest, **meta}, edges=len(kept)),
+        "meta": {k: meta.get(k, manifest.get(k)) for k in (
+            "task", "model", "method", "n", "seed", "ablation", "metric", "granularity", "faithfulness",
+            "edges_kept", "edges_total", "cpr", "cmd", "selection", "k", "stability")},
+        "layout": {"width": lay.width, "height": lay.height,
+                   "rows": [{"label": r.label, "y": r.y, "top": r.top, "bottom": r.bottom, "kind": r.key[0]} for r in lay.rows],
+                   "columns": [[x, label] for x, label in lay.columns],
+                   "bands": [[left, right, span] for left, right, span in lay.bands]},
+        "nodes": _nodes(G, lay, order, node_attrs, all_scores, parsed),
+        "edges": edges,
+        "kept": len(kept),
+        "scores_complete": scores is not None,
+        "curve": jsonable(curves[0]["points"] if curves else []),
+        "curves": jsonable(curves),
+        "chosen": jsonable({"edges": len(kept), "faithfulness": manifest.get("faithfulness", meta.get("faithfulness"))}),
+        "compare": None,
+    }
+    if compare is not None:
+        stats = {"nodes": overlap(set(G.nodes), set(compare.nodes)), "edges": overlap(kept, other)}
+        data["compare"] = {
+            "label": compare_label,
+            "edges": sorted(f"{index[parsed[n].src]}:{index[parsed[n].dst]}:{parsed[n].qkv or ''}"
+                            for n in other),
+            "nodes": sorted(index[n] for n in compare.nodes if n in index),
+            "kept_stats": stats,
+        }
+    return data
 
+
+def _edge_scores(G: nx.DiGraph, scores: Optional[Mapping[str, float]], spans) -> dict[str, float]:
+    """Every edge's score: the kept edges' own (q/k/v apart), then the run's full scores (plain circuits)."""
+    out: dict[str, float] = {}
+    for u, v, data in G.edges(data=True):
+        per = data.get("scores") or {}
+        for name in data.get("names") or []:
+            value = per.get(names.parse_edge(name).qkv or "")
+            key = f"{name}{names.SPAN_SEP}{data.get('span')}" if spans else name
+            out[key] = float(value) if _number(value) else float(data.get("score") or 0.0)
+    for name, value in (scores or {}).items() if not spans else ():
+        out[names.format_edge(names.parse_edge(name))] = float(value)
+    return out
+
+
+def _nodes(G: nx.DiGraph, lay, order, node_attrs, all_scores, parsed) -> list:
+    """The drawn nodes: position, label, own score, the sum of their outgoing edges' scores."""
     linked = first_neurons(lay)
     out_sum: dict[str, float] = {}
     for name, value in all_scores.items():
-        src = names.format_node(parsed[name].src)
+        src = parsed[name].src
         out_sum[src] = out_sum.get(src, 0.0) + value
     nodes = []
     for n in order:
@@ -98,48 +154,18 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
             "parent": attrs.get("parent") or (f"m{box.layer}" if box.kind == "neuron" else None),
             "kept": n in G, "link": n in linked,
         })
-    ranked = sorted(all_scores.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
-    frequency = edge_frequencies(G)  # bootstrap inclusion frequency of kept edges (discover --bootstrap)
-    edges = [[index[names.format_node(parsed[n].src)], index[names.format_node(parsed[n].dst)],
-              parsed[n].qkv or "", float(f"{s:.6g}"), 1 if n in kept else 0]
-             + ([round(frequency[n], 4)] if n in frequency else []) for n, s in ranked]
-    meta = jsonable(dict(G.graph))
-    manifest = dict(manifest or {})
+    return nodes
+
+
+def _curves(manifest: Mapping[str, Any]) -> list:
+    """The manifest's faithfulness curves (signed and |score|), the selection's ranking first."""
     found = manifest_curves(manifest)
     curves = [{"label": label, "key": key,
                "points": [{"fraction": p.get("fraction"), "edges": p.get("edges"), "faithfulness": p.get("faithfulness")}
                           for p in found[key]]} for key, label in CURVE_LABELS if found[key]]
     ranking = (manifest.get("selection") or {}).get("ranking") if isinstance(manifest.get("selection"), Mapping) else None
-    curves.sort(key=lambda c: c["key"] != f"curve_{ranking or 'abs'}")  # the selection's ranking first
-    curve = curves[0]["points"] if curves else []
-    chosen = {"edges": len(kept), "faithfulness": manifest.get("faithfulness", meta.get("faithfulness"))}
-    data: dict[str, Any] = {
-        "title": title_of({**manifest, **meta}, edges=len(kept)),
-        "meta": {k: meta.get(k, manifest.get(k)) for k in (
-            "task", "model", "method", "n", "seed", "ablation", "metric", "granularity", "faithfulness",
-            "edges_kept", "edges_total", "cpr", "cmd", "selection", "k", "stability")},
-        "layout": {"width": lay.width, "height": lay.height,
-                   "rows": [{"label": r.label, "y": r.y, "top": r.top, "bottom": r.bottom, "kind": r.key[0]} for r in lay.rows],
-                   "columns": [[x, label] for x, label in lay.columns]},
-        "nodes": nodes,
-        "edges": edges,
-        "kept": len(kept),
-        "scores_complete": scores is not None,
-        "curve": jsonable(curve),
-        "curves": jsonable(curves),
-        "chosen": jsonable(chosen),
-        "compare": None,
-    }
-    if compare is not None:
-        stats = {"nodes": overlap(set(G.nodes), set(compare.nodes)), "edges": overlap(kept, other)}
-        data["compare"] = {
-            "label": compare_label,
-            "edges": sorted(f"{index[names.format_node(parsed[n].src)]}:{index[names.format_node(parsed[n].dst)]}:{parsed[n].qkv or ''}"
-                            for n in other),
-            "nodes": sorted(index[n] for n in compare.nodes if n in index),
-            "kept_stats": stats,
-        }
-    return data
+    curves.sort(key=lambda c: c["key"] != f"curve_{ranking or 'abs'}")
+    return curves
 
 
 def viewer_html(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,

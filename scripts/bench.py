@@ -28,7 +28,8 @@ edges by EAP) and ``eap_peer_style`` (EAP the way EAP-IG's and auto-circuit's co
 it: TransformerLens's per-head flags and hooks that store every sender's output and every
 receiver input's gradient), ``acdc`` and ``acdc_naive`` (20 prompts, the first ``--acdc-tests``
 edge tests with tau 0: ours, and ACDC the way its code runs, one hooked full forward per test;
-see ``bench_acdc.py``).
+see ``bench_acdc.py``), and ``eap_positional`` (EAP by span of greater-than's schema, ``discover --positions``;
+its target is a ratio to ``eap``: run ``--only eap eap_positional``).
 
 Then EAP and forward+backward against the number of prompts and the model's depth; EAP with
 ``--batch-size 50`` at n = 100, 400 and 1600 (its peak must not grow with n); and EAP on a
@@ -64,7 +65,7 @@ SECTIONS = ("main", "scaling", "streaming", "large", "architectures")
 MAIN_NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
               "faithfulness", "eap_peer_style")
 EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive", "load",
-               "load_checked", "load_checked_first")
+               "load_checked", "load_checked_first", "eap_positional")
 
 # GPT2Config() defaults: 12 layers, 12 heads, width 768, 1024 positions, vocabulary 50257
 FULL = {"model": {"n_layer": 12, "n_head": 12, "n_embd": 768}, "prompts": 100,
@@ -87,6 +88,7 @@ TARGETS = (
     ("EAP faster than eap_peer_style (EAP / peer-style < 1)", "eap_vs_peer_ratio", 1.0),
     ("ACDC >= 10x faster per edge test than naive ACDC (ours / naive <= 0.1)", "acdc_vs_naive_ratio", 0.1),
     ("Loading with the engine's checks <= 1.1x loading without (the logit check remembered)", "load_check_ratio", 1.1),
+    ("Positional EAP (per span, greater-than's 7 spans) time <= 1.5x EAP", "eap_positional_ratio", 1.5),
 )
 
 
@@ -363,6 +365,7 @@ def main(argv=None) -> int:
         spec("forward", "bridge_forward"),
         spec("forward_backward", "bridge_fb"),
         spec("eap", "method", method="eap"),
+        spec("eap_positional", "method", method="eap", positions="sum"),
         spec("eap_ig", "method", method="eap-ig", options={"ig_steps": IG_STEPS}),
         spec("eap_peer_style", "peer", prompts=peer_n),
         spec("faithfulness", "faithfulness", fraction=CIRCUIT_FRACTION),
@@ -473,6 +476,12 @@ def main(argv=None) -> int:
         eap = results["eap"]
         values["eap_time_ratio"] = (eap["seconds"] / fb["seconds"], eap["cpu_seconds"] / fb["cpu_seconds"])
         values["eap_memory_ratio"] = (eap["peak_memory_bytes"] / fb["peak_memory_bytes"], None)
+    if "eap_positional" in results and "eap" in results:
+        pos, eap = results["eap_positional"], results["eap"]
+        values["eap_positional_ratio"] = (pos["seconds"] / eap["seconds"], pos["cpu_seconds"] / eap["cpu_seconds"])
+        print(f"Positional EAP / EAP: {values['eap_positional_ratio'][0]:.2f}x time (CPU {values['eap_positional_ratio'][1]:.2f}x), "
+              f"{pos['peak_memory_bytes'] / eap['peak_memory_bytes']:.2f}x peak memory "
+              f"({mib(pos['peak_memory_bytes'])} MiB against {mib(eap['peak_memory_bytes'])} MiB)")
     if "eap_ig" in results:
         ig = results["eap_ig"]
         values["eap_ig_time_ratio"] = (ig["seconds"] / fb["seconds"], ig["cpu_seconds"] / fb["cpu_seconds"])

@@ -554,7 +554,13 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
         result: Dict[str, Any] = {}
 
         def work():
-            result["scores"] = method.score(engine, data, metric, options)
+            if spec.get("positions"):  # scores per span ([S, R, K]), as discover --positions computes them
+                from circuits.methods.eap import integrated_scores
+
+                result["scores"] = integrated_scores(engine, data, metric, options, steps=int(options.params.get("ig_steps", 1)),
+                                                     progress=lambda *a: None, method=spec["method"], aggregate=spec["positions"])
+            else:
+                result["scores"] = method.score(engine, data, metric, options)
 
         def post():
             s = result["scores"]

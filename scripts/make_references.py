@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Write the reference circuits in graphs/references/ (node-link JSON, one file per circuit).
 
-* one file per planted model: its ground truth, from ``circuits.models.planted.ground_truth``;
+* one file per planted model: its ground truth, from ``circuits.models.planted.ground_truth``
+  (``planted-positional.json``: a positional circuit of (edge, span) pairs, see ``circuits.graphs.positions``);
 * ``planted-neurons.json``: planted's ground truth with its readout MLP m1 reduced to the 48
   neurons that carry the task (``circuits.models.planted.task_neurons``);
 * ``hanna-gpt2.json``: the greater-than circuit Hanna et al. (2023) published for GPT-2 small.
@@ -149,6 +150,14 @@ def planted_reference(variant: str) -> dict[str, Any]:
         "n_layers": gt["n_layers"],
         "n_heads": gt["n_heads"],
     }
+    if gt.get("pairs"):  # a positional ground truth: (edge, span) pairs over greater-than's schema
+        from circuits.graphs.positions import build_positional_graph
+        from circuits.tasks.greater_than import SPANS
+
+        metadata["note"] = ("Exactly the (edge, span) pairs that carry YY into the metric; the decoy, m1 reading a0.h0 at "
+                            "YY's position, is not among them, though a plain edge a0.h0->m1 covers it. Scores are 1.0 "
+                            "(membership).")
+        return to_node_link(build_positional_graph([(e, s, 1.0) for e, s in gt["pairs"]], SPANS, metadata=metadata))
     return _reference(gt["edges"], gt["positions"], metadata)
 
 

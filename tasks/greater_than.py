@@ -45,9 +45,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from circuits.data.dataset import PromptDataset
 from circuits.errors import CircuitsError
+from circuits.data.spans import label_positions
 
 CENTURIES = tuple(range(11, 18))
 YEARS = tuple(range(2, 99))
+SPANS = ("prefix", "noun", "from_year", "XX1", "YY", "to_year", "XX2")  # the positional schema (circuits.data.spans)
 TEMPLATE = "The {noun} lasted from the year {xx}{yy:02d} to the year {xx}"
 NOUNS_FILE = "greater_than_nouns.txt"
 DIRECTIONS = ("greater", "less")
@@ -75,6 +77,25 @@ class YearTemplate:
 
     def prompt(self, noun: str, xx: int, yy: int) -> str:
         return self.text.format(noun=noun, xx=xx, yy=yy)
+
+    def span_cuts(self, noun: str, xx: int, yy: int) -> List[Tuple[str, str]]:
+        """The prompt cut into its schema's spans: (span name, the prompt's text up to the span's end)."""
+        out, text, seen_year = [], "", False
+        for part in re.split(r"(\{noun\}|\{xx\}\{yy:02d\}|\{xx\})", self.text):
+            if part == "{xx}{yy:02d}":
+                text += f"{xx}"
+                out.append(("XX1", text))
+                text += f"{yy:02d}"
+                out.append(("YY", text))
+                seen_year = True
+                continue
+            text += part.format(noun=noun, xx=xx)
+            if not part.strip():  # bare spaces join the next span (tokenizers attach them to the next word)
+                continue
+            name = ("noun" if part == "{noun}" else "XX2" if part == "{xx}" else "to_year" if seen_year
+                    else "from_year" if out else "prefix")
+            out.append((name, text.rstrip()))  # a trailing space belongs to the next word's token
+        return out
 
     def regex(self) -> "re.Pattern[str]":
         """Parses a prompt written with this template (leading spaces optional)."""
@@ -228,14 +249,15 @@ class GreaterThan:
             k = [bos] + _ids(tokenizer, tpl.prompt(noun, xx, bad))
             clean.append(c)
             corrupted.append(k)
-            meta.append({"noun": noun, "century": xx, "yy": yy, "year": xx * 100 + yy})
+            meta.append({"noun": noun, "century": xx, "yy": yy, "year": xx * 100 + yy,
+                         "span": self._span_labels(tokenizer, (noun, xx, yy), len(c), 1 if vocab.mode != "token" else 0)})
         lengths = {len(c) for c in clean} | {len(k) for k in corrupted}
         if len(lengths) != 1:
             raise CircuitsError(f"greater-than prompts tokenize to different lengths {sorted(lengths)}; use nouns that are one token each")
         seq = len(clean[0])
         info = {"mode": vocab.mode, "year_ids": vocab.year_ids, "digit_ids": vocab.digit_ids,
                 "yy_pos": self._yy_pos(tokenizer, triples[0], bos), "direction": tpl.direction,
-                "prompt_len": seq}
+                "prompt_len": seq, "spans": SPANS}
         if vocab.mode == "token":
             answer_pos = torch.full((len(clean),), seq - 1, dtype=torch.long)
         else:  # teacher-force the true tens digit: positions seq - 1 (tens) and seq (units | tens)
@@ -248,6 +270,19 @@ class GreaterThan:
             clean=torch.tensor(clean, dtype=torch.long), corrupted=torch.tensor(corrupted, dtype=torch.long),
             answer_pos=answer_pos, metadata=meta, task=self.name, info=info,
         )
+
+    def _span_labels(self, tokenizer, triple, length: int, forced: int) -> List[int]:
+        """The span of each position (BOS in ``prefix``; a teacher-forced tens digit in ``XX2``), from the
+        token counts of the prompt's text up to each span's end; checked against the whole prompt's."""
+        spans, start = [(0, 0, 1)], 1  # BOS
+        for name, text in self.template.span_cuts(*triple):
+            stop = 1 + len(_ids(tokenizer, text))
+            spans.append((SPANS.index(name), start, stop + (forced if name == "XX2" else 0)))
+            start = stop
+        if start != length:
+            raise CircuitsError(f"the prompt for {triple} does not tokenize span by span ({start} != {length} tokens); "
+                                "its spans cannot be placed")
+        return label_positions(length + forced, spans, length + forced)
 
     def _yy_pos(self, tokenizer, triple, bos: int) -> int:
         """Position of the (first) YY token, found by tokenizing the prompt up to the start year."""

@@ -23,9 +23,11 @@ from typing import Any, Dict, List, Optional
 
 from circuits.data.dataset import PromptDataset
 from circuits.errors import CircuitsError
+from circuits.data.spans import label_positions
 from circuits.tasks.greater_than import _read_records, bos_id
 
 # Wang et al. (2023), appendix: the BABA templates; {n1} {n2} is "B and A" in BABA and "A and B" in ABBA.
+SPANS = ("start", "IO", "S1", "S1+1", "mid", "S2", "after_S2", "END")  # the positional schema (circuits.data.spans)
 TEMPLATES = (
     "Then, {n1} and {n2} went to the {place}. {s} gave a {obj} to",
     "Then, {n1} and {n2} had a lot of fun at the {place}. {s} gave a {obj} to",
@@ -72,6 +74,17 @@ def single_tokens(tokenizer, words, what: str, minimum: int) -> Dict[str, int]:
     return kept
 
 
+def span_labels(tokens: List[int], meta: Dict[str, Any], total: int) -> List[int]:
+    """Wang et al.'s spans of one prompt (``SPANS``), per position of a row of ``total`` tokens (-1: padding)."""
+    io, (s1, s2), end = tokens.index(meta["io"]), [i for i, t in enumerate(tokens) if t == meta["s"]], len(tokens) - 1
+    first = min(io, s1)
+    spans = [(0, 0, first), (4, first, s2), (6, s2 + 1, end), (1, io, io + 1), (2, s1, s1 + 1)]
+    if s1 + 1 != io:
+        spans.append((3, s1 + 1, s1 + 2))
+    spans += [(5, s2, s2 + 1), (7, end, end + 1)]
+    return label_positions(len(tokens), spans, total)
+
+
 def fill(template: str, order: str, io: str, s: str, s2: str, place: str, obj: str) -> str:
     """The prompt text; ``s2`` is the name at the subject's second mention (S, or C when corrupted)."""
     n1, n2 = (io, s) if order == "ABBA" else (s, io)
@@ -109,12 +122,13 @@ class IOI:
             meta.append(m)
         seq = max(len(c) for c in clean)
         answer = [len(c) - 1 for c in clean]
+        meta = [{**m, "span": span_labels(c, m, seq)} for c, m in zip(clean, meta)]
         clean = [c + [pad] * (seq - len(c)) for c in clean]
         corrupted = [k + [pad] * (seq - len(k)) for k in corrupted]
         return PromptDataset(
             clean=torch.tensor(clean, dtype=torch.long), corrupted=torch.tensor(corrupted, dtype=torch.long),
             answer_pos=torch.tensor(answer, dtype=torch.long), metadata=meta, task=self.name,
-            info={"pad": pad, "padded": len(set(answer)) > 1},
+            info={"pad": pad, "padded": len(set(answer)) > 1, "spans": SPANS},
         )
 
     @staticmethod

@@ -283,6 +283,14 @@ def reference_edges(G: nx.DiGraph) -> set[str]:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_planted_reference_file(variant):
+    if ground_truth(variant).get("pairs"):  # a positional reference: (edge, span) pairs
+        from circuits.graphs.files import load_circuit
+        from circuits.graphs.positions import pair_names, project_graph
+
+        G = load_circuit(REFERENCES / f"{variant}.json")
+        assert pair_names(G) == {f"{e}@{s}" for e, s in ground_truth(variant)["pairs"]}
+        assert reference_edges(project_graph(G)) == set(ground_truth(variant)["edges"])
+        return
     G = nx.node_link_graph(json.loads((REFERENCES / f"{variant}.json").read_text()))
     assert reference_edges(G) == set(ground_truth(variant)["edges"])
     assert len(list(nx.all_simple_paths(G, "input", "logits"))) >= 2

@@ -116,7 +116,8 @@ def test_bootstrap_of_a_node_method_keeps_as_many_nodes(planted):
 def test_discover_cli_bootstrap_writes_frequencies_and_the_manifest(tmp_path):
     from cli_helpers import assert_user_error, invoke
 
-    from circuits.graphs.build import edge_frequencies, load_circuit
+    from circuits.graphs.build import edge_frequencies
+    from circuits.graphs.files import load_circuit
     from circuits.graphs.viewer import viewer_data
 
     code, _, err = invoke("discover", "greater-than", "--model", "planted", "--method", "eap", "--out", str(tmp_path / "x"),

@@ -359,7 +359,7 @@ def _results(spec: BenchmarkSpec, cells: Mapping[Tuple[str, str], Dict[str, Any]
 
 def _write_mib(out: Path, spec: BenchmarkSpec, cells: Mapping[Tuple[str, str], Dict[str, Any]]) -> List[Path]:
     """MIB's submission folders, ``mib/METHOD/{task}_{model}/importances.json``, from the cells' run folders."""
-    from circuits.graphs.build import load_circuit
+    from circuits.graphs.files import load_circuit
     from circuits.graphs.compare import SCORES_FILE, load_scores
     from circuits.graphs.interop import write_mib
 

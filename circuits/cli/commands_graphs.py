@@ -130,6 +130,10 @@ def _compare_two(a: Path, b: Path, as_json: bool) -> None:
         typer.echo(f"{part:7} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['jaccard']:>7.3f} {auroc_text:>7}")
     if result["granularity"] == "node":
         typer.echo("(A is a node circuit: compare its nodes; its edges are every edge among them)")
+    if result["granularity"] == "positional":
+        typer.echo("(positional circuits: nodes are COMPONENT@SPAN, edges are (edge, span) pairs)")
+    elif isinstance(result.get("projected"), str):
+        typer.echo(f"({result['projected'].upper()} is positional: compared by its projection, each edge kept at some span)")
     if "neurons" in result:
         typer.echo("(neurons: of " + (", ".join(result["neurons"]["mlps"]) or "no MLP") + ", reduced in both A and B)")
     if scores is None:

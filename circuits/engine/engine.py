@@ -35,6 +35,8 @@ PostEdit = Callable[[int, Tensor], Tensor]  # (layer, mlp hidden [b,p,m]) -> hid
 class Patch:
     """Edge patching: ``keep`` [S, R] is 1 where an edge carries the current run's value and 0 where
     it carries ``reference`` [S, b, p, d] (corrupted or mean outputs).  Fractions interpolate.
+    A positional keep is [S, R, P] (per position of the receiver's input) or [S, R, b, P] (per prompt);
+    ``column`` does not apply to it.
 
     ``column`` and ``column_keep`` [c, S] let one receiver's keep column differ between ``c`` equal
     groups of the batch (group ``i`` is rows ``i*b/c .. (i+1)*b/c``): group ``i`` reads receiver
@@ -456,6 +458,8 @@ class GraphEngine:
         """
         if patch is None:
             return base, False, None
+        if patch.keep.ndim > 2:
+            return (*GraphEngine._positional_inputs(base, ref_base, patch, diff, n_s, cols), None)
         x, split = GraphEngine._shared_inputs(base, ref_base, patch, diff, n_s, cols)
         if patch.column is None or not cols.start <= patch.column < cols.stop:
             return x, split, None
@@ -463,6 +467,27 @@ class GraphEngine:
             one = slice(patch.column, patch.column + 1)
             return x, False, (patch.column - cols.start, GraphEngine._column_inputs(x, False, patch, diff, n_s, one))
         return GraphEngine._column_inputs(x, split, patch, diff, n_s, cols), cols.stop - cols.start > 1, None
+
+    @staticmethod
+    def _positional_inputs(base: Tensor, ref_base: Callable[[int], Tensor], patch: Patch, diff: Tensor, n_s: int, cols: slice):
+        """A positional keep (``[S, R, P]``, or ``[S, R, b, P]`` per prompt): each receiver's input at position
+        ``p`` is ``base[p] - sum_s (1 - keep[s, r, p]) * diff[s, p]``, or, from whichever side touches fewer
+        senders, ``ref_base(n_s)[p] + sum_s keep[s, r, p] * diff[s, p]``.  Returns ``(x, split)`` as ``_shared_inputs``."""
+        keep = patch.keep[:n_s, cols]
+        keep = (keep[:, :, None] if keep.ndim == 3 else keep).to(diff.dtype)  # [n_s, r, b or 1, p]
+        drop = 1.0 - keep
+        rows = drop.flatten(1).abs().sum(1) > 0
+        if not bool(rows.any()):
+            return base, False
+        kept_rows = keep.flatten(1).abs().sum(1) > 0
+        b = base.shape[0]
+        if int(kept_rows.sum()) < int(rows.sum()):  # a small circuit: add its few kept senders to the reference
+            shift = torch.einsum("srbp,sbpd->rbpd", keep[kept_rows].expand(-1, -1, b, -1), diff[:n_s][kept_rows])
+            x = ref_base(n_s)[None] + shift
+        else:
+            shift = torch.einsum("srbp,sbpd->rbpd", drop[rows].expand(-1, -1, b, -1), diff[:n_s][rows])
+            x = base[None] - shift
+        return (x[0], False) if x.shape[0] == 1 else (x, True)
 
     @staticmethod
     def _column_inputs(x: Tensor, split: bool, patch: Patch, diff: Tensor, n_s: int, cols: slice) -> Tensor:

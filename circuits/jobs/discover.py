@@ -48,6 +48,10 @@ OPTIONS = (
     Option("keep_neurons", int, None, "Keep each --neurons MLP through its K top-scored neurons only (the others are "
            "patched)."),
     Option("bootstrap", int, 0, BOOTSTRAP_HELP, parse=_bootstrap),
+    Option("positions", bool, False, "Score and keep edges per span of the prompt (the task's schema, or each position "
+           "when it has none): a circuit of (edge, span) pairs (eap, eap-ig)."),
+    Option("span_aggregate", str, "sum", "--positions: how a span's positions combine: sum, mean or max.",
+           choices=("sum", "mean", "max")),
     BATCH_SIZE, MAX_MEMORY, DTYPE, TASK_FILE, DEVICE,
     Option("force", bool, False, "Write into a non-empty --out folder.", served=False),
 )
@@ -101,6 +105,10 @@ def plan(values: Mapping[str, Any]) -> Plan:
     if values["keep_neurons"] is not None:
         check_keep_neurons(values["keep_neurons"], layers)
         spec = replace(spec, keep_neurons=values["keep_neurons"])
+    if values["positions"]:
+        from circuits.circuit.positions import check_positional
+
+        check_positional(method, spec, values["span_aggregate"], layers)
     batch, budget = batch_plan(values["batch_size"], values["max_memory"])
     params = option_values(method, values.get("method_params") or {})
     check_out_dir(values["out"], values["force"])
@@ -152,20 +160,58 @@ def run(values: Mapping[str, Any], *, progress, load, command: Optional[List[str
     options = MethodOptions(ablation=values["ablation"], neurons=neuron_layer_names(p.neuron_layers), batch_size=batch,
                             params=p.params)
     metric_fn = build_metric(values["metric"], p.task, engine, dataset, batch_size=batch)
-    result = discover(engine, scored, metric_fn, p.method, options, p.spec, heldout=heldout, progress=progress,
-                      bootstrap=values["bootstrap"], seed=values["seed"], **extra)
     run_info = {"command": list(command or []), "task": getattr(p.task, "name", values["task"]), "model": values["model"],
                 "method": values["method"], "metric": values["metric"], "n": len(dataset), "n_scored": len(scored),
                 "holdout": holdout, "data": None if values["data"] is None else str(values["data"]), "seed": values["seed"],
                 "device": values["device"], "dtype": values["dtype"], "batch_size": batch,
                 "batch_size_auto": None if auto is None else auto.manifest()}
-    if meter is not None:
-        run_info["memory"] = meter.report()
     d_model = getattr(getattr(engine, "w", None), "d_model", None)
     if isinstance(d_model, int):
         run_info["d_model"] = d_model  # EAP-IG's graph files need it (cfg.d_model)
+    if values["positions"]:
+        return _positional(values, p, engine, scored, heldout, metric_fn, options, run_info, meter, timings, notes, extra,
+                           progress)
+    result = discover(engine, scored, metric_fn, p.method, options, p.spec, heldout=heldout, progress=progress,
+                      bootstrap=values["bootstrap"], seed=values["seed"], **extra)
+    if meter is not None:
+        run_info["memory"] = meter.report()
     write_run(values["out"], result, run_info, timings=timings, force=values["force"])
     return summary(result, engine, run_info, values["out"], notes)
+
+
+def _positional(values, p: Plan, engine, scored, heldout, metric_fn, options, run_info, meter, timings, notes, extra,
+                progress) -> Dict[str, Any]:
+    """``discover --positions``: a circuit of (edge, span) pairs (:mod:`circuits.circuit.positions`), written and summarized."""
+    from circuits.circuit.positions import discover_positions
+    from circuits.circuit.positions_folder import write_positional_run
+
+    result = discover_positions(engine, scored, metric_fn, p.method, options, p.spec, aggregate=values["span_aggregate"],
+                                heldout=heldout, progress=progress, **extra)
+    if meter is not None:
+        run_info["memory"] = meter.report()
+    written = write_positional_run(values["out"], result, run_info, timings=timings, force=values["force"])
+    sel = result.selection
+    return {"positional": True, "task": run_info["task"], "model": run_info["model"], "method": run_info["method"],
+            "out": str(values["out"]), "spans": list(result.spans), "pairs_kept": sel.pairs_kept,
+            "pairs_total": result.pairs_total, "edges_kept": written.manifest["edges_kept"], "mode": sel.mode,
+            "value": sel.value, "k": sel.k, "faithfulness": result.faithfulness.f, "reached": sel.reached,
+            "node_spans": None if sel.node_spans is None else [f"{n}@{s}" for n, s, _ in sel.node_spans],
+            "heldout": None if result.heldout is None else {"n": result.n_heldout, "faithfulness": result.heldout.f},
+            "notes": list(notes)}
+
+
+def present_positional(r: Mapping[str, Any]) -> Report:
+    lines = [f"{r['task']} on {r['model']} with {r['method']} by span ({', '.join(r['spans'])}): {r['pairs_kept']} of "
+             f"{r['pairs_total']} (edge, span) pairs kept ({r['edges_kept']} edges; {r['mode']} {r['value']:g}, "
+             f"k = {r['k']}), faithfulness {r['faithfulness']:.3f}"]
+    if r["node_spans"] is not None:
+        lines.append("node-spans kept: " + (", ".join(r["node_spans"]) or "none"))
+    if r["heldout"] is not None:
+        lines.append(f"held-out ({r['heldout']['n']} prompts): faithfulness {r['heldout']['faithfulness']:.3f}")
+    lines.append(r["out"])
+    warn = () if r["reached"] else (f"warning: no circuit reached faithfulness {r['value']:g}; kept the most faithful "
+                                    "one tried",)
+    return Report(tuple(lines), tuple(r["notes"]) + warn)
 
 
 def summary(result, engine, run_info: Mapping[str, Any], out, notes: List[str]) -> Dict[str, Any]:
@@ -196,6 +242,8 @@ def summary(result, engine, run_info: Mapping[str, Any], out, notes: List[str]) 
 
 
 def present(r: Mapping[str, Any]) -> Report:
+    if r.get("positional"):
+        return present_positional(r)
     head = f"{r['task']} on {r['model']} with {r['method']}"
     if r["granularity"] == "node":
         lines = [f"{head}: {r['nodes_kept']} of {r['nodes_total']} nodes kept ({r['edges_kept']} edges among them; "

@@ -44,6 +44,39 @@ def add_edge_scores(engine, out: Tensor, delta: Tensor, trace, answer_pos: Tenso
     out[:, g.logits_receiver].add_((flat @ logits.reshape(-1)).to(out.dtype), alpha=scale)
 
 
+def add_positional_scores(engine, out: Tensor, delta: Tensor, trace, answer_pos: Tensor, spans, *,
+                          aggregate: str = "sum", scale: float = 1.0) -> None:
+    """``add_edge_scores`` per span: ``out`` [S, R, K] += scale * the per-position products
+    ``delta[s, b, p] . d metric / d input_r[b, p]`` aggregated over each span's positions (``spans``: the
+    piece's :class:`circuits.data.spans.SpanTable`; ``sum``, ``mean`` or ``max``: largest |product|, signed) and
+    summed over prompts.  One layer's products [S, 3H + 1, b, p] exist at a time."""
+    g = engine.graph
+    H3 = 3 * engine.w.n_heads
+    weights = spans.one_hot(dtype=delta.dtype, mean=aggregate == "mean").to(delta.device)  # [b, p, K]
+    index = spans.index.to(delta.device)
+
+    def add(rows: slice, cols, prod: Tensor) -> None:  # prod [s, r, b, p]
+        if aggregate == "max":
+            parts = []
+            for k in range(spans.k):
+                v = prod.masked_fill(index != k, 0)
+                parts.append(v.gather(-1, v.abs().argmax(-1, keepdim=True)).squeeze(-1).sum(-1))
+            red = torch.stack(parts, -1)
+        else:
+            red = prod.flatten(2) @ weights.flatten(0, 1)
+        out[rows, cols] += red.to(out.dtype) * scale
+
+    for layer in range(engine.w.n_layers):
+        block = g.receiver_block(layer)
+        grad = engine.receiver_grads(trace, layer)
+        n_heads, n_mlp = g.senders_before_heads(layer), g.senders_before_mlp(layer)
+        add(slice(0, n_heads), slice(block.start, block.start + H3), torch.einsum("sbpd,rbpd->srbp", delta[:n_heads], grad[:H3]))
+        add(slice(0, n_mlp), slice(block.start + H3, block.start + H3 + 1), torch.einsum("sbpd,bpd->sbp", delta[:n_mlp], grad[H3])[:, None])
+        del grad
+    logits = engine.logits_grad(trace, answer_pos, tuple(delta.shape[1:]))
+    add(slice(None), slice(g.logits_receiver, g.logits_receiver + 1), torch.einsum("sbpd,bpd->sbp", delta, logits)[:, None])
+
+
 def score_dtype(engine) -> torch.dtype:
     """The precision scores accumulate in: float32, or float64 for a float64 engine (exact checks)."""
     return torch.promote_types(engine.w.W_E.dtype, torch.float32)

@@ -12,19 +12,25 @@ from typing import Optional
 import torch
 
 from circuits.data.batching import batches
-
-from circuits.engine.ablation import static_reference, reference
-from circuits.methods.attribution import add_edge_scores, parse_neuron_layers, score_dtype, top_neurons
+from circuits.engine.ablation import reference, static_reference
+from circuits.methods.attribution import add_edge_scores, add_positional_scores, parse_neuron_layers, score_dtype, top_neurons
 from circuits.methods.base import MethodOptions, Progress, Scores, no_progress
+from circuits.data.spans import span_table
 
 
-def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps: int, progress: Progress, method: str) -> Scores:
+def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps: int, progress: Progress, method: str,
+                      aggregate: Optional[str] = None) -> Scores:
     """Edge (and neuron) attributions with gradients averaged over ``steps`` points on the line from
-    the reference input embedding to the clean one (``steps=1``: the clean point only, i.e. EAP)."""
+    the reference input embedding to the clean one (``steps=1``: the clean point only, i.e. EAP).
+
+    ``aggregate`` (``sum``, ``mean``, ``max``): positional scores [S, R, K], per span of the dataset's
+    schema (:mod:`circuits.data.spans`; its names in ``info["spans"]``), instead of [S, R]."""
     g = engine.graph
     layers = parse_neuron_layers(options.neurons, engine.w.n_layers)
+    spans = None if aggregate is None else span_table(dataset)
     means = static_reference(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
-    total = torch.zeros(g.n_senders, g.n_receivers, device=engine.device, dtype=score_dtype(engine))
+    shape = (g.n_senders, g.n_receivers) + (() if spans is None else (spans.k,))
+    total = torch.zeros(shape, device=engine.device, dtype=score_dtype(engine))
     neuron_totals = {}
     parts = batches(dataset, options.batch_size)
     work, done = len(parts) * steps, 0
@@ -44,7 +50,11 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
                 clean_hidden = {k: v.detach() for k, v in (run.hidden or {}).items()}
                 run = replace(run, outputs=None)
             (metric(run.logits, part).sum() / n).backward()
-            add_edge_scores(engine, total, delta, run.trace, part.answer_pos, scale=1.0 / steps)
+            if spans is None:
+                add_edge_scores(engine, total, delta, run.trace, part.answer_pos, scale=1.0 / steps)
+            else:
+                add_positional_scores(engine, total, delta, run.trace, part.answer_pos, span_table(part),
+                                      aggregate=aggregate, scale=1.0 / steps)
             for layer, h in (run.hidden or {}).items():
                 hidden_grads[layer] = h.grad.detach() if layer not in hidden_grads else hidden_grads[layer].add_(h.grad)
             del run
@@ -54,8 +64,11 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
             s = ((ref.hidden[layer] - clean_hidden[layer]) * hidden_grads[layer]).sum((0, 1), dtype=total.dtype) / steps
             neuron_totals[layer] = s if layer not in neuron_totals else neuron_totals[layer] + s
         del delta, hidden_grads, ref
-    total *= g.valid_mask(total.device)
+    valid = g.valid_mask(total.device)
+    total *= valid if spans is None else valid[..., None]
     info = {"forward_passes": len(parts) * (1 + steps), "backward_passes": len(parts) * steps, "ablation": options.ablation}
+    if spans is not None:
+        info.update(spans=list(spans.names), aggregate=aggregate)
     if steps > 1:
         info["ig_steps"] = steps
     return Scores(graph=g, method=method, edge_scores=total.detach().cpu(),

@@ -118,11 +118,16 @@ class Variant:
     edges: tuple[str, ...]
     positions: tuple[tuple[str, str], ...]  # node -> "YY" or "last": where it does its work
     n_positions: int = 64
+    pairs: tuple[tuple[str, str], ...] = ()  # (edge, greater-than span): the positional ground truth, when given
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
 
+
+# planted's two paths (a0.h0 -> m1 -> logits, a0.h1 -> logits), shared by planted-positional
+PLANTED_EDGES = ("input->a0.h0<v>", "a0.h0->m1", "m1->logits", "input->a0.h1<v>", "a0.h1->logits")
+PLANTED_POSITIONS = (("input", "YY"), ("a0.h0", "last"), ("a0.h1", "last"), ("m1", "last"), ("logits", "last"))
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -139,14 +144,8 @@ VARIANTS: dict[str, Variant] = {
             maps=(MlpMap(1, "R_A", "lin", "M1", "ans", "century"),),
             readout=(("M1", 0.55), ("R_B", 0.45)),
             yy_decoys=(Mover(1, 2, "NUM_LIN", "D_YY0"),),
-            edges=(
-                "input->a0.h0<v>",
-                "a0.h0->m1",
-                "m1->logits",
-                "input->a0.h1<v>",
-                "a0.h1->logits",
-            ),
-            positions=(("input", "YY"), ("a0.h0", "last"), ("a0.h1", "last"), ("m1", "last"), ("logits", "last")),
+            edges=PLANTED_EDGES,
+            positions=PLANTED_POSITIONS,
         ),
         Variant(
             name="planted-deep",
@@ -191,6 +190,29 @@ VARIANTS: dict[str, Variant] = {
                 ("logits", "last"),
             ),
         ),
+        Variant(
+            name="planted-positional",
+            description="planted's two paths, plus a decoy map in m1 that reads a0.h0 at YY's position (where its "
+                        "output carries YY too) and writes where nothing reads: a0.h0->m1 matters at the final century only",
+            n_layers=2,
+            n_heads=4,
+            d_model=64,
+            d_mlp=256,
+            seed=20240503,
+            movers=(Mover(0, 0, "NUM_LIN", "R_A"), Mover(0, 1, "NUM_ANG", "R_B", rotate=True)),
+            maps=(MlpMap(1, "R_A", "lin", "M1", "ans", "century"), MlpMap(1, "R_A", "lin", "D_M1", "k0", "num2")),
+            readout=(("M1", 0.55), ("R_B", 0.45)),
+            yy_decoys=(Mover(1, 2, "NUM_LIN", "D_YY0"),),
+            edges=PLANTED_EDGES,
+            positions=PLANTED_POSITIONS,
+            pairs=(
+                ("input->a0.h0<v>", "YY"),
+                ("a0.h0->m1", "XX2"),
+                ("m1->logits", "XX2"),
+                ("input->a0.h1<v>", "YY"),
+                ("a0.h1->logits", "XX2"),
+            ),
+        ),
     )
 }
 
@@ -222,6 +244,7 @@ def ground_truth(variant: str) -> dict[str, Any]:
         "edges": edges,
         "nodes": sorted(nodes, key=lambda n: names.node_layer_order(names.parse_node(n))),
         "positions": dict(v.positions),
+        **({"pairs": [list(p) for p in v.pairs]} if v.pairs else {}),
     }
 
 
