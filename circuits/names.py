@@ -157,3 +157,9 @@ def node_layer_order(node: Node) -> tuple[float, int]:
     if node.kind == "head":
         return (node.layer, node.index)
     return (node.layer + 0.5, node.index or 0)
+
+
+def sort_key(name: str) -> tuple:
+    """Sort key of a node name: input first, then by layer (heads before the MLP), logits last."""
+    node = parse_node(name)
+    return (node_layer_order(node), node.kind)

@@ -10,7 +10,9 @@ Node attributes: ``kind``, ``layer``, ``head``, ``neuron``, ``position`` (None f
 
 Edge attributes: ``qkv`` (sorted letters, ``[]`` for non-head receivers), ``scores``
 (letter -> score, or ``{"": score}``), ``score`` (their sum) and ``names`` (sorted full
-edge names). ``G.graph`` holds the run's metadata.
+edge names); after ``discover --bootstrap K``, ``frequencies`` (letter -> the fraction of the K resample
+circuits that keep that edge, see :mod:`circuits.circuit.stability`) and ``frequency`` (their largest). ``G.graph``
+holds the run's metadata.
 
 **Reduced MLPs.** A circuit may keep an MLP through some of its neurons only. The MLP keeps
 its MLP-level edges (``a5.h1->m10``) and its node lists the kept neurons (``neurons``:
@@ -34,8 +36,9 @@ from circuits.errors import CircuitsError
 CIRCUIT_FILE = "circuit.json"
 
 __all__ = [
-    "CIRCUIT_FILE", "build_graph", "node_attributes", "edge_names", "circuit_neurons", "add_neurons",
-    "to_node_link", "from_node_link", "load_circuit", "write_json", "jsonable",
+    "CIRCUIT_FILE", "build_graph", "node_attributes", "edge_names", "circuit_neurons", "add_neurons", "add_frequencies",
+    "edge_frequencies",
+    "to_node_link", "from_node_link", "write_json", "jsonable",
 ]
 
 
@@ -107,7 +110,31 @@ def add_neurons(G: nx.DiGraph, neurons: Mapping[str, Sequence[int]], *,
             if n not in G:
                 G.add_node(n, **node_attributes(names.neuron(node.layer, i), scores.get(i)))
         recorded[mlp_name] = kept
-    G.graph["neurons"] = dict(sorted(recorded.items(), key=lambda kv: _node_key(kv[0])))
+    G.graph["neurons"] = dict(sorted(recorded.items(), key=lambda kv: names.sort_key(kv[0])))
+
+
+def add_frequencies(G: nx.DiGraph, frequency: Mapping[str, float]) -> None:
+    """Record each kept edge's bootstrap inclusion frequency (edge name -> fraction in [0, 1]) on ``G`` in place."""
+    for raw, value in frequency.items():
+        edge = _parse_edge(raw)
+        u, v = names.format_node(edge.src), names.format_node(edge.dst)
+        if not G.has_edge(u, v):
+            raise CircuitsError(f"inclusion frequency of {raw}, an edge the circuit does not keep")
+        data = G.edges[u, v]
+        data["frequencies"] = dict(sorted({**(data.get("frequencies") or {}), edge.qkv or "": float(value)}.items()))
+        data["frequency"] = max(data["frequencies"].values())
+
+
+def edge_frequencies(G: nx.DiGraph) -> dict[str, float]:
+    """Edge name -> bootstrap inclusion frequency of the kept edges that carry one (empty without a bootstrap)."""
+    out = {}
+    for _, _, data in G.edges(data=True):
+        per = data.get("frequencies") or {}
+        for name in data.get("names") or []:
+            value = per.get(names.parse_edge(name).qkv or "")
+            if isinstance(value, (int, float)):
+                out[name] = float(value)
+    return out
 
 
 def circuit_neurons(G: nx.DiGraph) -> dict[str, list[int]]:
@@ -123,7 +150,7 @@ def circuit_neurons(G: nx.DiGraph) -> dict[str, list[int]]:
             out.setdefault(n, set()).update(_neuron_index(i, n) for i in data["neurons"])
         elif node.kind == "neuron":
             out.setdefault(names.format_node(names.mlp(node.layer)), set()).add(int(node.index))
-    return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: _node_key(kv[0]))}
+    return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: names.sort_key(kv[0]))}
 
 
 def _neuron_index(value: Any, mlp_name: str) -> int:
@@ -162,10 +189,10 @@ def to_node_link(G: nx.DiGraph) -> dict[str, Any]:
     The edge list is written once, under ``edges`` (networkx >= 3.4's default); files that
     carry it as ``links`` (older networkx, circuit-tracer) are still read.
     """
-    nodes = [{"id": n, **jsonable(G.nodes[n])} for n in sorted(G.nodes, key=_node_key)]
+    nodes = [{"id": n, **jsonable(G.nodes[n])} for n in sorted(G.nodes, key=names.sort_key)]
     edges = sorted(
         ({"source": u, "target": v, **jsonable(d)} for u, v, d in G.edges(data=True)),
-        key=lambda e: (min(e.get("names") or [""]), _node_key(e["source"]), _node_key(e["target"])),
+        key=lambda e: (min(e.get("names") or [""]), names.sort_key(e["source"]), names.sort_key(e["target"])),
     )
     return {
         "directed": True,
@@ -180,33 +207,6 @@ def write_json(G: nx.DiGraph, path: Union[str, Path]) -> Path:
     """Write ``G`` as node-link JSON to ``path`` atomically; returns the path."""
     text = json.dumps(to_node_link(G), indent=2, allow_nan=False) + "\n"
     return write_atomic(path, text)
-
-
-def load_circuit(path: Union[str, Path]) -> nx.DiGraph:
-    """Read a circuit graph from a ``circuit.json`` file or a run folder that holds one.
-
-    EAP-IG's graph JSON (``{"cfg", "nodes": {...}, "edges": {...}}``, also MIB's format) is read
-    too: its ``in_graph`` edges become the circuit (see :mod:`circuits.graphs.interop`).
-
-    Edges without ``names`` are named from their ends and ``qkv``; nodes without attributes
-    get them from their names, so a hand-written reference circuit needs only ``source``,
-    ``target`` (and ``qkv`` for head receivers).
-    """
-    file = _circuit_file(Path(path))
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CircuitsError(
-            f"{file} is not valid JSON ({exc.msg} at line {exc.lineno}); fix it or re-export the circuit"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CircuitsError(f"cannot read {file} ({exc}); check the path and its permissions") from None
-    try:
-        from circuits.graphs.interop import from_eap_ig, is_eap_ig
-
-        return from_eap_ig(data) if is_eap_ig(data) else from_node_link(data)
-    except CircuitsError as exc:
-        raise CircuitsError(f"{file}: {exc}") from None
 
 
 def from_node_link(data: Any) -> nx.DiGraph:
@@ -310,16 +310,6 @@ def _add_loaded_edge(G: nx.DiGraph, entry: Mapping[str, Any]) -> None:
     G.add_edge(u, v, **attrs)
 
 
-def _circuit_file(path: Path) -> Path:
-    if path.is_dir():
-        file = path / CIRCUIT_FILE
-        if not file.is_file():
-            raise CircuitsError(f"{path} holds no {CIRCUIT_FILE}; pass a run folder written by `circuits discover` or a circuit .json file")
-        return file
-    if not path.exists():
-        raise CircuitsError(f"{path} does not exist; pass a circuit .json file or a run folder that holds {CIRCUIT_FILE}")
-    return path
-
 
 def _parse_edge(name: str) -> names.Edge:
     try:
@@ -337,11 +327,6 @@ def _parse_node(name: str) -> names.Node:
 
 def _canonical_node(name: str) -> str:
     return names.format_node(_parse_node(name))
-
-
-def _node_key(name: str) -> tuple:
-    node = names.parse_node(name)
-    return (names.node_layer_order(node), node.kind)
 
 
 def _finite(value: Any, name: str) -> float:

@@ -36,7 +36,7 @@ __all__ = ["to_dot", "quote", "penwidth", "edge_colour"]
 
 def to_dot(G: nx.DiGraph) -> str:
     """The DOT text of a circuit graph (see the module docstring for the drawing rules)."""
-    order = sorted(G.nodes, key=_order_key)
+    order = sorted(G.nodes, key=names.sort_key)
     max_abs = max((abs(float(d.get("score") or 0.0)) for _, _, d in G.edges(data=True)), default=0.0)
     lines = ["digraph circuit {"]
     graph_attrs = {"rankdir": "BT", "ranksep": "0.5", "nodesep": "0.3", "fontname": "Helvetica"}
@@ -50,7 +50,7 @@ def to_dot(G: nx.DiGraph) -> str:
         lines.append(f"  {quote(n)} [{_attrs(_node_style(n, G.nodes[n]))}];")
     for rank in _ranks(order):
         lines.append("  {rank=same; " + " ".join(f"{quote(n)};" for n in rank) + "}")
-    edges = sorted(G.edges(data=True), key=lambda e: (_order_key(e[0]), _order_key(e[1])))
+    edges = sorted(G.edges(data=True), key=lambda e: (names.sort_key(e[0]), names.sort_key(e[1])))
     for u, v, data in edges:
         lines.append(f"  {quote(u)} -> {quote(v)} [{_attrs(_edge_style(data, max_abs))}];")
     tie = {"style": "dashed", "dir": "none", "color": "#7f9f7f", "constraint": "false"}
@@ -115,11 +115,6 @@ def _ranks(order: Iterable[str]) -> list[list[str]]:
     for n in order:
         groups[names.node_layer_order(names.parse_node(n))[0]].append(n)
     return [groups[k] for k in sorted(groups)]
-
-
-def _order_key(name: str) -> tuple:
-    node = names.parse_node(name)
-    return (names.node_layer_order(node), node.kind)
 
 
 def _title(meta: dict) -> str:

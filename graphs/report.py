@@ -1,14 +1,14 @@
-"""A run's ``report.md``: summary, top components, kept heads and MLPs, and the faithfulness curve.
+"""A run's ``report.md``: summary, top components, kept heads and MLPs, and the faithfulness curves.
 
-The curve is drawn to ``faithfulness_curve.png`` with matplotlib's Agg canvas (imported
-here only when a curve is drawn); both files are written atomically.
+The curves (signed ranking: CPR; ``|score|`` ranking: CMD) are drawn to ``faithfulness_curve.png`` with
+matplotlib's Agg canvas (imported here only when a curve is drawn); both files are written atomically.
 """
 from __future__ import annotations
 
 import io
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import networkx as nx
 
@@ -35,7 +35,12 @@ _SUMMARY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("device", ("device",)),
 )
 
-__all__ = ["REPORT_FILE", "CURVE_FILE", "write_report", "plot_curve"]
+# The manifest's curve keys and how the report and the viewer label them.
+CURVE_LABELS: Tuple[Tuple[str, str], ...] = (("curve_signed", "signed ranking (CPR)"), ("curve_abs", "|score| ranking (CMD)"))
+
+__all__ = ["REPORT_FILE", "CURVE_FILE", "CURVE_LABELS", "write_report", "plot_curve", "plot_curves", "manifest_curves"]
+
+Points = Sequence[Tuple[float, float]]
 
 
 def write_report(
@@ -43,14 +48,17 @@ def write_report(
     *,
     G: nx.DiGraph,
     manifest: Mapping[str, Any],
-    curve: Optional[Sequence[tuple[float, float]]],
+    curves: Optional[Mapping[str, Points]] = None,
     top_components: Sequence[tuple[str, float]],
+    curve: Optional[Points] = None,
 ) -> Path:
-    """Write ``run_dir/report.md`` (and ``faithfulness_curve.png`` when ``curve`` is given); returns the report's path.
+    """Write ``run_dir/report.md`` (and ``faithfulness_curve.png`` when a curve is given); returns the report's path.
 
     ``manifest`` supplies task, model, method, faithfulness, edges_kept, edges_total, cpr,
-    cmd, n, seed and timings (a dict of stage -> seconds) where present; ``G.graph`` fills
-    in the first four. ``curve`` is a list of (edge fraction, faithfulness) points.
+    cmd, n, seed and timings (a dict of stage -> seconds) where present, and ``curve_signed`` / ``curve_abs``
+    (lists of ``{"fraction", "edges", "faithfulness"}``) for the curves' table; ``G.graph`` fills
+    in the first four. ``curves``: ranking (``signed``, ``abs``) -> list of (edge fraction, faithfulness) points;
+    ``curve``: one curve alone (an older run's).
     """
     run_dir = Path(run_dir)
     info = {**dict(G.graph), **dict(manifest)}
@@ -60,8 +68,9 @@ def write_report(
     lines += ["## Top components", ""] + _components(top_components) + [""]
     lines += ["## Kept heads and MLPs", ""] + _kept(G) + [""]
     lines += _neurons(G)
-    lines += ["## Faithfulness curve", ""]
-    drawn = plot_curve(curve, run_dir / CURVE_FILE, kept=_kept_fraction(info, G)) if curve else None
+    lines += ["## Faithfulness curves", ""]
+    named = {_label(k): v for k, v in (curves or {}).items() if v} or ({"faithfulness": curve} if curve else {})
+    drawn = plot_curves(named, run_dir / CURVE_FILE, kept=_kept_fraction(info, G)) if named else None
     if drawn is not None:
         lines += [
             f"![Faithfulness f against the fraction of edges kept (log scale)]({CURVE_FILE})",
@@ -69,15 +78,23 @@ def write_report(
         ]
     else:
         lines += ["No faithfulness curve was recorded for this run.", ""]
+    lines += _curve_table(manifest)
     return write_atomic(run_dir / REPORT_FILE, "\n".join(lines))
 
 
-def plot_curve(
-    curve: Sequence[tuple[float, float]], path: Union[str, Path], *, kept: Optional[float] = None
-) -> Optional[Path]:
-    """Draw faithfulness against edge fraction (log x) to a PNG atomically; None if no point has a fraction > 0."""
-    points = sorted((float(x), float(y)) for x, y in curve if float(x) > 0 and math.isfinite(float(y)))
-    if not points:
+def plot_curve(curve: Points, path: Union[str, Path], *, kept: Optional[float] = None) -> Optional[Path]:
+    """Draw one curve (see :func:`plot_curves`)."""
+    return plot_curves({"faithfulness": curve}, path, kept=kept)
+
+
+def plot_curves(curves: Mapping[str, Points], path: Union[str, Path], *, kept: Optional[float] = None,
+                title: Optional[str] = None) -> Optional[Path]:
+    """Draw faithfulness against edge fraction (log x), one line per labelled curve, to a PNG or SVG (by the
+    path's suffix) atomically; None if no curve has a point with a fraction > 0."""
+    series = {label: sorted((float(x), float(y)) for x, y in pts if float(x) > 0 and math.isfinite(float(y)))
+              for label, pts in curves.items()}
+    series = {label: pts for label, pts in series.items() if pts}
+    if not series:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -85,19 +102,56 @@ def plot_curve(
     fig = Figure(figsize=(6, 3.6), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, color="#1f5fbf")
+    for i, (label, pts) in enumerate(series.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label,
+                linestyle="-" if i % 2 == 0 or len(series) > 2 else "--")
     ax.set_xscale("log")
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
     if kept is not None and kept > 0:
         ax.axvline(kept, color="#c0392b", linewidth=0.8, linestyle="--", label="kept circuit")
+    if len(series) > 1 or (kept is not None and kept > 0):
         ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.set_xlabel("fraction of edges kept")
     ax.set_ylabel("faithfulness f")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="svg" if str(path).endswith(".svg") else "png")
     return write_atomic(path, buffer.getvalue())
+
+
+def manifest_curves(manifest: Mapping[str, Any]) -> dict:
+    """``{"curve_signed": [...], "curve_abs": [...]}`` of a manifest; an older manifest's single ``curve`` is
+    read as the ``|score|`` one (its ranking's)."""
+    out = {key: [p for p in manifest.get(key) or [] if isinstance(p, Mapping)] for key, _ in CURVE_LABELS}
+    if not any(out.values()) and manifest.get("curve"):
+        out["curve_abs"] = [p for p in manifest["curve"] if isinstance(p, Mapping)]
+    return out
+
+
+def _label(ranking: str) -> str:
+    return dict(CURVE_LABELS).get(f"curve_{ranking}", ranking)
+
+
+def _curve_table(manifest: Mapping[str, Any]) -> list[str]:
+    """Each fraction's edges and f on both curves (none recorded: nothing)."""
+    curves = manifest_curves(manifest)
+    fractions = sorted({p.get("fraction") for pts in curves.values() for p in pts if p.get("fraction") is not None})
+    if not fractions:
+        return []
+    keys = [k for k, _ in CURVE_LABELS if curves[k]]
+    short = {"curve_signed": "signed (CPR)", "curve_abs": "abs (CMD)"}
+    rows = ["| fraction | " + " | ".join(f"edges, {short[k]} | f, {short[k]}" for k in keys) + " |",
+            "| --- |" + " --- | --- |" * len(keys)]
+    for x in fractions:
+        cells = []
+        for k in keys:
+            p = next((q for q in curves[k] if q.get("fraction") == x), {})
+            cells += [_fmt(p.get("edges", "")), _fmt(p.get("faithfulness", ""))]
+        rows.append(f"| {_fmt(x)} | " + " | ".join(cells) + " |")
+    return rows + [""]
 
 
 def _summary(info: Mapping[str, Any], G: nx.DiGraph) -> list[str]:

@@ -116,8 +116,10 @@
     for (var j = drawn.length - 1; j >= 0; j--) { // weakest first, strongest on top
       var i = drawn[j], e = EDGES[i];
       var t = maxAbs > 0 ? Math.abs(e[3]) / maxAbs : 1;
+      // a kept edge with a bootstrap inclusion frequency (e[5]) is shaded by it: faint when few resamples keep it
+      var opacity = e.length > 5 ? 0.12 + 0.83 * e[5] : 0.3 + 0.6 * t;
       parts.push('<path class="edge" data-e="' + i + '" d="' + path(e) + '" stroke="' + colourOf(e) + '" stroke-width="' +
-        (0.5 + 5.5 * t).toFixed(2) + '" stroke-opacity="' + (0.3 + 0.6 * t).toFixed(2) + '"/>');
+        (0.5 + 5.5 * t).toFixed(2) + '" stroke-opacity="' + opacity.toFixed(2) + '"/>');
       active[e[0]] = true; active[e[1]] = true;
       if (e[2]) { ports[e[1] + e[2]] = [e[1], e[2]]; }
     }
@@ -247,6 +249,7 @@
       "<tr><th>rank by |score|</th><td>" + edgeRank(i) + " of " + N + "</td></tr>" +
       "<tr><th>input</th><td>" + (e[2] ? e[2] + " (of the head)" : "single input") + "</td></tr>" +
       "<tr><th>in circuit</th><td>" + (e[4] ? "yes" : "no") + (D.compare ? " \u00b7 in " + esc(D.compare.label) + ": " + (inB[edgeKey(e)] ? "yes" : "no") : "") + "</td></tr>" +
+      (e.length > 5 ? '<tr><th>bootstrap inclusion</th><td id="detail-frequency">' + (100 * e[5]).toFixed(0) + "% of resamples</td></tr>" : "") +
       '</table><p>from <a href="#" data-pick="n' + e[0] + '">' + esc(NODES[e[0]].name) + '</a> to <a href="#" data-pick="n' + e[1] + '">' + esc(NODES[e[1]].name) + "</a></p>";
   }
   function pick(what) {
@@ -310,7 +313,12 @@
 
   // ---- faithfulness curve (log x: edges)
   var curve = $("curve-svg"), CW = 320, CH = 190, M = { l: 38, r: 10, t: 10, b: 30 };
-  var pts = (D.curve || []).filter(function (p) { return p.edges !== null && p.faithfulness !== null; });
+  function usable(list) { return (list || []).filter(function (p) { return p.edges !== null && p.faithfulness !== null; }); }
+  // the manifest's curves (signed ranking: CPR; |score|: CMD), the selection's ranking first; an older page: D.curve
+  var series = (D.curves && D.curves.length ? D.curves : [{ label: "faithfulness", points: D.curve }])
+    .map(function (c) { return { label: c.label, points: usable(c.points) }; })
+    .filter(function (c) { return c.points.length; });
+  var pts = [].concat.apply([], series.map(function (c) { return c.points; }));
   var xMax = Math.max(N, D.kept, 1);
   function cx(edges) { return M.l + (CW - M.l - M.r) * Math.log(edges + 1) / Math.log(xMax + 1); }
   var fs = pts.map(function (p) { return p.faithfulness; }).concat([0, 1]);
@@ -322,17 +330,24 @@
     curve.setAttribute("width", CW);
     curve.setAttribute("height", CH);
     if (!pts.length) { curve.innerHTML = '<text x="10" y="20" class="hint">no curve in manifest.json</text>'; return; }
-    var line = pts.map(function (p, i) { return (i ? "L" : "M") + cx(p.edges).toFixed(1) + "," + cy(p.faithfulness).toFixed(1); }).join(" ");
     var parts = ['<line class="axis" x1="' + M.l + '" y1="' + (CH - M.b) + '" x2="' + (CW - M.r) + '" y2="' + (CH - M.b) + '"/>',
       '<line class="axis" x1="' + M.l + '" y1="' + M.t + '" x2="' + M.l + '" y2="' + (CH - M.b) + '"/>',
       '<line class="one" x1="' + M.l + '" y1="' + cy(1) + '" x2="' + (CW - M.r) + '" y2="' + cy(1) + '"/>',
       '<text class="tick" x="' + (M.l - 4) + '" y="' + (cy(1) + 3) + '" text-anchor="end">1</text>',
       '<text class="tick" x="' + (M.l - 4) + '" y="' + (cy(0) + 3) + '" text-anchor="end">0</text>',
       '<text class="tick" x="' + ((CW + M.l) / 2) + '" y="' + (CH - 4) + '" text-anchor="middle">edges kept (log scale), click a point</text>',
-      '<path class="curve" d="' + line + '"/>'];
-    pts.forEach(function (p) {
-      parts.push('<circle class="pt" data-k="' + p.edges + '" cx="' + cx(p.edges).toFixed(1) + '" cy="' + cy(p.faithfulness).toFixed(1) +
-        '" r="3.5"><title>' + p.edges + " edges (" + (100 * p.fraction).toPrecision(2) + "%): f = " + fmt(p.faithfulness) + "</title></circle>");
+    ];
+    series.forEach(function (c, j) {
+      var line = c.points.map(function (p, i) { return (i ? "L" : "M") + cx(p.edges).toFixed(1) + "," + cy(p.faithfulness).toFixed(1); }).join(" ");
+      parts.push('<path class="curve' + (j ? " alt" : "") + '" d="' + line + '"><title>' + esc(c.label) + "</title></path>");
+      c.points.forEach(function (p) {
+        parts.push('<circle class="pt' + (j ? " alt" : "") + '" data-k="' + p.edges + '" cx="' + cx(p.edges).toFixed(1) + '" cy="' + cy(p.faithfulness).toFixed(1) +
+          '" r="3.5"><title>' + esc(c.label) + ": " + p.edges + " edges (" + (100 * p.fraction).toPrecision(2) + "%): f = " + fmt(p.faithfulness) + "</title></circle>");
+      });
+      if (series.length > 1) {
+        parts.push('<line class="curve' + (j ? " alt" : "") + '" x1="' + (M.l + 6) + '" x2="' + (M.l + 22) + '" y1="' + (M.t + 6 + 12 * j) + '" y2="' + (M.t + 6 + 12 * j) + '"/>' +
+          '<text class="tick" x="' + (M.l + 26) + '" y="' + (M.t + 9 + 12 * j) + '">' + esc(c.label) + "</text>");
+      }
     });
     if (D.chosen.faithfulness !== null && D.chosen.faithfulness !== undefined) {
       var x = cx(D.chosen.edges), y = cy(D.chosen.faithfulness);
@@ -359,6 +374,7 @@
   var meta = D.meta, bits = [];
   if (meta.edges_total !== null && meta.edges_total !== undefined) { bits.push(thousands(D.kept) + " of " + thousands(meta.edges_total) + " edges kept"); }
   ["cpr", "cmd"].forEach(function (k) { if (meta[k] !== null && meta[k] !== undefined) { bits.push(k.toUpperCase() + " " + fmt(meta[k])); } });
+  if (meta.stability) { bits.push("bootstrap (" + meta.stability.k + "): edge Jaccard " + fmt(meta.stability.edge_jaccard) + ", node Jaccard " + fmt(meta.stability.node_jaccard) + "; kept edges shaded by inclusion"); }
   ["metric", "ablation", "granularity", "n", "seed"].forEach(function (k) { if (meta[k] !== null && meta[k] !== undefined) { bits.push(k + " " + meta[k]); } });
   if (!D.scores_complete) { bits.push("no scores.tsv: the slider ranks the kept edges only"); }
   $("summary").textContent = bits.join(" \u00b7 ");

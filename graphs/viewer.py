@@ -7,7 +7,8 @@ this module), inlined into the page together with the circuit's data as JSON.
 
 The data (:func:`viewer_data`) holds the layered layout of :mod:`circuits.graphs.layout`, every
 scored edge of the run (``scores.tsv``) ranked by ``|score|`` with the kept ones flagged, the
-faithfulness curve of ``manifest.json``, and an optional second circuit to compare with.
+faithfulness curves of ``manifest.json`` (signed ranking: CPR; ``|score|``: CMD), each kept edge's bootstrap
+inclusion frequency when ``discover --bootstrap`` measured it, and an optional second circuit to compare with.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ import networkx as nx
 from circuits import names
 from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
-from circuits.graphs.build import edge_names, jsonable
+from circuits.graphs.build import edge_frequencies, edge_names, jsonable
 from circuits.graphs.compare import SCORES_FILE, load_scores, overlap
 from circuits.graphs.layout import first_neurons, layout
+from circuits.graphs.report import CURVE_LABELS, manifest_curves
 from circuits.graphs.svg import title_of
 
 MANIFEST_FILE = "manifest.json"
@@ -97,18 +99,25 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
             "kept": n in G, "link": n in linked,
         })
     ranked = sorted(all_scores.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+    frequency = edge_frequencies(G)  # bootstrap inclusion frequency of kept edges (discover --bootstrap)
     edges = [[index[names.format_node(parsed[n].src)], index[names.format_node(parsed[n].dst)],
-              parsed[n].qkv or "", float(f"{s:.6g}"), 1 if n in kept else 0] for n, s in ranked]
+              parsed[n].qkv or "", float(f"{s:.6g}"), 1 if n in kept else 0]
+             + ([round(frequency[n], 4)] if n in frequency else []) for n, s in ranked]
     meta = jsonable(dict(G.graph))
     manifest = dict(manifest or {})
-    curve = [{"fraction": p.get("fraction"), "edges": p.get("edges"), "faithfulness": p.get("faithfulness")}
-             for p in manifest.get("curve") or [] if isinstance(p, Mapping)]
+    found = manifest_curves(manifest)
+    curves = [{"label": label, "key": key,
+               "points": [{"fraction": p.get("fraction"), "edges": p.get("edges"), "faithfulness": p.get("faithfulness")}
+                          for p in found[key]]} for key, label in CURVE_LABELS if found[key]]
+    ranking = (manifest.get("selection") or {}).get("ranking") if isinstance(manifest.get("selection"), Mapping) else None
+    curves.sort(key=lambda c: c["key"] != f"curve_{ranking or 'abs'}")  # the selection's ranking first
+    curve = curves[0]["points"] if curves else []
     chosen = {"edges": len(kept), "faithfulness": manifest.get("faithfulness", meta.get("faithfulness"))}
     data: dict[str, Any] = {
         "title": title_of({**manifest, **meta}, edges=len(kept)),
         "meta": {k: meta.get(k, manifest.get(k)) for k in (
             "task", "model", "method", "n", "seed", "ablation", "metric", "granularity", "faithfulness",
-            "edges_kept", "edges_total", "cpr", "cmd", "selection", "k")},
+            "edges_kept", "edges_total", "cpr", "cmd", "selection", "k", "stability")},
         "layout": {"width": lay.width, "height": lay.height,
                    "rows": [{"label": r.label, "y": r.y, "top": r.top, "bottom": r.bottom, "kind": r.key[0]} for r in lay.rows],
                    "columns": [[x, label] for x, label in lay.columns]},
@@ -117,6 +126,7 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
         "kept": len(kept),
         "scores_complete": scores is not None,
         "curve": jsonable(curve),
+        "curves": jsonable(curves),
         "chosen": jsonable(chosen),
         "compare": None,
     }
@@ -153,7 +163,7 @@ def viewer_html(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
 def run_viewer_html(run: Union[str, Path], *, compare: Optional[Union[str, Path]] = None) -> str:
     """The viewer page of a run folder (or circuit .json): its circuit, ``scores.tsv`` and
     ``manifest.json``, and optionally a second circuit to compare with. The service's entry point."""
-    from circuits.graphs.build import load_circuit
+    from circuits.graphs.files import load_circuit
 
     scores, manifest = run_inputs(run)
     other = load_circuit(compare) if compare is not None else None

@@ -30,10 +30,10 @@ def main(argv=None) -> int:
     import torch
 
     from bench_acdc import layer_costs, sweep_tests
-    from circuits.engine import GraphEngine
+    from circuits.engine.engine import GraphEngine
     from circuits.models import load_model
     from circuits.registry import get_task
-    from circuits.scores import MethodOptions
+    from circuits.methods.base import MethodOptions
 
     loaded = load_model(args.model)
     task = get_task(args.task)

@@ -52,7 +52,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from circuits.models.support import CHECK_LENGTH  # torch-free: the parent process imports no torch
+from circuits.engine.architectures import CHECK_LENGTH  # torch-free: the parent process imports no torch
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:

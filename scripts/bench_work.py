@@ -23,11 +23,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from circuits.engine import GraphEngine, Patch
-from circuits.memory import proc_field_kb
+from circuits.engine.engine import GraphEngine, Patch
+from circuits.engine.memory import proc_field_kb
 from circuits.models import load_model
 from circuits.registry import get_method
-from circuits.scores import MethodOptions
+from circuits.methods.base import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
 
 # imported here so that the process server has them loaded before it forks (booting a model imports them lazily)
@@ -41,6 +41,14 @@ for _name in ("transformer_lens.model_bridge", "transformer_lens.utilities.archi
 gc.freeze()  # the libraries' objects: never collected, so each gc.collect() below is cheap
 
 # --------------------------------------------------------------------------- memory
+
+def _method_options(spec: dict):
+    """A spec's ``options``: the shared settings as fields, every other key as the method's own (``params``)."""
+
+    opts = dict(spec.get("options", {}))
+    shared = {k: opts.pop(k) for k in ("ablation", "batch_size", "neurons", "top_neurons") if k in opts}
+    return MethodOptions(**shared, params=opts)
+
 def _status_kb(field: str) -> Optional[int]:
     return proc_field_kb(field, "/proc/self/status")
 
@@ -291,7 +299,7 @@ class BudgetedPathPatching:
     def _pass_costs(self, layers: List[int]):
         """Wall and CPU seconds of one path-patching pass (one patched edge) starting at each layer,
         measured at ``layers`` and interpolated linearly in between."""
-        from circuits.ablation import reference
+        from circuits.engine.ablation import reference
 
         engine, g, data = self.engine, self.engine.graph, self.data
         L = engine.w.n_layers
@@ -326,9 +334,9 @@ class BudgetedPathPatching:
 def _faithfulness_fn():
     """The library's one-circuit faithfulness, or a local equivalent if its API is not there."""
     try:
-        from circuits.faithfulness import faithfulness
+        from circuits.circuit.faithfulness import faithfulness
 
-        return faithfulness, "circuits.faithfulness.faithfulness"
+        return faithfulness, "circuits.circuit.faithfulness.faithfulness"
     except ImportError:
         pass
 
@@ -351,7 +359,7 @@ def measure_llama(spec: Dict[str, Any]) -> Dict[str, Any]:
     """EAP on random Llama-shaped weights (``spec["llama"]``: layers, d_model, heads, kv_heads, d_mlp) in
     ``spec["dtype"]``, with GPT-2's tokenizer (vocabulary 50257) and greater-than prompts.  The weights
     are built before the clock and the memory meter start; the peak includes them."""
-    from circuits.memory import parse_dtype
+    from circuits.engine.memory import parse_dtype
     from circuits.models.synthetic import llama_parameters, random_llama_weights
     from circuits.models.tokenizers import gpt2_tokenizer
 
@@ -367,7 +375,7 @@ def measure_llama(spec: Dict[str, Any]) -> Dict[str, Any]:
     build_s = time.perf_counter() - t0
     task = GreaterThan()
     data = task.build(tokenizer, n=int(spec["n"]), seed=int(spec.get("seed", 0)))
-    options = MethodOptions(**spec.get("options", {}))
+    options = _method_options(spec)
     info: Dict[str, Any] = {"prompts": len(data), "seq_len": int(data.clean.shape[1]), "dtype": spec.get("dtype", "float32"),
                             "parameters": llama_parameters(**shape, vocab=vocab), "shape": shape, "vocab": vocab,
                             "batch_size": options.batch_size, "build_seconds": build_s}
@@ -437,7 +445,7 @@ def _hooked_bridge(bridge, data, device):
     """Set up a TransformerLens row (peer-style EAP, naive ACDC): frozen weights and the per-head flags
     on (left on for the warm-up and the measured runs; the row's ``post`` switches them off).
     Returns the bridge's config, its graph and the data on ``device``."""
-    from circuits.graph import ComputationalGraph
+    from circuits.engine.graph import ComputationalGraph
 
     for p in bridge.parameters():
         p.requires_grad_(False)
@@ -526,7 +534,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
                     t.grad = None
             metric(engine.run(data.clean.to(engine.device), data.answer_pos).logits, data).mean().backward()
     elif kind == "method" and spec["method"] == "path-patching" and spec.get("budget_s"):
-        search = BudgetedPathPatching(engine, data, metric, MethodOptions(**spec.get("options", {})), float(spec["budget_s"]))
+        search = BudgetedPathPatching(engine, data, metric, _method_options(spec), float(spec["budget_s"]))
         result = {}
         repeats = 1
 
@@ -542,7 +550,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
             info["budget_s"] = float(spec["budget_s"])
     elif kind == "method":
         method = get_method(spec["method"])
-        options = MethodOptions(**spec.get("options", {}))
+        options = _method_options(spec)
         result: Dict[str, Any] = {}
 
         def work():
@@ -555,7 +563,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
         from bench_acdc import layer_costs, sweep_tests
 
         method = get_method("acdc")
-        options = MethodOptions(**spec.get("options", {}))
+        options = _method_options(spec)
         result = {}
         repeats = 1
 
@@ -587,7 +595,7 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
             info["effects"] = {f"{a},{b}": v for (a, b), v in result["effects"].items()}
             info["bridge_forward_seconds"] = _fastest(lambda: bridge(d.clean))
     elif kind == "faithfulness":
-        from circuits.select import prune, top_k_mask
+        from circuits.circuit.select import prune, top_k_mask
 
         fn, how = _faithfulness_fn()
         scores = get_method("eap").score(engine, data, metric)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""PD of the full model on every greater-than template: the README's family table.
+"""PD of the full model on every greater-than template: the family table in docs/results.md.
 
 ``circuits evaluate`` computes p(YY') for all 100 continuations (with digit tokens: one extra
 forward per tens digit, 11 in all).  PD needs fewer: with ``t`` and ``u0`` the tens and units
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from circuits.evaluation import model_forward
+    from circuits.data.evaluation import model_forward
     from circuits.models import load_model
     from circuits.registry import get_task
     from circuits.tasks.greater_than_family import FAMILY

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from circuits.discover import discover
-from circuits.engine import GraphEngine
+from circuits.circuit.discover import discover
+from circuits.engine.engine import GraphEngine
 from circuits.graphs.build import build_graph
 from circuits.graphs.compare import auroc, compare
 from circuits.models import load_model

@@ -43,7 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from circuits.dataset import PromptDataset
+from circuits.data.dataset import PromptDataset
 from circuits.errors import CircuitsError
 
 CENTURIES = tuple(range(11, 18))
@@ -202,7 +202,7 @@ class GreaterThan:
     name = "greater-than"
     description = "Years after the start year: 'The war lasted from the year 1732 to the year 17' -> 33..99"
     template = YearTemplate()
-    analysis = "circuits.tasks.greater_than_analysis.command:greater_than"  # `circuits analyze greater-than`
+    analysis = "circuits.tasks.greater_than_analysis.command:GREATER_THAN"  # `circuits analyze greater-than`
 
     # ------------------------------------------------------------------ prompts
     def build(self, tokenizer, *, n: int = 100, seed: int = 0, data: Optional[Path] = None) -> PromptDataset:

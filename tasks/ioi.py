@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from circuits.dataset import PromptDataset
+from circuits.data.dataset import PromptDataset
 from circuits.errors import CircuitsError
 from circuits.tasks.greater_than import _read_records, bos_id
 
@@ -182,7 +182,7 @@ class IOI:
         """Per-prompt ``logit_difference`` (IO - S) and ``io_wins`` (1 where IO's logit beats S's)."""
         import torch
 
-        from circuits.task import answer_logits
+        from circuits.data.task import answer_logits
 
         with torch.no_grad():
             diff = self.metric(answer_logits(forward(dataset.clean), dataset), dataset)

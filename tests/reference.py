@@ -255,7 +255,7 @@ def boot_float64(folder, model, tokenizer):
     mode, and build the float64 engine over its weights: ``(bridge, engine)``."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from circuits.engine import GraphEngine
+    from circuits.engine.engine import GraphEngine
     from circuits.models.weights import cast_weights, extract_weights
 
     model.eval().save_pretrained(folder)
@@ -263,3 +263,41 @@ def boot_float64(folder, model, tokenizer):
     bridge = TransformerBridge.boot_transformers(str(folder), device="cpu", dtype=torch.float64)
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     return bridge, GraphEngine(cast_weights(extract_weights(bridge), dtype=torch.float64))
+
+
+def hf_model(folder):
+    """The plain Hugging Face model of ``folder`` in float64, for the references below."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float64).eval()
+
+
+def hf_answer_contrast(model, dataset) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The answer-contrast tasks' metric and accuracy from a plain Hugging Face ``model``, one unpadded
+    prompt at a time: ``sum_j logit_j(answer_j) - logit_j(wrong_j)`` [n], 1 where the top token is right
+    at every j [n], and each prompt's logits at its answer positions ([k, V] each), with ``j`` over the
+    prompt's answer positions and the ids of ``metadata[i]["answer_ids"]`` / ``["wrong_ids"]``."""
+    diffs, right, rows = [], [], []
+    for i, meta in enumerate(dataset.metadata):
+        pos = [int(p) for p in dataset.answer_pos[i].reshape(-1)]
+        with torch.no_grad():
+            logits = model(dataset.clean[i, : pos[-1] + 1][None]).logits[0]
+        diffs.append(sum(float(logits[p, a] - logits[p, w]) for p, a, w in zip(pos, meta["answer_ids"], meta["wrong_ids"])))
+        right.append(float(all(int(logits[p].argmax()) == a for p, a in zip(pos, meta["answer_ids"]))))
+        rows.append(logits[pos])
+    return torch.tensor(diffs, dtype=torch.float64), torch.tensor(right), rows
+
+
+def check_answer_contrast(task, loaded, hf, dataset) -> tuple[dict, list[torch.Tensor]]:
+    """Assert that ``task``'s metric on the engine (what discovery scores) and its reported
+    ``logit_difference`` equal :func:`hf_answer_contrast` on ``hf``; return ``(task.evaluate(...), rows)``."""
+    from circuits.engine.engine import GraphEngine
+    from circuits.data.evaluation import model_forward
+
+    want, right, rows = hf_answer_contrast(hf, dataset)
+    got = task.metric(GraphEngine.from_model(loaded).run(dataset.clean, dataset.answer_pos).logits, dataset)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    reported = task.evaluate(model_forward(loaded), dataset)
+    torch.testing.assert_close(reported["logit_difference"].double(), want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(reported["top1" if "top1" in reported else "accuracy"], right)
+    return reported, rows

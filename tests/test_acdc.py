@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from circuits import names
-from circuits.engine import Patch
+from circuits.engine.engine import Patch
 from circuits.errors import CircuitsError
 from circuits.registry import get_method
-from circuits.scores import MethodOptions
+from circuits.methods.base import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
 from reference import boot_float64
 
@@ -69,16 +69,16 @@ def plain_acdc(engine, data, metric, tau: float, order: str, ablation: str = "co
     pytest.param("normal", "task", "corrupted", marks=pytest.mark.slow),
 ])
 def test_acdc_matches_the_plain_loop(setup, order, metric_name, ablation):
-    from circuits.metrics import build_metric
+    from circuits.methods.metrics import build_metric
 
     engine, task, data = setup
     metric = build_metric(metric_name, task, engine, data)
-    everything = get_method("acdc").score(engine, data, metric, MethodOptions(tau=0.0, acdc_order=order, ablation=ablation))
+    everything = get_method("acdc").score(engine, data, metric, MethodOptions(ablation=ablation, params={"tau": 0.0, "acdc_order": order}))
     sizes = sorted(abs(v) for v in everything.edge_scores[engine.graph.valid_mask()].tolist())  # tau 0: all kept
     tau = sizes[len(sizes) * 3 // 4]  # removes most edges, keeps some: both kinds of decision happen
     kept, effects = plain_acdc(engine, data, metric, tau=tau, order=order, ablation=ablation)
     assert min(abs(abs(v) - tau) for v in effects.values()) > 1e-8, "a decision sits on the threshold"
-    result = get_method("acdc").score(engine, data, metric, MethodOptions(tau=tau, acdc_order=order, ablation=ablation))
+    result = get_method("acdc").score(engine, data, metric, MethodOptions(ablation=ablation, params={"tau": tau, "acdc_order": order}))
     assert torch.equal(result.extra["kept_mask"], kept)
     assert 0 < int(kept.sum()) < int(engine.graph.valid_mask().sum())
     assert result.info["edge_tests"] == len(effects)
@@ -95,7 +95,7 @@ def test_acdc_matches_the_plain_loop(setup, order, metric_name, ablation):
 def test_acdc_batches_tests(setup, monkeypatch):
     """Many candidates per pass: far fewer passes than tests, and the same answer with one candidate per pass."""
     engine, task, data = setup
-    options = MethodOptions(tau=0.002)
+    options = MethodOptions(params={"tau": 0.002})
     batched = get_method("acdc").score(engine, data, task.metric, options)
     monkeypatch.setattr("circuits.methods.acdc.MAX_COPIES", 1)
     single = get_method("acdc").score(engine, data, task.metric, options)
@@ -103,14 +103,14 @@ def test_acdc_batches_tests(setup, monkeypatch):
     assert torch.allclose(batched.edge_scores, single.edge_scores, atol=1e-9)
     assert batched.info["passes"] < single.info["passes"] / 3
     monkeypatch.undo()
-    parts = get_method("acdc").score(engine, data, task.metric, MethodOptions(tau=0.002, batch_size=2))  # 3 parts
+    parts = get_method("acdc").score(engine, data, task.metric, MethodOptions(batch_size=2, params={"tau": 0.002}))  # 3 parts
     assert torch.equal(parts.extra["kept_mask"], batched.extra["kept_mask"])
     assert torch.allclose(parts.edge_scores, batched.edge_scores, atol=1e-9)
 
 
 def test_max_tests_stops_the_search(setup):
     engine, task, data = setup
-    result = get_method("acdc").score(engine, data, task.metric, MethodOptions(tau=0.002, max_tests=7))
+    result = get_method("acdc").score(engine, data, task.metric, MethodOptions(params={"tau": 0.002, "max_tests": 7}))
     assert result.info["edge_tests"] == 7 and result.info["complete"] is False
     g = engine.graph  # 7 of the logits' 9 senders tested: every other edge is untested and stays
     valid = g.valid_mask()
@@ -118,7 +118,7 @@ def test_max_tests_stops_the_search(setup):
     assert int((result.edge_scores[:, :-1] != 0).sum()) == 0
 
 
-@pytest.mark.parametrize("bad", [MethodOptions(acdc_order="sideways"), MethodOptions(tau=-1.0), MethodOptions(max_tests=-2)])
+@pytest.mark.parametrize("bad", [MethodOptions(params={"acdc_order": "sideways"}), MethodOptions(params={"tau": -1.0}), MethodOptions(params={"max_tests": -2})])
 def test_bad_options_are_user_errors(setup, bad):
     engine, task, data = setup
     with pytest.raises(CircuitsError):
@@ -142,7 +142,9 @@ def test_default_settings_find_the_planted_circuit(tmp_path, spec):
     """Default tau, default selection (ACDC's own kept set): recall 1.0, precision >= 0.9 against the reference."""
     import json
 
-    from circuits.graphs.build import edge_names, load_circuit
+    from circuits.graphs.build import edge_names
+
+    from circuits.graphs.files import load_circuit
     from circuits.models.planted import ground_truth
 
     out, stdout, _ = _planted_run(tmp_path, spec)

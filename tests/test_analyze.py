@@ -24,8 +24,8 @@ import torch
 from circuits.analysis import circuit as circuit_mod
 from circuits.analysis.files import PNG_MAGIC
 from circuits.analysis.forward import EngineForward
-from circuits.engine import GraphEngine, Patch
-from circuits.evaluation import evaluate_model, model_forward
+from circuits.engine.engine import GraphEngine, Patch
+from circuits.data.evaluation import evaluate_model, model_forward
 from circuits.models import load_model
 from circuits.models.weights import cast_weights, extract_weights
 from circuits.tasks.greater_than import GreaterThan
@@ -165,7 +165,7 @@ def test_engine_forward_agrees_with_the_bridge(gpt2, llama):
 # ---------------------------------------------------------------- MLPs and neurons against the methods
 def test_neuron_effects_are_activation_patching(gpt2):
     from circuits.methods.activation_patching import ActivationPatching
-    from circuits.scores import MethodOptions
+    from circuits.methods.base import MethodOptions
 
     _, engine, ds = gpt2
     d_mlp = engine.w.d_mlp
@@ -194,12 +194,12 @@ def test_neuron_effects_are_activation_patching(gpt2):
 def test_mlp_direct_effect_is_path_patching_and_last_mlp_has_no_indirect_effect(gpt2):
     from circuits.methods.activation_patching import ActivationPatching
     from circuits.methods.path_patching import PathPatching
-    from circuits.scores import MethodOptions
+    from circuits.methods.base import MethodOptions
 
     _, engine, ds = gpt2
     g = engine.graph
     effects = direct_indirect(engine, ds, GT.metric, [0, 1], batch_size=4)
-    pp = PathPatching().score(engine, ds, GT.metric, MethodOptions(threshold=0.0))
+    pp = PathPatching().score(engine, ds, GT.metric, MethodOptions(params={"path_threshold": 0.0}))
     ap = ActivationPatching().score(engine, ds, GT.metric)
     for e in effects:
         assert abs(e.direct - float(pp.edge_scores[g.mlp_sender(e.layer), g.logits_receiver])) < 1e-10

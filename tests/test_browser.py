@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from circuits.graphs.build import load_circuit
+from circuits.graphs.files import load_circuit
 from circuits.graphs.viewer import run_inputs, write_viewer
 from test_viewer import PLANTED, all_scores, planted_run
 
@@ -77,3 +77,40 @@ def test_planted_circuit_slider_and_click(page):
     assert pg.locator("#curve-svg #chosen").count() == 1
     assert not errors, errors
     assert all(url.startswith("file://") for url in requests), requests  # nothing but the page itself
+
+
+def test_both_curves_and_bootstrap_shading(page, tmp_path):
+    """A run with the two MIB curves and bootstrap frequencies: two curve lines, kept edges shaded by inclusion."""
+    import json
+
+    from circuits.graphs.build import add_frequencies, write_json
+
+    run = planted_run(tmp_path)
+    G = load_circuit(run)
+    add_frequencies(G, {name: (0.2 if i == 0 else 1.0) for i, name in enumerate(sorted(PLANTED))})
+    write_json(G, run / "circuit.json")
+    manifest = json.loads((run / "manifest.json").read_text())
+    curve = manifest.pop("curve")
+    manifest.update(curve_signed=[{**p, "faithfulness": p["faithfulness"] * 1.5} for p in curve], curve_abs=curve,
+                    stability={"k": 5, "edge_jaccard": 0.6, "node_jaccard": 0.8})
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    scores, manifest = run_inputs(run)
+    html = write_viewer(load_circuit(run), run / "circuit.html", scores=scores, manifest=manifest)
+    pg = page[0].context.browser.new_page(viewport={"width": 1400, "height": 900})  # the module's browser
+    try:
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(html.resolve().as_uri())
+        pg.wait_for_selector("#count[data-edges]")
+        assert pg.locator("#curve-svg path.curve").count() == 2
+        assert pg.locator("#curve-svg path.curve.alt").count() == 1
+        opacities = sorted(float(x) for x in pg.eval_on_selector_all(
+            "#edges path.edge", "els => els.map(e => e.getAttribute('stroke-opacity'))"))
+        assert opacities == pytest.approx([0.12 + 0.83 * 0.2] + [0.95] * 4, abs=0.005)  # written with 2 decimals
+        assert "edge Jaccard 0.6" in pg.inner_text("#summary")
+        index = pg.evaluate("() => window.circuitViewer.data.edges.findIndex(e => e.length > 5 && e[5] < 0.5)")
+        pg.evaluate(f"() => window.circuitViewer.pick('e{index}')")
+        assert pg.inner_text("#detail-frequency") == "20% of resamples"
+        assert not errors, errors
+    finally:
+        pg.close()

@@ -1,5 +1,5 @@
 """The core CLI: --version, --help without torch, `tasks list`, `evaluate` (text, --json, --data,
---task-file), the README's example task, and one-line errors for user mistakes."""
+--task-file), the docs' example task, and one-line errors for user mistakes."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import circuits
-from circuits.evaluation import evaluate_model
+from circuits.data.evaluation import evaluate_model
 from circuits.models import load_model
 from circuits.registry import load_task_file
 from circuits.tasks.greater_than import TEMPLATE, GreaterThan
@@ -40,10 +40,11 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def docs_example() -> str:
+    """The complete task file of docs/writing-a-task.md, between its example-task markers."""
+    text = (ROOT / "docs" / "writing-a-task.md").read_text(encoding="utf-8")
     m = re.search(r"<!-- example-task:start -->\s*```python\n(.*?)```\s*<!-- example-task:end -->", text, re.S)
-    assert m, "README.md lost its example-task markers"
+    assert m, "docs/writing-a-task.md lost its example-task markers"
     return m.group(1)
 
 
@@ -170,8 +171,8 @@ def test_evaluate_data_file(tmp_path, tiny_gpt2_dir):
     assert_one_line_error(code, err, "prompts.jsonl")
 
 
-def test_readme_example_task_runs(tmp_path, tiny_gpt2_dir, tiny_model):
-    source = readme_example()
+def test_docs_example_task_runs(tmp_path, tiny_gpt2_dir, tiny_model):
+    source = docs_example()
     assert len(source.splitlines()) < 40
     path = tmp_path / "indirect_object.py"
     path.write_text(source)

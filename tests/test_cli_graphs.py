@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from circuits.graphs.build import build_graph, edge_names, load_circuit, write_json
+from circuits.graphs.build import build_graph, edge_names, write_json
+
+from circuits.graphs.files import load_circuit
 from circuits.graphs.compare import write_scores
 from circuits.graphs.dot import to_dot
 

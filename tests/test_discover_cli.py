@@ -8,13 +8,15 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-from circuits.graphs.build import edge_names, load_circuit
+from circuits.graphs.build import edge_names
+
+from circuits.graphs.files import load_circuit
 from circuits.graphs.compare import load_scores
 from cli_helpers import assert_user_error
 
 MANIFEST_KEYS = {
     "faithfulness", "edges_kept", "edges_total", "cpr", "cmd", "command", "task", "model", "method", "n", "seed",
-    "ablation", "versions", "timings", "forward_passes", "selection", "curve", "metric_full", "metric_empty",
+    "ablation", "versions", "timings", "forward_passes", "selection", "curve_signed", "curve_abs", "metric_full", "metric_empty",
     "metric_circuit", "granularity",
 }
 EDGES_2x4 = 110  # edges of a 2-layer, 4-head model
@@ -54,7 +56,7 @@ class FakeMethod:
     def score(self, engine, dataset, metric, options, *, progress=None):
         import torch
 
-        from circuits.scores import Scores
+        from circuits.methods.base import Scores
 
         g = engine.graph
         progress(0, 2, "fake")
@@ -107,8 +109,15 @@ def test_manifest(eap_run):
     if m["selection"]["reached"]:
         assert m["faithfulness"] >= 0.9
     assert m["selection"]["edges_kept"] == m["edges_kept"] <= m["selection"]["k"]
-    assert [p["fraction"] for p in m["curve"]] == [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-    assert m["curve"][-1]["faithfulness"] == pytest.approx(1.0)
+    for key in ("curve_signed", "curve_abs"):
+        assert [p["fraction"] for p in m[key]] == [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+        assert set(m[key][0]) == {"fraction", "edges", "faithfulness"}
+        assert m[key][-1]["faithfulness"] == pytest.approx(1.0)
+    fs = [p["faithfulness"] for p in m["curve_signed"]]  # MIB's CPR: the plain trapezoid sum of the signed curve
+    xs = [p["fraction"] for p in m["curve_signed"]]
+    assert m["cpr"] == pytest.approx(sum((xs[i + 1] - xs[i]) * (fs[i] + fs[i + 1]) / 2 for i in range(9)))
+    gs = [abs(1 - p["faithfulness"]) for p in m["curve_abs"]]
+    assert m["cmd"] == pytest.approx(sum((xs[i + 1] - xs[i]) * (gs[i] + gs[i + 1]) / 2 for i in range(9)))
     assert isinstance(m["forward_passes"], int) and m["forward_passes"] > 0
     assert m["faithfulness"] == pytest.approx((m["metric_circuit"] - m["metric_empty"]) / (m["metric_full"] - m["metric_empty"]))
 
@@ -264,7 +273,7 @@ def test_path_patching_budget_warns_and_records_it(tiny_gpt2_dir, tmp_path):
     assert "warning: path-patching stopped at its budget (6 of --max-passes 6 passes)" in err
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert (m["complete"], m["passes_used"], m["max_passes"], m["granularity"]) == (False, 6, 6, "edge")
-    assert m["options"]["threshold"] == 0.0
+    assert m["options"]["path_threshold"] == 0.0
     code, _, err = invoke("discover", "greater-than", "--model", str(tiny_gpt2_dir), "--method", "path-patching",
                           "--max-passes", "0", "--out", "run2", cwd=tmp_path)
     assert_user_error(code, err, "--max-passes")

@@ -1,4 +1,4 @@
-"""circuits.faithfulness: reference outputs, circuit metric, f, the curve, CPR and CMD."""
+"""circuits.circuit.faithfulness: reference outputs, circuit metric, f, the curve, CPR and CMD."""
 from __future__ import annotations
 
 import math
@@ -6,16 +6,16 @@ import math
 import pytest
 import torch
 
-from circuits.dataset import PromptDataset
-from circuits.engine import GraphEngine, Patch
+from circuits.data.dataset import PromptDataset
+from circuits.engine.engine import GraphEngine, Patch
 from circuits.errors import CircuitsError
-from circuits.faithfulness import (
-    FRACTIONS, CircuitEvaluator, circuit_metric, edges_for_fraction, faithfulness, faithfulness_curve,
-    normalized_area, reference_outputs,
+from circuits.circuit.faithfulness import (
+    FRACTIONS, CircuitEvaluator, circuit_metric, curve_area, edges_for_fraction, faithfulness, faithfulness_curve,
+    faithfulness_curves, reference_outputs,
 )
 from circuits.models.weights import ModelWeights
-from circuits.scores import Scores
-from circuits.select import prune, top_k_mask
+from circuits.methods.base import Scores
+from circuits.circuit.select import prune, top_k_mask
 
 VOCAB = 40
 
@@ -180,17 +180,46 @@ def test_f_is_nan_when_patching_changes_nothing(toy):
     assert math.isnan(faithfulness(engine, same, logit_diff, g.valid_mask()).f)
 
 
-def test_edges_for_fraction():
-    assert [edges_for_fraction(x, 110) for x in FRACTIONS] == [1, 1, 1, 2, 3, 6, 11, 22, 55, 110]
-    assert [edges_for_fraction(x, 32491) for x in FRACTIONS] == [33, 65, 163, 325, 650, 1625, 3250, 6499, 16246, 32491]
+def test_edges_for_fraction_is_mibs_int_of_the_product():
+    assert [edges_for_fraction(x, 110) for x in FRACTIONS] == [0, 0, 0, 1, 2, 5, 11, 22, 55, 110]
+    assert [edges_for_fraction(x, 32491) for x in FRACTIONS] == [32, 64, 162, 324, 649, 1624, 3249, 6498, 16245, 32491]
+    assert edges_for_fraction(0.29, 100) == 28  # Python's float product truncated, as MIB's int(pct * n)
 
 
-def test_normalized_area():
+def _mib_areas(fs):
+    """An independent transcription of MIB's evaluate_area_under_curve (linear x): (area under f, area under |1 - f|)."""
+    pct = (.001, .002, .005, .01, .02, .05, .1, .2, .5, 1)
+    under = from_1 = 0.0
+    for i in range(len(fs) - 1):
+        width = pct[i + 1] - pct[i]
+        from_1 += width * ((abs(1.0 - fs[i]) + abs(1.0 - fs[i + 1])) / 2)
+        under += width * ((fs[i] + fs[i + 1]) / 2)
+    return under, from_1
+
+
+@pytest.mark.parametrize("fs", [
+    [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 1.0, 1.0, 1.0],
+    [-0.2, 0.4, 1.3, 1.8, 2.0, 1.6, 1.2, 1.1, 1.0, 1.0],
+    [0.0] * 10,
+])
+def test_curve_area_matches_mibs_formula_on_fixed_points(fs):
+    import numpy as np
+
     xs = list(FRACTIONS)
-    assert normalized_area(xs, [1.0] * len(xs)) == pytest.approx(1.0)
-    assert normalized_area(xs, [0.0] * len(xs)) == 0.0
-    assert normalized_area([0.0, 1.0], [0.0, 1.0]) == pytest.approx(0.5)  # linear x: a straight line gives half
-    assert normalized_area([0.0, 0.5, 1.0], [0.0, 1.0, 1.0]) == pytest.approx(0.75)
+    under, from_1 = _mib_areas(fs)
+    assert curve_area(xs, fs) == pytest.approx(under, abs=1e-12)
+    assert curve_area(xs, [abs(1 - f) for f in fs]) == pytest.approx(from_1, abs=1e-12)
+    assert curve_area(xs, fs) == pytest.approx(float(np.trapezoid(fs, xs)), abs=1e-12)
+
+
+def test_curve_area_is_not_divided_by_the_x_range():
+    xs = list(FRACTIONS)
+    assert curve_area(xs, [1.0] * 10) == pytest.approx(0.999)  # a perfect curve: 1 - 0.001, as MIB reports it
+    assert curve_area([0.0, 0.5, 1.0], [0.0, 1.0, 1.0]) == pytest.approx(0.75)
+    assert curve_area([0.2, 0.4], [1.0, 1.0]) == pytest.approx(0.2)
+    # by hand: f rises 0 -> 1 -> 2 between 2% and 10%, then stays at 2
+    fs = [0, 0, 0, 0, 0, 1, 2, 2, 2, 2]
+    assert curve_area(xs, fs) == pytest.approx(0.03 * 0.5 + 0.05 * 1.5 + 0.1 * 2 + 0.3 * 2 + 0.5 * 2)
 
 
 def test_curve_points_cpr_and_cmd(toy):
@@ -200,21 +229,36 @@ def test_curve_points_cpr_and_cmd(toy):
     scores = Scores(graph=g, method="random", edge_scores=torch.randn(g.n_senders, g.n_receivers) * g.valid_mask())
     ev = CircuitEvaluator(engine, ds, logit_diff, reference_outputs(engine, ds))
     calls = []
-    curve = faithfulness_curve(ev, scores, progress=lambda d, t, m: calls.append((d, t)))
-    assert [p.fraction for p in curve.points] == list(FRACTIONS)
-    assert [p.k for p in curve.points] == [edges_for_fraction(x, g.n_edges) for x in FRACTIONS]
-    for p in curve.points:
-        mask = prune(top_k_mask(scores, p.k), g)
-        assert p.edges == int(mask.sum()) <= p.k
-        assert p.faithfulness == ev.faithfulness(mask).f
-    assert curve.points[-1].faithfulness == 1.0 and curve.points[-1].edges == g.n_edges
-    ys = [p.faithfulness for p in curve.points]
-    assert curve.cpr == pytest.approx(normalized_area(list(FRACTIONS), ys))
-    assert curve.cmd == pytest.approx(normalized_area(list(FRACTIONS), [abs(1 - y) for y in ys]))
-    assert calls[-1] == (len(FRACTIONS) + 2, len(FRACTIONS) + 2)
+    curves = faithfulness_curves(ev, scores, progress=lambda d, t, m: calls.append((d, t)))
+    for curve, ranking in ((curves.signed, "signed"), (curves.abs, "abs")):
+        assert curve.ranking == ranking
+        assert [p.fraction for p in curve.points] == list(FRACTIONS)
+        assert [p.k for p in curve.points] == [int(x * g.n_edges) for x in FRACTIONS]
+        for p in curve.points:
+            mask = prune(top_k_mask(scores, p.k, ranking), g)
+            assert p.edges == int(mask.sum()) <= p.k
+            assert p.faithfulness == ev.faithfulness(mask).f
+        assert curve.points[-1].faithfulness == 1.0 and curve.points[-1].edges == g.n_edges
+    assert [p.edges for p in curves.signed.points] != [p.edges for p in curves.abs.points] or \
+        [p.faithfulness for p in curves.signed.points] != [p.faithfulness for p in curves.abs.points]
+    cpr, _ = _mib_areas([p.faithfulness for p in curves.signed.points])
+    _, cmd = _mib_areas([p.faithfulness for p in curves.abs.points])
+    assert curves.cpr == pytest.approx(cpr, abs=1e-12) and curves.cmd == pytest.approx(cmd, abs=1e-12)
+    assert calls[-1] == (2 * (len(FRACTIONS) + 2), 2 * (len(FRACTIONS) + 2))
 
 
-def test_a_perfect_ranking_gives_cpr_one_and_cmd_zero():
+def test_signed_ranking_puts_the_most_negative_score_first(toy):
+    """Our score is the metric's change when the edge is patched: the most negative helps most and is MIB's first."""
+    engine, _ = toy
+    g = engine.graph
+    (s0, r0), (s1, r1) = g.edges()[:2]
+    values = torch.zeros(g.n_senders, g.n_receivers)
+    values[s0, r0], values[s1, r1] = 5.0, -3.0
+    scores = Scores(graph=g, method="fixed", edge_scores=values)
+    assert bool(top_k_mask(scores, 1, "signed")[s1, r1]) and bool(top_k_mask(scores, 1, "abs")[s0, r0])
+
+
+def test_a_perfect_ranking_gives_the_whole_area_and_cmd_zero():
     """Heads 1.. of each layer write nothing (W_O = 0), so edges touching them never matter: ranking
     every other edge first reaches f = 1 at that fraction, and the curve is flat at 1 after it."""
     import dataclasses
@@ -237,7 +281,8 @@ def test_a_perfect_ranking_gives_cpr_one_and_cmd_zero():
     curve = faithfulness_curve(ev, scores, fractions=(live / g.n_edges, 1.0))
     assert curve.points[0].k == curve.points[0].edges == live
     assert curve.points[0].faithfulness == pytest.approx(1.0, abs=1e-9)
-    assert curve.cpr == pytest.approx(1.0, abs=1e-9) and curve.cmd == pytest.approx(0.0, abs=1e-9)
+    width = 1.0 - live / g.n_edges  # MIB's area is not divided by the x range
+    assert curve.area == pytest.approx(width, abs=1e-9) and curve.area_from_one == pytest.approx(0.0, abs=1e-9)
 
 
 # ---------------------------------------------------------------- against the TransformerBridge

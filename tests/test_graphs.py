@@ -15,7 +15,8 @@ import pytest
 
 from circuits.errors import CircuitsError
 from circuits.graphs import export as export_mod
-from circuits.graphs.build import build_graph, edge_names, from_node_link, load_circuit, to_node_link, write_json
+from circuits.graphs.build import build_graph, edge_names, from_node_link, to_node_link, write_json
+from circuits.graphs.files import load_circuit
 from circuits.graphs.compare import auroc, compare, load_scores, overlap, write_scores
 from circuits.graphs.dot import NEGATIVE, POSITIVE, to_dot
 from circuits.graphs.export import dot_available, export, render_svg
@@ -416,6 +417,18 @@ def test_report_with_curve(tmp_path):
     assert no_temp_files(tmp_path)
 
 
+def test_report_with_both_curves(tmp_path):
+    signed = [{"fraction": 0.1, "edges": 3, "faithfulness": 1.4}, {"fraction": 1.0, "edges": 100, "faithfulness": 1.0}]
+    absolute = [{"fraction": 0.1, "edges": 4, "faithfulness": 0.6}, {"fraction": 1.0, "edges": 100, "faithfulness": 1.0}]
+    manifest = {"edges_kept": 7, "edges_total": 100, "cpr": 1.08, "cmd": 0.18, "curve_signed": signed, "curve_abs": absolute}
+    write_report(tmp_path, G=make_graph(), manifest=manifest, top_components=[],
+                 curves={"signed": [(0.1, 1.4), (1.0, 1.0)], "abs": [(0.1, 0.6), (1.0, 1.0)]})
+    text = (tmp_path / REPORT_FILE).read_text()
+    assert "| fraction | edges, signed (CPR) | f, signed (CPR) | edges, abs (CMD) | f, abs (CMD) |" in text
+    assert "| 0.1 | 3 | 1.4 | 4 | 0.6 |" in text and "| 1 | 100 | 1 | 100 | 1 |" in text
+    assert (tmp_path / CURVE_FILE).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
 def test_report_without_curve(tmp_path):
     write_report(tmp_path, G=make_graph(), manifest={}, curve=None, top_components=[])
     text = (tmp_path / REPORT_FILE).read_text()
@@ -431,7 +444,7 @@ def test_graphs_never_import_torch(tmp_path):
     code = (
         "import sys\n"
         "import circuits.graphs.build, circuits.graphs.dot, circuits.graphs.export\n"
-        "import circuits.graphs.compare, circuits.graphs.report, circuits.cli.commands_graphs\n"
+        "import circuits.graphs.compare, circuits.graphs.report, circuits.graphs.bench, circuits.cli.commands_graphs\n"
         "from circuits.graphs.build import build_graph\n"
         "from circuits.graphs.report import write_report\n"
         "G = build_graph({'m0->logits': 1.0})\n"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.evaluation import model_forward
+from circuits.data.evaluation import model_forward
 from circuits.models import load_model
-from circuits.task import answer_logits
+from circuits.data.task import answer_logits
 from circuits.tasks.greater_than import (
     CENTURIES, TEMPLATE, GreaterThan, Vocabulary, cutoff_sharpness, load_nouns, probability_difference,
 )

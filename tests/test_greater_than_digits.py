@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from circuits.analysis.forward import EngineForward
-from circuits.engine import GraphEngine
-from circuits.evaluation import model_forward
-from circuits.faithfulness import circuit_metric, reference_outputs
+from circuits.engine.engine import GraphEngine
+from circuits.data.evaluation import model_forward
+from circuits.circuit.faithfulness import circuit_metric, reference_outputs
 from circuits.models import load_model
 from circuits.tasks.greater_than import GreaterThan
 

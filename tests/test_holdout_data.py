@@ -12,14 +12,14 @@ from tests.cli_helpers import assert_user_error, invoke
 def _dataset(n: int):
     import torch
 
-    from circuits.dataset import PromptDataset
+    from circuits.data.dataset import PromptDataset
 
     tokens = torch.arange(n * 3).view(n, 3)
     return PromptDataset(clean=tokens, corrupted=tokens, answer_pos=torch.full((n,), 2), metadata=[{}] * n, task="t")
 
 
 def test_split_holdout_is_seeded_disjoint_and_keeps_ids():
-    from circuits.discover import split_holdout
+    from circuits.circuit.discover import split_holdout
 
     data = _dataset(10)
     kept, held = split_holdout(data, 0.3, seed=4)
@@ -36,7 +36,7 @@ def test_split_holdout_is_seeded_disjoint_and_keeps_ids():
 @pytest.mark.parametrize("fraction,n,fragment", [(1.0, 10, "below 1"), (-0.1, 10, "at least 0"),
                                                  (0.05, 10, "fewer than 1 prompt")])
 def test_split_holdout_refuses(fraction, n, fragment):
-    from circuits.discover import split_holdout
+    from circuits.circuit.discover import split_holdout
 
     with pytest.raises(CircuitsError, match=fragment):
         split_holdout(_dataset(n), fraction)
@@ -105,9 +105,9 @@ def test_bad_holdout_is_a_one_line_error(tmp_path, flags, fragment):
 @pytest.mark.parametrize("method", ["eap-ig", "activation-patching"])
 def test_heldout_faithfulness_is_the_circuits_faithfulness_on_those_prompts(method):
     """The held-out figure is plain faithfulness of the chosen circuit (edge or node) on the held-out prompts."""
-    from circuits.discover import SelectionSpec, discover, evaluation_mask, split_holdout
-    from circuits.engine import GraphEngine
-    from circuits.faithfulness import faithfulness
+    from circuits.circuit.discover import SelectionSpec, discover, evaluation_mask, split_holdout
+    from circuits.engine.engine import GraphEngine
+    from circuits.circuit.faithfulness import faithfulness
     from circuits.models import load_model
     from circuits.registry import get_method, get_task
 

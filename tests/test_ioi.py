@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.evaluation import model_forward
+from circuits.data.evaluation import model_forward
 from circuits.models import load_model
-from circuits.task import answer_logits
+from circuits.data.task import answer_logits
 from circuits.tasks.ioi import IOI, MIN_NAMES, OBJECTS, PLACES, TEMPLATES, fill, load_names
 
 TASK = IOI()
@@ -132,7 +132,7 @@ def test_metric_matches_a_loop_over_unpadded_prompts(gpt2_model):
 
 def test_ioi_gpt2_reference():
     """Wang et al.'s 26 heads with their classes; every edge joins two of them (or input / logits)."""
-    from circuits.cli.commands_reference import reference_text
+    from circuits.graphs.reference_circuits import reference_text
     from circuits.graphs.build import edge_names, from_node_link
 
     data = json.loads(reference_text("ioi-gpt2"))

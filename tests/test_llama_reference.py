@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from circuits.registry import get_method
-from circuits.scores import MethodOptions
-from circuits.task import answer_logits
+from circuits.methods.base import MethodOptions
+from circuits.data.task import answer_logits
 from circuits.tasks.greater_than import GreaterThan
 from reference import PerHeadFlags, boot_float64, ig_inputs, receiver_hook_grads, sender_stack
 
@@ -107,7 +107,7 @@ def test_eap_matches_per_head_hooks_on_llama(setup):
 def test_eap_ig_matches_integrated_hook_gradients_on_llama(setup):
     bridge, engine, task, data = setup
     steps = 3
-    scores = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(ig_steps=steps)).edge_scores
+    scores = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(params={"ig_steps": steps})).edge_scores
     with PerHeadFlags(bridge):
         clean, corrupted = sender_stack(bridge, data.clean), sender_stack(bridge, data.corrupted)
         grads = [_hook_grads(bridge, task, data, resid0=x) for x in ig_inputs(clean[0], corrupted[0], steps)]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.engine import Patch
+from circuits.engine.engine import Patch
 from circuits.registry import get_method
-from circuits.scores import MethodOptions
+from circuits.methods.base import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
 from reference import PerHeadFlags, boot_float64, ig_inputs, receiver_hook_grads, sender_stack
 
@@ -74,7 +74,7 @@ def test_eap_matches_taylor_term_from_per_head_hooks(setup):
 def test_eap_ig_matches_integrated_hook_gradients(setup):
     bridge, engine, task, data = setup
     steps = 3
-    scores = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(ig_steps=steps)).edge_scores
+    scores = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(params={"ig_steps": steps})).edge_scores
     with PerHeadFlags(bridge):
         clean, corrupted = sender_stack(bridge, data.clean), sender_stack(bridge, data.corrupted)
         total = sum(_receiver_grads(bridge, task, data, resid0=x) for x in ig_inputs(clean[0], corrupted[0], steps)) / steps
@@ -85,7 +85,7 @@ def test_eap_ig_matches_integrated_hook_gradients(setup):
 def test_eap_ig_with_one_step_is_eap(setup):
     """One integration step evaluates the gradient at the clean input only: EAP's Taylor term, from the hooks."""
     bridge, engine, task, data = setup
-    ig1 = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(ig_steps=1)).edge_scores
+    ig1 = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(params={"ig_steps": 1})).edge_scores
     with PerHeadFlags(bridge):
         delta = sender_stack(bridge, data.corrupted) - sender_stack(bridge, data.clean)
         grads = _receiver_grads(bridge, task, data)
@@ -151,7 +151,7 @@ def test_path_patching_scores_equal_single_edge_patches(setup):
     from reference import edge_patched_logits
 
     bridge, engine, task, data = setup
-    result = get_method("path-patching").score(engine, data, task.metric, MethodOptions(threshold=0.0))
+    result = get_method("path-patching").score(engine, data, task.metric, MethodOptions(params={"path_threshold": 0.0}))
     g = engine.graph
     assert result.info["receivers_explored"] == g.n_senders  # threshold 0: everything is explored
     assert result.info["complete"] is True
@@ -169,9 +169,9 @@ def test_path_patching_stops_at_its_budget(setup):
     """A budget-stopped search returns the edges it scored (the same values as the full search), most promising first."""
     _, engine, task, data = setup
     method = get_method("path-patching")
-    full = method.score(engine, data, task.metric, MethodOptions(threshold=0.0))
+    full = method.score(engine, data, task.metric, MethodOptions(params={"path_threshold": 0.0}))
     bars = []
-    part = method.score(engine, data, task.metric, MethodOptions(threshold=0.0, max_passes=40),
+    part = method.score(engine, data, task.metric, MethodOptions(params={"path_threshold": 0.0, "max_passes": 40}),
                         progress=lambda done, total, msg: bars.append((done, total)))
     assert part.info["complete"] is False and part.info["passes_used"] == 40 and part.info["max_passes"] == 40
     scored = part.edge_scores != 0

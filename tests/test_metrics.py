@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuits.ablation import reference, static_reference
-from circuits.dataset import PromptDataset
-from circuits.engine import GraphEngine
-from circuits.faithfulness import faithfulness, reference_outputs
-from circuits.metrics import KLMetric, build_metric
+from circuits.engine.ablation import reference, static_reference
+from circuits.data.dataset import PromptDataset
+from circuits.engine.engine import GraphEngine
+from circuits.circuit.faithfulness import faithfulness, reference_outputs
+from circuits.methods.metrics import KLMetric, build_metric
 from circuits.models import load_model
 from circuits.models.planted import ground_truth
 from circuits.registry import get_method, get_task
-from circuits.scores import MethodOptions
+from circuits.methods.base import MethodOptions
 from tests.cli_helpers import assert_user_error, invoke
 
 FIXTURE = Path(__file__).parent / "data" / "planted_scores_6051453.json"
@@ -173,7 +173,7 @@ def test_zero_and_mean_positions_references(planted):
 
 def test_kl_with_corrupted_ablation_recovers_the_planted_circuit(planted):
     """--metric kl, corrupted ablation: the top |truth| edges are the ground truth (recall 1.0)."""
-    from circuits.discover import SelectionSpec, discover
+    from circuits.circuit.discover import SelectionSpec, discover
 
     engine, task, loaded = planted
     data = task.build(loaded.tokenizer, n=16, seed=3)

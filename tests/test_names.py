@@ -1,4 +1,4 @@
-"""The name grammar (circuits.names) and the computational graph's index maths (circuits.graph)."""
+"""The name grammar (circuits.names) and the computational graph's index maths (circuits.engine.graph)."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from circuits import names
-from circuits.graph import ComputationalGraph
+from circuits.engine.graph import ComputationalGraph
 from circuits.names import Edge, NameError_, Node
 
 NODES = ["input", "logits", "a0.h0", "a9.h1", "a11.h11", "m0", "m10", "m10.n42", "m3.n0"]

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.graphs.build import build_graph, circuit_neurons, edge_names, from_node_link, load_circuit, to_node_link
+from circuits.graphs.build import build_graph, circuit_neurons, edge_names, from_node_link, to_node_link
+from circuits.graphs.files import load_circuit
 from cli_helpers import assert_user_error, invoke
 
 PLANTED_NEURONS = Path(__file__).resolve().parents[1] / "graphs" / "references" / "planted-neurons.json"
@@ -53,7 +54,7 @@ def test_neurons_of_an_mlp_outside_the_circuit_are_refused():
 # ---------------------------------------------------------------- the planted model
 @pytest.fixture(scope="module")
 def planted():
-    from circuits.engine import GraphEngine
+    from circuits.engine.engine import GraphEngine
     from circuits.models import load_model
     from circuits.models.planted import ground_truth
     from circuits.registry import get_task
@@ -73,7 +74,7 @@ def _mask(d_mlp, idx):
 
 
 def test_task_neurons_alone_are_as_faithful_as_the_whole_mlp_and_random_ones_are_not(planted):
-    from circuits.faithfulness import CircuitEvaluator, reference_outputs
+    from circuits.circuit.faithfulness import CircuitEvaluator, reference_outputs
 
     engine, task, data, keep, task_idx = planted
     d_mlp = engine.w.d_mlp
@@ -90,7 +91,7 @@ def test_task_neurons_alone_are_as_faithful_as_the_whole_mlp_and_random_ones_are
 
 def test_reduced_mlp_bounds_are_exact(planted):
     """All neurons kept is the whole MLP; none kept is the MLP's output patched (corrupted ablation)."""
-    from circuits.faithfulness import CircuitEvaluator, reference_outputs
+    from circuits.circuit.faithfulness import CircuitEvaluator, reference_outputs
 
     engine, task, data, keep, _ = planted
     g, d_mlp = engine.graph, engine.w.d_mlp
@@ -140,12 +141,12 @@ def test_evaluate_circuit_neuron_flags_go_together(tmp_path):
 def test_discover_library_keeps_the_top_neurons(planted, tmp_path):
     """``discover`` with ``keep_neurons``: EAP's top 48 neurons of m1 are the planted ones; the run folder's
     circuit, read back, gives the same faithfulness."""
-    from circuits.discover import SelectionSpec, discover
-    from circuits.faithfulness import faithfulness
-    from circuits.neurons import neuron_masks
+    from circuits.circuit.discover import SelectionSpec, discover
+    from circuits.circuit.faithfulness import faithfulness
+    from circuits.circuit.neurons import neuron_masks
     from circuits.registry import get_method
-    from circuits.run_folder import write_run
-    from circuits.scores import MethodOptions
+    from circuits.circuit.run_folder import write_run
+    from circuits.methods.base import MethodOptions
 
     engine, task, data, _, task_idx = planted
     options = MethodOptions(neurons=("m1",))
@@ -216,8 +217,8 @@ def test_neuron_masks_match_the_hook_based_reference(tiny_gpt2_dir, ablation):
     hooks, the dropped neurons' hidden activations (``hook_post``) replaced by the reference run's."""
     import reference
 
-    from circuits.engine import GraphEngine
-    from circuits.faithfulness import CircuitEvaluator, reference_outputs
+    from circuits.engine.engine import GraphEngine
+    from circuits.circuit.faithfulness import CircuitEvaluator, reference_outputs
     from circuits.models import load_model
     from circuits.registry import get_task
 
@@ -260,14 +261,14 @@ def _mean_patched_logits(reference, bridge, clean, patched, neurons):
 
 def test_analyze_says_it_does_not_draw_reduced_mlps():
     from circuits.analysis.circuit import from_graph
-    from circuits.graph import ComputationalGraph
+    from circuits.engine.graph import ComputationalGraph
 
     with pytest.raises(CircuitsError, match=r"m1 \(48 neurons\).*evaluate-circuit"):
         from_graph(load_circuit(PLANTED_NEURONS), ComputationalGraph(2, 4))
 
 
 def test_keep_neurons_needs_a_method_that_scores_neurons():
-    from circuits.neurons import top_neuron_masks
+    from circuits.circuit.neurons import top_neuron_masks
 
     with pytest.raises(CircuitsError, match="path-patching gave no neuron scores for m1"):
         top_neuron_masks({}, [1], 4, d_mlp=8, method="path-patching")
@@ -281,8 +282,8 @@ def test_keep_neurons_needs_a_method_that_scores_neurons():
 def test_streamed_hidden_references_equal_the_whole_dataset_ones(ablation):
     """Reduced MLPs measured with streamed references (pieces of 3 prompts, nothing cached, and cached) give the
     metric of the whole-dataset path, and the evaluator then holds no [n, p, d_mlp] tensor."""
-    from circuits.engine import GraphEngine
-    from circuits.faithfulness import CircuitEvaluator, reference_outputs
+    from circuits.engine.engine import GraphEngine
+    from circuits.circuit.faithfulness import CircuitEvaluator, reference_outputs
     from test_faithfulness import logit_diff, random_dataset, random_weights
 
     engine = GraphEngine(random_weights(seed=21))

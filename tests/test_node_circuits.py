@@ -11,10 +11,10 @@ import json
 import pytest
 import torch
 
-from circuits.graph import ComputationalGraph
-from circuits.ranking import kept_nodes, node_mask, node_outputs_mask, prune, ranked_nodes
-from circuits.scores import Scores
-from circuits.select import target_faithfulness, threshold, top_k
+from circuits.engine.graph import ComputationalGraph
+from circuits.circuit.ranking import kept_nodes, node_mask, node_outputs_mask, prune, ranked_nodes
+from circuits.methods.base import Scores
+from circuits.circuit.select import target_faithfulness, threshold, top_k
 from cli_helpers import invoke
 
 G = ComputationalGraph(n_layers=2, n_heads=2)
@@ -74,8 +74,8 @@ def test_node_circuit_faithfulness_patches_the_removed_nodes():
     """m(C) of a node circuit = the hook-based patcher with every edge out of the removed nodes patched."""
     from reference import all_edges, edge_patched_logits
 
-    from circuits.engine import GraphEngine
-    from circuits.faithfulness import circuit_metric, reference_outputs
+    from circuits.engine.engine import GraphEngine
+    from circuits.circuit.faithfulness import circuit_metric, reference_outputs
     from circuits.models import load_model
     from circuits.models.planted import ground_truth
     from circuits.tasks.greater_than import GreaterThan

@@ -14,11 +14,11 @@ import json
 
 import pytest
 
-from circuits.discover import discover
-from circuits.engine import GraphEngine
+from circuits.circuit.discover import discover
+from circuits.engine.engine import GraphEngine
 from circuits.models import load_model
 from circuits.registry import get_method, get_task
-from circuits.run_folder import write_run
+from circuits.circuit.run_folder import write_run
 from cli_helpers import invoke
 
 METHODS = ("activation-patching", "eap", "eap-ig", "path-patching")

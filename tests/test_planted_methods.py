@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from circuits.engine import GraphEngine
+from circuits.engine.engine import GraphEngine
 from circuits.graphs.compare import auroc
 from circuits.models import load_model
 from circuits.models.planted import ground_truth

@@ -7,15 +7,16 @@ import json
 import pytest
 import torch
 
-from circuits.ablation import ABLATIONS, BatchReferences
-from circuits.engine import GraphEngine
+from circuits.engine.ablation import ABLATIONS, BatchReferences
+from circuits.engine.engine import GraphEngine
 from circuits.errors import CircuitsError
-from circuits.faithfulness import CircuitEvaluator, faithfulness, faithfulness_curve, reference_outputs
-from circuits.memory import auto_batch_size, parse_batch_size, parse_memory
+from circuits.circuit.faithfulness import CircuitEvaluator, faithfulness, faithfulness_curve, reference_outputs
+from circuits.circuit.batch_size import auto_batch_size
+from circuits.engine.memory import parse_batch_size, parse_memory
 from circuits.models.synthetic import llama_parameters, random_llama_weights
 from circuits.models.weights import cast_weights
 from circuits.registry import get_method
-from circuits.scores import MethodOptions
+from circuits.methods.base import MethodOptions
 from cli_helpers import assert_user_error
 from test_discover_cli import invoke
 from test_faithfulness import VOCAB, random_dataset, random_weights
@@ -44,7 +45,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("method", METHODS)
 def test_streamed_scores_equal_all_at_once(toy, method, ablation):
     engine, ds = toy
-    options = dict(ablation=ablation, neurons=("m1",) if method != "path-patching" else (), threshold=0.0)
+    options = dict(ablation=ablation, neurons=("m1",) if method != "path-patching" else (),
+                   params={"path_threshold": 0.0} if method == "path-patching" else {})
     whole = get_method(method).score(engine, ds, logit_diff, MethodOptions(batch_size=0, **options))
     assert whole.edge_scores.abs().max() > 0
     for b in SLOW_METHODS.get(method, BATCHES):
@@ -155,7 +157,7 @@ def test_evaluate_circuit_takes_an_automatic_batch(tmp_path, tiny_gpt2_dir):
 
 
 def test_peak_meter_sees_an_allocation():
-    from circuits.memory import PeakMeter, release_free_memory
+    from circuits.engine.memory import PeakMeter, release_free_memory
 
     release_free_memory()
     meter = PeakMeter.try_start("cpu")

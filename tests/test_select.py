@@ -1,4 +1,4 @@
-"""circuits.select: pruning, ranking, top-k, threshold and the target-faithfulness search."""
+"""circuits.circuit.select: pruning, ranking, top-k, threshold and the target-faithfulness search."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,9 @@ import torch
 
 from circuits import names
 from circuits.errors import CircuitsError
-from circuits.graph import ComputationalGraph
-from circuits.scores import Scores
-from circuits.select import (
+from circuits.engine.graph import ComputationalGraph
+from circuits.methods.base import Scores
+from circuits.circuit.select import (
     prune, ranked_edges, search_smallest_k, target_faithfulness, threshold, top_k, top_k_mask,
 )
 
@@ -119,7 +119,7 @@ def test_signed_ranking_puts_the_most_helpful_first():
     assert threshold(sc, 2.0, ranking="signed").k == 2 and threshold(sc, 2.0).k == 3
     assert top_k(sc, 2, ranking="signed").ranking == "signed"
     nodes = Scores(graph=G, method="test", edge_scores=values, node_scores={"a0.h0": 0.5, "a1.h1": -0.25, "m0": -1.0})
-    from circuits.ranking import ranked_nodes
+    from circuits.circuit.ranking import ranked_nodes
 
     assert [G.sender_names[i] for i in ranked_nodes(nodes, "signed").tolist()[:2]] == ["m0", "a1.h1"]
     assert [G.sender_names[i] for i in ranked_nodes(nodes).tolist()[:3]] == ["m0", "a0.h0", "a1.h1"]
@@ -233,8 +233,8 @@ def test_target_faithfulness_refuses_an_undefined_faithfulness():
 
 def test_target_faithfulness_on_a_real_engine():
     """On a random model: the chosen k passes the target, k - 1 does not (checked afresh)."""
-    from circuits.engine import GraphEngine
-    from circuits.faithfulness import CircuitEvaluator, faithfulness, reference_outputs
+    from circuits.engine.engine import GraphEngine
+    from circuits.circuit.faithfulness import CircuitEvaluator, faithfulness, reference_outputs
     from test_faithfulness import logit_diff, random_dataset, random_weights
 
     engine = GraphEngine(random_weights(seed=7))

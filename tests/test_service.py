@@ -15,7 +15,8 @@ pytest.importorskip("fastapi", reason="the service needs fastapi (installed by `
 from fastapi.testclient import TestClient  # noqa: E402
 
 from circuits.service.app import ServiceConfig, create_app  # noqa: E402
-from circuits.service.jobs import reference_path, served_options  # noqa: E402
+from circuits.graphs.reference_circuits import reference_path  # noqa: E402
+from circuits.service.jobs import served  # noqa: E402
 from circuits.service.store import INTERRUPTED, Store  # noqa: E402
 from cli_helpers import assert_user_error, invoke  # noqa: E402
 
@@ -49,23 +50,33 @@ def one_line_422(response, field: str) -> str:
     return detail
 
 
-def test_options_are_the_cli_options_with_its_defaults():
+def test_the_cli_and_the_service_take_the_same_declared_options():
+    """Both doors are made from the jobs' declarations: every served option is a CLI flag with the same default."""
     import typer.main
 
     from circuits.cli import _register, app
+    from circuits.jobs import jobs
+    from circuits.service.jobs import kinds
 
     _register()
-    cli = {p.name: p for p in typer.main.get_command(app).commands["discover"].params}
-    served = {s.key: s for s in served_options("discover")}
-    assert served["n"].default == cli["n"].default == 100
-    assert served["ig_steps"].default == 5 and served["batch_size"].default == "0"  # a number of prompts or auto
-    assert served["target_faithfulness"].flag == "--target-faithfulness" and served["top_k"].default is None
-    assert set(served) >= {"task", "model", "method", "seed", "ablation", "neurons", "device", "threshold"}
-    assert not {"out", "force", "task_file"} & set(served)  # the service owns these, or refuses them
-    for name, param in cli.items():  # every other CLI option is served under its flag's name
-        flag = next((o for o in param.opts if o.startswith("--")), None)
-        key = flag[2:].replace("-", "_") if flag else name
-        assert key in served or key in ("out", "force", "task_file"), key
+    root = typer.main.get_command(app)
+    listed = kinds()
+    for name, job in jobs().items():
+        cmd = root.commands[name]
+        cli = {p.name: p for p in [*cmd.params, *getattr(cmd, "_method_params", list)()] if p.name != "as_json"}
+        opts = {o["name"]: o for o in listed[name]["options"]}
+        assert set(opts) == {o.name for o in served(job)}
+        for key, opt in opts.items():
+            assert key in cli, (name, key)
+            default = cli[key].default
+            assert (str(default) if default is not None else None) == (str(opt["default"]) if opt["default"] is not None else None), (name, key)
+        assert not {"out", "force", "task_file", "data"} & set(opts)  # the service owns these, or refuses them
+    method_opts = {o["name"]: o for o in listed["discover"]["method_options"]}
+    assert method_opts["ig_steps"]["default"] == 5 and method_opts["ig_steps"]["methods"] == ["eap-ig"]
+    assert {"tau", "max_tests", "max_passes", "path_threshold"} <= set(method_opts)
+    discover_flags = {p.name for p in root.commands["discover"]._method_params()}
+    assert set(method_opts) <= discover_flags  # the CLI takes every method's own options as flags
+    assert "greater-than" in listed["analyze"]["tasks"]
 
 
 def test_health_lists_and_openapi(client):
@@ -87,7 +98,7 @@ def test_job_queued_listed_and_cancelled(client):
     assert r.status_code == 201 and r.json()["state"] == "queued"
     job_id = r.json()["id"]
     job = client.get(f"/api/jobs/{job_id}").json()
-    assert job["params"]["args"] == ["--model", "planted", "--method", "eap-ig", "--n", "8", "--", "greater-than"]
+    assert job["params"]["values"] == {"task": "greater-than", "model": "planted", "method": "eap-ig", "n": 8}
     assert [j["id"] for j in client.get("/api/jobs?state=queued").json()] == [job_id]
     assert client.delete(f"/api/jobs/{job_id}").json() == {"id": job_id, "state": "cancelled"}
     job = client.get(f"/api/jobs/{job_id}").json()
@@ -116,6 +127,63 @@ def test_bad_bodies_get_422_naming_the_field(client, body, field):
     one_line_422(client.post("/api/jobs", json=body), field)
 
 
+@pytest.mark.parametrize("body, field, says", [
+    ({**DISCOVER, "task": "no-such-task"}, "task", "unknown task"),
+    ({**DISCOVER, "method": "no-such-method"}, "method", "unknown method"),
+    ({**DISCOVER, "options": {"n": -5}}, "options.n", "at least 1"),
+    ({**DISCOVER, "options": {"n": 0}}, "options.n", "at least 1"),
+    ({**DISCOVER, "options": {"n": 10 ** 12}}, "options.n", "--max-n"),
+    ({**DISCOVER, "options": {"holdout": 5.0}}, "options.holdout", "at most"),
+    ({**DISCOVER, "options": {"device": "toaster"}}, "options.device", "torch device"),
+    ({**DISCOVER, "options": {"device": "cuda:7"}}, "options.device", "cuda"),
+    ({**DISCOVER, "options": {"dtype": "float8"}}, "options.dtype", "one of"),
+    ({**DISCOVER, "options": {"batch_size": "lots"}}, "options.batch_size", "auto"),
+    ({**DISCOVER, "options": {"batch_size": -3}}, "options.batch_size", "auto"),
+    ({**DISCOVER, "options": {"ig_steps": 0}}, "options.ig_steps", "at least 1"),
+    ({**DISCOVER, "options": {"tau": 0.1}}, "options.tau", "unknown option"),  # acdc's, not eap-ig's
+    ({**DISCOVER, "model": "someone/not-a-cached-model"}, "model", "--allow-downloads"),
+    ({"kind": "evaluate", "task": "nope", "model": "planted"}, "task", "unknown task"),
+    ({"kind": "analyze", "task": "ioi", "model": "planted"}, "task", "no analysis"),
+])
+def test_bad_submissions_are_refused_at_submission(client, body, field, says):
+    """Each is refused with 422 naming the field, and nothing is queued."""
+    assert says in one_line_422(client.post("/api/jobs", json=body), field)
+    assert client.get("/api/jobs").json() == []
+
+
+def test_deep_bodies_long_ids_and_slow_bodies(client):
+    deep = b'{"kind": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    one_line_422(client.post("/api/jobs", content=deep, headers={"content-type": "application/json"}), "body")
+    long_id = "x" * 10_000
+    r = client.get(f"/api/jobs/{long_id}")
+    assert r.status_code == 404 and len(r.json()["detail"]) < 200
+    assert len(client.get(f"/api/runs/{long_id}").json()["detail"]) < 200
+
+
+def test_a_body_shorter_than_its_length_is_dropped_quickly(tmp_path):
+    """A client that announces more body than it sends is answered (408) within the body timeout, not held."""
+    import asyncio
+    import time
+
+    from circuits.service.middleware import BODY_TIMEOUT_S, BodyLimit
+
+    sent = []
+
+    async def never_called(scope, receive, send):  # pragma: no cover - the middleware answers first
+        raise AssertionError("the app saw a partial body")
+
+    async def receive():
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"100")]}
+    start = time.monotonic()
+    asyncio.run(BodyLimit(never_called, limit=1000)(scope, receive, send))
+    assert sent[0]["status"] == 408 and time.monotonic() - start < BODY_TIMEOUT_S + 2
+
+
 def test_bad_json_and_big_bodies(client):
     one_line_422(client.post("/api/jobs", content=b"{nope", headers={"content-type": "application/json"}), "body")
     big = {**DISCOVER, "options": {"neurons": "m1," * 40_000}}
@@ -135,17 +203,17 @@ def test_models_are_hub_builtin_or_under_models_dir(tmp_path):
     (models / "tiny").mkdir(parents=True)
     (tmp_path / "outside").mkdir()
     (models / "escape").symlink_to(tmp_path / "outside")
-    config = ServiceConfig(store=tmp_path / "store", workers=0, models_dir=models)
+    config = ServiceConfig(store=tmp_path / "store", workers=0, models_dir=models, allow_downloads=True)
     with TestClient(create_app(config)) as c:
         for ok in ("planted", "planted-deep", "gpt2", "HuggingFaceTB/SmolLM2-135M"):
             assert c.post("/api/jobs", json={**DISCOVER, "model": ok}).status_code == 201, ok
         job = c.post("/api/jobs", json={**DISCOVER, "model": "tiny"}).json()
-        assert c.get(f"/api/jobs/{job['id']}").json()["params"]["args"][1] == str((models / "tiny").resolve())
+        assert c.get(f"/api/jobs/{job['id']}").json()["params"]["values"]["model"] == str((models / "tiny").resolve())
         for bad in ("/etc", "../outside", "./nothing", "~/x", "model.gguf", "escape/../../outside", ""):
             one_line_422(c.post("/api/jobs", json={**DISCOVER, "model": bad}), "model")
         # a link out of --models-dir is not a path under it: the name is then only a hub name
         job = c.post("/api/jobs", json={**DISCOVER, "model": "escape"}).json()
-        assert c.get(f"/api/jobs/{job['id']}").json()["params"]["args"][1] == "escape"
+        assert c.get(f"/api/jobs/{job['id']}").json()["params"]["values"]["model"] == "escape"
 
 
 def test_bearer_token(tmp_path):
@@ -182,8 +250,8 @@ def test_run_files_and_compare(client, tmp_path):
     assert cmp["edges"]["jaccard"] == 1.0 and cmp["nodes"]["precision"] == 1.0
     assert client.get(f"/api/compare?a={run_id}&b=nothing").status_code == 404
     job = client.post("/api/jobs", json={"kind": "evaluate-circuit", "circuit": run_id}).json()
-    args = client.get(f"/api/jobs/{job['id']}").json()["params"]["args"]
-    assert args == ["--json", "--", str(store.runs_dir / run_id)]
+    values = client.get(f"/api/jobs/{job['id']}").json()["params"]["values"]
+    assert values == {"circuit": str(store.runs_dir / run_id)}  # only what was given: the job fills its defaults
 
 
 def test_recover_after_a_dead_server(tmp_path):

@@ -118,7 +118,9 @@ def test_planted_discover_over_http_matches_the_cli(service, tmp_path):
     page = client.get(f"/api/runs/{job_id}/files/circuit.html")  # the viewer, served as one of the run's files
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     manifest = client.get(f"/api/runs/{job_id}").json()["manifest"]
-    assert manifest["command"][:4] == ["circuits", "discover", "--out", str(store.runs_dir / job_id)]
+    command = manifest["command"]  # the command line that runs the same job, with the run's final folder
+    assert command[:3] == ["circuits", "discover", "greater-than"]
+    assert command[command.index("--out") + 1] == str(store.runs_dir / job_id)
     assert {r["id"] for r in client.get("/api/runs").json()} == {job_id, again}
     assert not any(store.tmp_dir.glob(f"{job_id}*"))
 
@@ -144,11 +146,15 @@ def test_evaluate_circuit_and_analyze_jobs(service):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert str(store.outputs_dir / analysed) in client.get(f"/api/jobs/{analysed}?log=true").json()["log"]
     assert client.get(f"/api/jobs/{analysed}/files/../summary.json").status_code == 404
-    # a user error in a job (a model that is nowhere) fails it with the CLI's one-line message
-    failing = client.post("/api/jobs", json={"kind": "evaluate", "task": "greater-than", "model": "nobody/no-such-model",
-                                             "options": {"n": 4}}).json()["id"]
+    # a model that is nowhere is refused at submission, before any worker tries to download it
+    refused = client.post("/api/jobs", json={"kind": "evaluate", "task": "greater-than", "model": "nobody/no-such-model",
+                                             "options": {"n": 4}})
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("model:")
+    # a user error only the model can reveal fails the job with the CLI's one-line message
+    failing = client.post("/api/jobs", json={"kind": "analyze", "task": "greater-than", "model": "planted",
+                                             "options": {"n": 4, "neurons": "m9"}}).json()["id"]
     job = wait_for(lambda: job_of(client, failing), lambda j: j["state"] in FINAL, timeout=120)
-    assert job["state"] == "failed" and "nobody/no-such-model" in job["error"] and "\n" not in job["error"], job
+    assert job["state"] == "failed" and "m9" in job["error"] and "\n" not in job["error"], job
     assert "Traceback" not in (client.get(f"/api/jobs/{failing}?log=true").json()["log"] or "")
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from circuits.errors import CircuitsError
-from circuits.models.support import check_logits, unsupported_features
+from circuits.engine.architectures import check_logits, unsupported_features
 from cli_helpers import assert_user_error, invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +83,7 @@ def test_a_model_shorter_than_the_check_prompt_loads_and_runs(tmp_path, gpt2_tok
 def test_logit_check_passes_supported_models_and_catches_a_wrong_engine(tiny_llama_dir):
     import torch
 
-    from circuits.engine import GraphEngine
+    from circuits.engine.engine import GraphEngine
     from circuits.models import load_model
 
     loaded = load_model(str(tiny_llama_dir))
@@ -100,7 +100,7 @@ def test_logit_check_passes_supported_models_and_catches_a_wrong_engine(tiny_lla
 def test_a_passed_logit_check_is_remembered_per_model_and_code(tiny_llama_dir, circuits_cache, monkeypatch):
     import torch
 
-    from circuits.engine import GraphEngine
+    from circuits.engine.engine import GraphEngine
     from circuits.models import load_model, support
 
     calls = []

@@ -103,7 +103,7 @@ def test_task_file_variants(tmp_path):
     body = GOOD_PLUGIN.replace("class Echo:", "class Echo(Task):")
     (tmp_path / "instance.py").write_text(GOOD_PLUGIN + "\nTASK = Echo()\n")
     (tmp_path / "klass.py").write_text(GOOD_PLUGIN + "\nTASK = Echo\n")
-    (tmp_path / "single.py").write_text("from circuits.task import Task\n" + body)
+    (tmp_path / "single.py").write_text("from circuits.data.task import Task\n" + body)
     for name in ("instance.py", "klass.py", "single.py"):
         task = registry.load_task_file(tmp_path / name)
         assert task.name == "echo" and hasattr(task, "build") and hasattr(task, "metric"), name

@@ -1,4 +1,4 @@
-"""Verification of a chosen edge circuit by patching (circuits.select.verify_edges) and the signed ranking.
+"""Verification of a chosen edge circuit by patching (circuits.circuit.select.verify_edges) and the signed ranking.
 
 - On the planted model, edges added to the planted circuit that carry nothing (decoy heads, a YY
   decoy whose code has a constant norm) are removed and every planted edge stays.
@@ -13,16 +13,16 @@ import json
 import pytest
 import torch
 
-from circuits.discover import SelectionSpec, discover, select, verifies
-from circuits.engine import GraphEngine
+from circuits.circuit.discover import SelectionSpec, discover, select, verifies
+from circuits.engine.engine import GraphEngine
 from circuits.errors import CircuitsError
-from circuits.faithfulness import CircuitEvaluator, circuit_metric, reference_outputs
+from circuits.circuit.faithfulness import CircuitEvaluator, circuit_metric, reference_outputs
 from circuits.models import load_model
 from circuits.models.planted import ground_truth
-from circuits.ranking import prune
+from circuits.circuit.ranking import prune
 from circuits.registry import get_method, get_task
-from circuits.scores import Scores
-from circuits.select import Selection, top_k, verify_edges
+from circuits.methods.base import Scores
+from circuits.circuit.select import Selection, top_k, verify_edges
 from cli_helpers import invoke
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,7 +159,7 @@ def test_discover_records_ranking_and_verification(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--method", "activation-patching", "--verify"), "--verify checks the edges"),
     (("--method", "acdc", "--verify"), "acdc already tested"),
-    (("--method", "eap", "--ranking", "largest"), "unknown ranking 'largest'"),
+    (("--method", "eap", "--ranking", "largest"), "--ranking must be one of abs, signed"),
     (("--method", "eap", "--verify-tolerance", "-1"), "--verify-tolerance must be"),
 ])
 def test_cli_refuses_bad_selection_options(tmp_path, args, message):

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from circuits.errors import CircuitsError
-from circuits.graph import ComputationalGraph
-from circuits.graphs.build import build_graph, edge_names, load_circuit, write_json
+from circuits.engine.graph import ComputationalGraph
+from circuits.graphs.build import build_graph, edge_names, write_json
+from circuits.graphs.files import load_circuit
 from circuits.graphs.compare import compare, load_scores, write_scores
 from circuits.graphs.dot import MAX_WIDTH, MIN_WIDTH, NEGATIVE, POSITIVE
 from circuits.graphs.interop import (MIB_CAPS, eap_ig_scores, from_eap_ig, mib_folder_name, to_eap_ig, write_eap_ig,
@@ -119,6 +120,20 @@ def test_viewer_data_ranks_every_scored_edge(tmp_path):
     m1 = next(n for n in data["nodes"] if n["name"] == "m1")
     assert m1["out_sum"] == pytest.approx(sum(v for k, v in scores.items() if k.startswith("m1->")))
     assert data["curve"] and data["chosen"] == {"edges": 5, "faithfulness": 0.95}
+
+
+def test_viewer_data_carries_both_curves_the_selections_first(tmp_path):
+    run = planted_run(tmp_path)
+    signed = [{"fraction": 0.1, "edges": 3, "faithfulness": 1.4}, {"fraction": 1.0, "edges": 110, "faithfulness": 1.0}]
+    absolute = [{"fraction": 0.1, "edges": 4, "faithfulness": 0.6}, {"fraction": 1.0, "edges": 110, "faithfulness": 1.0}]
+    manifest = {**META, "edges_kept": 5, "curve_signed": signed, "curve_abs": absolute, "selection": {"ranking": "signed"}}
+    data = viewer_data(load_circuit(run), scores=load_scores(run), manifest=manifest)
+    assert [c["key"] for c in data["curves"]] == ["curve_signed", "curve_abs"]
+    assert data["curves"][1]["points"] == absolute and data["curve"] == signed
+    data = viewer_data(load_circuit(run), scores=load_scores(run), manifest={**manifest, "selection": {"ranking": "abs"}})
+    assert [c["key"] for c in data["curves"]] == ["curve_abs", "curve_signed"] and data["curve"] == absolute
+    old = viewer_data(load_circuit(run), scores=load_scores(run), manifest=json.loads((run / "manifest.json").read_text()))
+    assert [c["key"] for c in old["curves"]] == ["curve_abs"] and old["curve"]  # an older run's single curve
 
 
 def test_viewer_html_is_self_contained_and_compares(tmp_path):

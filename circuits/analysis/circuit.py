@@ -9,7 +9,7 @@ from torch import Tensor
 
 from circuits import names
 from circuits.errors import CircuitsError
-from circuits.graph import ComputationalGraph
+from circuits.engine.graph import ComputationalGraph
 
 __all__ = ["Circuit", "load", "from_graph"]
 
@@ -60,6 +60,6 @@ def from_graph(G, graph: ComputationalGraph, *, source: str = "", model: str = "
 
 def load(path: Union[str, Path], graph: ComputationalGraph, *, model: str = "") -> Circuit:
     """Read a circuit.json (or a run folder holding one) and map it onto ``graph``."""
-    from circuits.graphs.build import load_circuit
+    from circuits.graphs.files import load_circuit
 
     return from_graph(load_circuit(path), graph, source=str(path), model=model)

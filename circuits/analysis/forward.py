@@ -27,8 +27,8 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from circuits.engine import GraphEngine, KVState, Patch, Positions
-from circuits.scores import Progress, no_progress
+from circuits.engine.engine import GraphEngine, KVState, Patch, Positions
+from circuits.methods.base import Progress, no_progress
 
 __all__ = ["KVState", "Positions", "forward_positions", "EngineForward"]
 

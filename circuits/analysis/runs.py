@@ -7,10 +7,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from circuits.ablation import each, pieces
-from circuits.scores import Progress, no_progress
+from circuits.data.batching import batches
+from circuits.methods.base import Progress, no_progress
 
-__all__ = ["Runs", "collect_runs", "batches"]
+__all__ = ["Runs", "collect_runs", "sliced_batches"]
 
 
 @dataclass
@@ -45,9 +45,9 @@ def collect_runs(engine, dataset, *, mlp_layers: Sequence[int] = (), hidden_laye
     answer: Dict[int, List[Tensor]] = {l: [] for l in mlp_layers}
     delta: Dict[int, List[Tensor]] = {l: [] for l in mlp_layers}
     hidden: Dict[int, List[Tensor]] = {l: [] for l in hidden_layers}
-    parts = pieces(dataset, batch_size)
+    parts = batches(dataset, batch_size)
     with torch.no_grad():
-        for i, part in enumerate(each(parts)):
+        for i, part in enumerate(parts):
             collect = bool(mlp_layers)
             clean = engine.run(part.clean.to(engine.device), part.answer_pos, collect=collect, keep_resid=True,
                                capture_hidden=hidden_layers)
@@ -74,9 +74,9 @@ def collect_runs(engine, dataset, *, mlp_layers: Sequence[int] = (), hidden_laye
                 hidden_delta={l: torch.cat(v) for l, v in hidden.items()})
 
 
-def batches(dataset, batch_size: int) -> Iterator[Tuple[slice, object]]:
-    """(slice of the prompts, the sub-dataset) pieces of ``batch_size`` (all at once when 0)."""
-    size = batch_size if batch_size and batch_size > 0 else len(dataset)
-    for start in range(0, len(dataset), size):
-        sl = slice(start, min(start + size, len(dataset)))
-        yield sl, (dataset if size >= len(dataset) else dataset.subset(sl))
+def sliced_batches(dataset, batch_size: int) -> Iterator[Tuple[slice, object]]:
+    """``(slice of the prompts, the piece)`` for each piece of :func:`circuits.data.batching.batches`."""
+    start = 0
+    for part in batches(dataset, batch_size):
+        yield slice(start, start + len(part)), part
+        start += len(part)

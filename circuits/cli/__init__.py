@@ -10,30 +10,10 @@ import sys
 
 import typer
 
-from circuits import __version__
+from circuits.cli.app import app
 from circuits.errors import CircuitsError
 
-app = typer.Typer(
-    name="circuits",
-    help="Find the circuits behind a language model's behaviour: score components and edges, "
-    "keep a faithful circuit, and export it as DOT, JSON and SVG.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"circuits {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-) -> None:
-    """circuits: circuit discovery for language models."""
+__all__ = ["app", "main", "fail"]
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
@@ -45,7 +25,7 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
 def _register() -> None:
     """Import the command modules; each adds its commands to ``app``."""
     from circuits.cli import (  # noqa: F401
-        commands_analyze, commands_core, commands_discover, commands_graphs, commands_reference,
+        commands_analyze, commands_benchmark, commands_core, commands_discover, commands_graphs, commands_reference,
     )
     from circuits.cli import commands_serve  # noqa: F401
 

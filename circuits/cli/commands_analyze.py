@@ -1,5 +1,5 @@
-"""``circuits analyze TASK``: each task that owns an analysis (``task.analysis = "module:function"``, a
-typer command function) gets a subcommand.
+"""``circuits analyze TASK``: each task that owns an analysis (``task.analysis = "module:attribute"``: a
+:class:`circuits.jobs.Job`, or a typer command function) gets a subcommand.
 
 The tasks are looked up only when ``analyze`` itself is used (listed, helped or run), so every other
 command starts without loading the task plugins.  The function's module should import nothing heavy
@@ -7,34 +7,14 @@ at module level (greater-than's: :mod:`circuits.tasks.greater_than_analysis.comm
 """
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Dict, Optional
+from typing import Optional
 
 import typer
 from typer.core import TyperGroup
 
-from circuits.cli import app
-from circuits.registry import TASKS, PluginWarning, discover
-
-
-def task_analyses() -> Dict[str, object]:
-    """Task name -> its analysis command function, for every installed task that names one.  A broken task
-    plugin is reported by the commands that use it, not here; an analysis that cannot be imported warns."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PluginWarning)
-        tasks = discover(TASKS)
-    found = {}
-    for name, task in tasks.items():
-        target = getattr(task, "analysis", None)
-        if not target:
-            continue
-        try:
-            module, _, attr = str(target).partition(":")
-            found[name] = getattr(importlib.import_module(module), attr)
-        except Exception as exc:  # a third-party task's analysis can fail in any way
-            warnings.warn(f"task {name!r}: its analysis {target!r} failed to load: {exc}", PluginWarning, stacklevel=2)
-    return found
+from circuits.cli.app import app
+from circuits.cli.jobs import job_command
+from circuits.jobs import Job, task_analyses
 
 
 class TaskAnalyses(TyperGroup):
@@ -48,7 +28,10 @@ class TaskAnalyses(TyperGroup):
         self._loaded = True
         for name, function in task_analyses().items():
             single = typer.Typer(add_completion=False)
-            single.command(name)(function)
+            if isinstance(function, Job):
+                job_command(single, function)
+            else:
+                single.command(name)(function)
             self.add_command(typer.main.get_command(single), name)
 
     def list_commands(self, ctx):

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from circuits.cli import app
+from circuits.cli.app import app
 from circuits.errors import CircuitsError
 
 
@@ -39,7 +39,8 @@ def export_command(
     SVG and HTML need no GraphViz; PNG uses GraphViz's `dot`, else `graphviz-pure`. The viewer,
     EAP-IG and MIB read the run folder's scores.tsv (every edge's score) and manifest.json.
     """
-    from circuits.graphs.build import CIRCUIT_FILE, load_circuit
+    from circuits.graphs.build import CIRCUIT_FILE
+    from circuits.graphs.files import load_circuit
     from circuits.graphs.export import export
     from circuits.graphs.viewer import run_inputs
 
@@ -83,7 +84,8 @@ def compare_command(
 
 
 def _compare_many(paths: List[Path], as_json: bool) -> None:
-    from circuits.graphs.build import edge_names, load_circuit
+    from circuits.graphs.build import edge_names
+    from circuits.graphs.files import load_circuit
     from circuits.graphs.overlap import pairwise
 
     graphs = [load_circuit(p) for p in paths]
@@ -106,7 +108,8 @@ def _compare_many(paths: List[Path], as_json: bool) -> None:
 
 
 def _compare_two(a: Path, b: Path, as_json: bool) -> None:
-    from circuits.graphs.build import edge_names, load_circuit
+    from circuits.graphs.build import edge_names
+    from circuits.graphs.files import load_circuit
     from circuits.graphs.compare import SCORES_FILE, compare, load_scores
 
     ga, gb = load_circuit(a), load_circuit(b)

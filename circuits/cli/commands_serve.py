@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from circuits.cli import app
+from circuits.cli.app import app
 from circuits.errors import CircuitsError
 
 STORE_HELP = "The store: a folder with circuits.db and the run folders (default: $CIRCUITS_STORE, else ~/.local/share/circuits/store)."
@@ -47,6 +47,9 @@ def serve(
     models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="Folder whose checkpoints and .gguf files jobs may name by relative path."),
     device: Optional[str] = typer.Option(None, "--device", help="Default torch device of jobs (cpu, cuda); with ray, cuda jobs request a GPU."),
     requeue: bool = typer.Option(False, "--requeue", help="Queue again the jobs a stopped server left running (default: mark them failed, 'interrupted')."),
+    max_n: int = typer.Option(10_000, "--max-n", help="The most prompts (n) a job may ask for; larger requests get 422."),
+    allow_downloads: bool = typer.Option(False, "--allow-downloads", help="Let jobs name hub models that are not in the "
+                                         "local Hugging Face cache (a worker then downloads them)."),
 ) -> None:
     """Serve circuit discovery over HTTP: a job queue, a run store and the API (OpenAPI docs at /docs)."""
     from circuits.service.app import ServiceConfig, check_exposure, create_app
@@ -58,6 +61,8 @@ def serve(
         raise CircuitsError(f"--executor must be one of {', '.join(EXECUTORS)} (got {executor!r})")
     if workers < 1:
         raise CircuitsError(f"--workers must be at least 1 (got {workers})")
+    if max_n < 1:
+        raise CircuitsError(f"--max-n must be at least 1 (got {max_n})")
     if models_dir is not None and not models_dir.is_dir():
         raise CircuitsError(f"--models-dir {models_dir} is not a folder")
     if executor == "ray":
@@ -74,7 +79,7 @@ def serve(
     _port_free(host, port)
     config = ServiceConfig(store=root, host=host, port=port, workers=workers, executor=executor, ray_address=ray_address,
                            token=token, models_dir=models_dir.resolve() if models_dir else None, device=device,
-                           requeue=requeue)
+                           requeue=requeue, max_n=max_n, allow_downloads=allow_downloads)
     service = create_app(config)
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"circuits serve: http://{shown}:{port}  (store {root}, {executor} executor, {workers} worker"

@@ -42,35 +42,16 @@ from typing import Dict, List, Optional
 
 import torch
 
-from circuits.ablation import chunks, prepare, reference
-from circuits.engine import Patch, RestartBuffer
-from circuits.errors import CircuitsError
-from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.data.batching import batches
+
+from circuits.engine.ablation import static_reference, reference
+from circuits.engine.engine import Patch, RestartBuffer
+from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
 
 ORDERS = ("reverse", "normal")
 MAX_COPIES = 64  # candidate edges per batched pass at most
 MEMORY_BUDGET = 1 << 30  # bytes of the replicated buffers one batched pass may hold (about)
 LOGIT_ROWS_BUDGET = 1 << 22  # logits entries (rows x vocabulary) per pass: larger batches leave the cache and run slower
-
-
-def check_options(options: MethodOptions) -> None:
-    if options.acdc_order not in ORDERS:
-        raise CircuitsError(f"--acdc-order must be one of {', '.join(ORDERS)} (got {options.acdc_order!r})")
-    if not options.tau >= 0:
-        raise CircuitsError(f"--tau must be a number >= 0 (got {options.tau})")
-    if options.max_tests < 0:
-        raise CircuitsError(f"--max-tests must be 0 (no limit) or more (got {options.max_tests})")
-
-
-def receiver_nodes(graph) -> List[int]:
-    """For each receiver, the sender index of its node (``logits``: ``n_senders``)."""
-    out = [graph.n_senders] * graph.n_receivers
-    for layer in range(graph.n_layers):
-        for h in range(graph.n_heads):
-            for qkv in "qkv":
-                out[graph.head_receiver(layer, h, qkv)] = graph.head_sender(layer, h)
-        out[graph.mlp_receiver(layer)] = graph.mlp_sender(layer)
-    return out
 
 
 def sender_order(graph, receiver: int, order: str) -> List[int]:
@@ -85,7 +66,7 @@ class Liveness:
     outgoing edges are final; its liveness is computed then, once."""
 
     def __init__(self, graph):
-        self.node_of = torch.tensor(receiver_nodes(graph))
+        self.node_of = torch.tensor(graph.receiver_node)
         self.alive: Dict[int, bool] = {graph.n_senders: True}
 
     def __call__(self, keep: torch.Tensor, receiver: int) -> bool:
@@ -129,11 +110,11 @@ class BatchedTests:
 
     def __init__(self, engine, dataset, metric, options: MethodOptions):
         self.engine, self.metric, self.n = engine, metric, len(dataset)
-        means = prepare(engine, dataset, options.ablation, batch_size=options.batch_size)
+        means = static_reference(engine, dataset, options.ablation, batch_size=options.batch_size)
         self.parts: List[_Part] = []
         total = 0.0  # the clean metric, from the clean runs the parts keep
         with torch.no_grad():
-            for part in chunks(dataset, options.batch_size):
+            for part in batches(dataset, options.batch_size):
                 tokens = part.clean.to(engine.device)
                 clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True)
                 total += float(metric(clean.logits, part).double().sum())
@@ -193,15 +174,16 @@ class ACDC:
     granularity = "edge"
     cost = "one test per edge of a live receiver, many per batched pass restarted at the receiver's layer; --max-tests bounds it"
     default_selection = "acdc"
-
-    @staticmethod
-    def check_options(options: MethodOptions) -> None:
-        """Refuse bad ACDC options before the model is loaded."""
-        check_options(options)
+    options = (
+        Option("tau", float, 0.01, "acdc: remove an edge when patching it moves the mean metric by less than TAU.", minimum=0.0),
+        Option("acdc_order", str, "reverse", "acdc: senders of a receiver latest first (reverse, as ACDC's code) or "
+               "input first (normal).", choices=ORDERS),
+        Option("max_tests", int, 0, "acdc: stop after N edge tests (0: no limit); the run is then marked incomplete.", minimum=0),
+    )
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:
-        check_options(options)
+        own = option_values(self, options.params)
         progress = progress or no_progress
         g = engine.graph
         tests = BatchedTests(engine, dataset, metric, options)
@@ -211,7 +193,7 @@ class ACDC:
         current = tests.full
         cap = tests.max_copies()
         n_tests, tested, skipped, complete = 0, 0, 0, True
-        tau, limit = float(options.tau), int(options.max_tests)
+        tau, limit = float(own["tau"]), int(own["max_tests"])
         receivers = list(range(g.n_receivers - 1, -1, -1))
         guess = True  # the decision the next candidate is assumed to get: the last one made
         for done, r in enumerate(receivers):
@@ -223,7 +205,7 @@ class ACDC:
                 skipped += 1
                 progress(done + 1, len(receivers), f"acdc: {n_tests} edge tests, {len(receivers) - done - 1} receivers left")
                 continue
-            cands = sender_order(g, r, options.acdc_order)
+            cands = sender_order(g, r, own["acdc_order"])
             i = 0
             while i < len(cands):
                 if limit and n_tests >= limit:
@@ -252,7 +234,7 @@ class ACDC:
             tested += 1
             progress(done + 1, len(receivers), f"acdc: {n_tests} edge tests, {len(receivers) - done - 1} receivers left")
         kept = keep.cpu() > 0
-        info = {"tau": tau, "order": options.acdc_order, "edge_tests": n_tests, "passes": tests.passes,
+        info = {"tau": tau, "order": own["acdc_order"], "edge_tests": n_tests, "passes": tests.passes,
                 "forward_passes": tests.passes, "copies_evaluated": tests.copies, "receivers_tested": tested,
                 "receivers_skipped": skipped, "complete": complete, "max_tests": limit, "edges_kept_acdc": int(kept.sum()),
                 "metric_full": tests.full, "metric_final": current, "ablation": options.ablation}

@@ -21,10 +21,12 @@ from typing import Dict, List, Optional
 
 import torch
 
-from circuits.ablation import each, pieces, prepare, reference
-from circuits.dataset import repeat_positions
+from circuits.data.batching import batches
+
+from circuits.engine.ablation import static_reference, reference
+from circuits.data.dataset import repeat_positions
 from circuits.methods.attribution import parse_neuron_layers, top_neurons
-from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.methods.base import MethodOptions, Progress, Scores, no_progress
 
 NEURON_BATCH = 16
 
@@ -53,13 +55,13 @@ class ActivationPatching:
         progress = progress or no_progress
         g, w = engine.graph, engine.w
         layers = parse_neuron_layers(options.neurons, w.n_layers)
-        means = prepare(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
+        means = static_reference(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
         n = len(dataset)
-        parts = pieces(dataset, options.batch_size)
+        parts = batches(dataset, options.batch_size)
         totals = _Totals.zeros(engine, layers)
         resid_total = None
         passes = 0
-        for i, part in enumerate(each(parts)):
+        for i, part in enumerate(parts):
             tokens = part.clean.to(engine.device)
             ref = reference(engine, part, options.ablation, means=means, hidden_layers=layers)
             with torch.no_grad():

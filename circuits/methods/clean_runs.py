@@ -13,8 +13,10 @@ from typing import Dict, Iterator, Optional
 
 import torch
 
-from circuits.ablation import REFERENCE_CACHE_BYTES, Reference, each, pieces, reference
-from circuits.engine import RestartBuffer
+from circuits.data.batching import batches
+
+from circuits.engine.ablation import REFERENCE_CACHE_BYTES, Reference, reference
+from circuits.engine.engine import RestartBuffer
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class CleanRuns:
     def __init__(self, engine, dataset, metric, ablation: str, *, batch_size: int = 0, means: Optional[Reference] = None,
                  cache_bytes: int = REFERENCE_CACHE_BYTES):
         self.engine, self.metric, self.ablation, self.means = engine, metric, ablation, means
-        self.parts = pieces(dataset, batch_size)
+        self.parts = batches(dataset, batch_size)
         self.cache_bytes = cache_bytes
         self._cache: Dict[int, CleanBatch] = {}
         self._bytes = 0
@@ -66,5 +68,5 @@ class CleanRuns:
         return out
 
     def __iter__(self) -> Iterator[CleanBatch]:
-        for i, _ in enumerate(each(self.parts)):
+        for i, _ in enumerate(self.parts):
             yield self.batch(i)

@@ -11,9 +11,11 @@ from typing import Optional
 
 import torch
 
-from circuits.ablation import each, pieces, prepare, reference
+from circuits.data.batching import batches
+
+from circuits.engine.ablation import static_reference, reference
 from circuits.methods.attribution import add_edge_scores, parse_neuron_layers, score_dtype, top_neurons
-from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.methods.base import MethodOptions, Progress, Scores, no_progress
 
 
 def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps: int, progress: Progress, method: str) -> Scores:
@@ -21,13 +23,13 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
     the reference input embedding to the clean one (``steps=1``: the clean point only, i.e. EAP)."""
     g = engine.graph
     layers = parse_neuron_layers(options.neurons, engine.w.n_layers)
-    means = prepare(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
+    means = static_reference(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
     total = torch.zeros(g.n_senders, g.n_receivers, device=engine.device, dtype=score_dtype(engine))
     neuron_totals = {}
-    parts = pieces(dataset, options.batch_size)
+    parts = batches(dataset, options.batch_size)
     work, done = len(parts) * steps, 0
     n = len(dataset)
-    for part in each(parts):
+    for part in parts:
         tokens = part.clean.to(engine.device)
         ref = reference(engine, part, options.ablation, means=means, hidden_layers=layers)
         emb_clean, emb_ref = engine.embed(tokens), ref.outputs[0].clone()
@@ -68,6 +70,7 @@ class EAP:
     description = "Edge attribution patching: first-order (gradient) estimate of every edge's patching effect."
     granularity = "edge"
     cost = "one forward+backward, one reference forward"
+    options = ()
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:

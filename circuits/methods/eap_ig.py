@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from circuits.errors import CircuitsError
 from circuits.methods.eap import integrated_scores
-from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
 
 
 class EAPIG:
@@ -18,10 +17,10 @@ class EAPIG:
     description = "EAP with integrated gradients on the input embeddings (default 5 steps)."
     granularity = "edge"
     cost = "--ig-steps forward+backward passes, one reference forward"
+    options = (Option("ig_steps", int, 5, "Integration steps: points on the line from the reference input to the clean one.", minimum=1),)
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:
-        if options.ig_steps < 1:
-            raise CircuitsError(f"--ig-steps must be at least 1 (got {options.ig_steps})")
-        return integrated_scores(engine, dataset, metric, options, steps=options.ig_steps,
+        steps = option_values(self, options.params)["ig_steps"]
+        return integrated_scores(engine, dataset, metric, options, steps=steps,
                                  progress=progress or no_progress, method=self.name)

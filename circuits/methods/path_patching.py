@@ -25,10 +25,12 @@ from typing import List, Optional
 
 import torch
 
-from circuits.ablation import prepare
-from circuits.engine import Patch
+from circuits.engine.ablation import static_reference
+from circuits.engine.engine import Patch
 from circuits.methods.clean_runs import CleanRuns
-from circuits.scores import MethodOptions, Progress, Scores, no_progress
+from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
+
+DEFAULT_MAX_PASSES = 800  # about 20 min for SmolLM2-135M, greater-than n = 50, on a 2-core CPU
 
 
 class PathPatching:
@@ -36,12 +38,19 @@ class PathPatching:
     description = "Exact path patching, searched from the logits back through the senders that matter."
     granularity = "edge"
     cost = "one partial forward per edge explored, at most --max-passes"
+    options = (
+        Option("max_passes", int, DEFAULT_MAX_PASSES, "path-patching: budget of patched forward passes; a search that "
+               "runs out returns the edges found so far.", minimum=1),
+        Option("path_threshold", float, 0.02, "path-patching: explore a sender's inputs when its edge moves the metric "
+               "by at least this fraction of the full effect.", minimum=0.0),
+    )
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:
         progress = progress or no_progress
+        own = option_values(self, options.params)
         g = engine.graph
-        means = prepare(engine, dataset, options.ablation, batch_size=options.batch_size)
+        means = static_reference(engine, dataset, options.ablation, batch_size=options.batch_size)
         n = len(dataset)
         batches = CleanRuns(engine, dataset, metric, options.ablation, batch_size=options.batch_size, means=means)
         passes = 0  # patched passes; the clean and reference runs are counted by ``batches``
@@ -57,7 +66,7 @@ class PathPatching:
                     total += float(metric(run.logits, bt.part).sum(dtype=batches.sum_dtype)) - bt.base
             return total / n
 
-        budget = max(1, int(options.max_passes))
+        budget = max(1, int(own["max_passes"]))
         used = 0  # patched passes over every prompt, the budget's unit
 
         def counted(keep: torch.Tensor, layer: int) -> float:
@@ -68,7 +77,7 @@ class PathPatching:
             return effect(keep, layer)
 
         full = counted(torch.zeros(g.n_senders, g.n_receivers, device=engine.device), 0)
-        bar = abs(full) * options.threshold
+        bar = abs(full) * own["path_threshold"]
         keep = torch.ones(g.n_senders, g.n_receivers, device=engine.device)
         # most promising first: a node waits with the largest |effect| of an edge from it found so far
         best = {g.n_senders: math.inf}  # n_senders stands for the logits
@@ -100,7 +109,7 @@ class PathPatching:
         complete = not stopped and not waiting
         return Scores(graph=g, method=self.name, edge_scores=scores,
                       info={"forward_passes": passes + batches.passes, "receivers_explored": len(done), "full_effect": full,
-                            "threshold": options.threshold, "ablation": options.ablation, "complete": complete,
+                            "threshold": own["path_threshold"], "ablation": options.ablation, "complete": complete,
                             "passes_used": used, "max_passes": budget, "nodes_waiting": len(waiting)})
 
     @staticmethod

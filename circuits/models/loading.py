@@ -5,11 +5,22 @@ import hashlib
 import os
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 from circuits.errors import CircuitsError
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A booted model: the bridge (compatibility mode, raw weights), its tokenizer and the spec it came from."""
+
+    bridge: Any
+    tokenizer: Any
+    spec: str
+    checkpoint: str
 
 
 def _gguf_key(path: Path) -> str:
@@ -68,7 +79,7 @@ def cached_hub_snapshot(repo_id: str) -> Optional[str]:
     return str(folder) if (folder / "config.json").is_file() and weights else None
 
 
-def _is_repo_id(spec: str) -> bool:
+def is_repo_id(spec: str) -> bool:
     try:
         from huggingface_hub.utils import validate_repo_id
 
@@ -97,7 +108,7 @@ def resolve_checkpoint(spec: str) -> str:
         if not (path / "config.json").exists():
             raise CircuitsError(f"{spec} is a folder without config.json; pass a Hugging Face checkpoint folder")
         return str(path)
-    if spec.startswith((".", "/", "~")) or not _is_repo_id(spec):
+    if spec.startswith((".", "/", "~")) or not is_repo_id(spec):
         raise CircuitsError(f"model path not found: {spec}; pass a hub name, a checkpoint folder or a .gguf file")
     snapshot = cached_hub_snapshot(spec)
     if snapshot is not None:
@@ -131,7 +142,6 @@ def _boot(checkpoint: str, device: str):
 
 def load_model(spec: str = "gpt2", *, device: str = "cpu"):
     """Load ``spec`` (hub name, HF folder, ``.gguf`` file, or ``planted[-variant]``) as a ``LoadedModel``."""
-    from circuits.models import LoadedModel
 
     checkpoint = resolve_checkpoint(spec)
     is_local = Path(checkpoint).is_dir()

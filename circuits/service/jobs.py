@@ -1,31 +1,35 @@
-"""Job kinds and their options, read from the CLI's own command definitions.
+"""Job requests: checked against the jobs' own option declarations, at submission.
 
-A job is one CLI command run in-process: ``discover``, ``evaluate``, ``evaluate-circuit`` or
-``analyze TASK``.  The options a job accepts, and their defaults, are the command's click
-parameters (``typer.main.get_command``), named by their long flag with underscores for dashes
-(``--top-k`` -> ``top_k``), so an option added to the CLI is served without editing this module.
+A job is one of the library's jobs (``circuits.jobs``): ``discover``, ``evaluate``,
+``evaluate-circuit``, or ``analyze`` with a task that has an analysis job.  The fields a job takes,
+their types, bounds and defaults are its :class:`circuits.options.Option` declarations (and, for
+``discover``, the chosen method's own), the same ones the CLI's flags are made from.  A request is
+refused with :class:`RequestError` naming the field: an unknown task or method, a number out of
+range, a device, dtype or batch size that cannot be, a model the server does not serve, ``n`` over
+the server's ``--max-n``.  The worker then runs the job's function with the checked values
+(:mod:`circuits.service.runner`): no command line is built or parsed.
 
-:func:`build_job` checks a request and turns it into the command line the worker runs.  The
-service owns some options (``--out``, ``--force``, ``--json``); others are refused over HTTP:
-``--task-file`` (a task file is code) and any other file path.  Models must be hub names,
-built-in names or paths under ``--models-dir``; a ``circuit`` is a run ID of the store or the
-name of a reference circuit.
+Over HTTP, options marked ``served=False`` (``--out``, ``--force``, file paths such as ``--data``
+and ``--task-file``) are refused; models must be hub names (in the local cache unless the server
+allows downloads), built-in names or paths under ``--models-dir``; a ``circuit`` is a run ID of the
+store or a reference name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from circuits.errors import CircuitsError
 
 KINDS = ("discover", "evaluate", "evaluate-circuit", "analyze")
-OWNED = {"out": "the service chooses the output folder", "force": "the service chooses the output folder",
-         "json": "the service always asks for JSON"}
-REFUSED = {"task_file": "task files are code, so only installed tasks are served; name one of GET /api/tasks"}
 TOP_LEVEL = ("task", "model", "method", "circuit")
 WRITES_FOLDER = ("discover", "analyze")
-WANTS_JSON = ("evaluate", "evaluate-circuit")
+DEFAULT_MAX_N = 10_000
+NOT_SERVED = {"out": "not accepted: the service chooses the output folder",
+              "force": "not accepted: the service chooses the output folder",
+              "task_file": "task files are code, so only installed tasks are served; name one of GET /api/tasks"}
+MAX_ID_CHARS = 64  # ids echoed in errors are cut to this length
 
 
 class RequestError(CircuitsError):
@@ -37,271 +41,202 @@ class RequestError(CircuitsError):
 
 
 @dataclass(frozen=True)
-class OptionSpec:
-    """One parameter of a command: its key in ``options``, its flag, default and help."""
+class Limits:
+    """What a server accepts beyond the declarations."""
 
-    key: str
-    flag: Optional[str]  # None for a positional argument
-    default: Any
-    help: str
-    is_flag: bool
-    is_path: bool
-    multiple: bool
-    required: bool
-    secondary: Optional[str] = None  # the --no-x of a boolean --x/--no-x
-
-    def public(self) -> Dict[str, Any]:
-        default = self.default
-        if isinstance(default, Path):
-            default = str(default)
-        if isinstance(default, tuple):
-            default = list(default)
-        return {"name": self.key, "flag": self.flag, "default": default, "help": self.help, "required": self.required}
+    models_dir: Optional[Path] = None
+    default_device: Optional[str] = None
+    max_n: int = DEFAULT_MAX_N
+    allow_downloads: bool = False
 
 
-def root_command():
-    """The CLI's click group with every command registered."""
-    import typer.main
+def job_for(kind: Any, task: Optional[str] = None):
+    """The job a request names (``analyze`` needs the task whose analysis job runs)."""
+    from circuits.jobs import analysis_jobs, jobs
 
-    from circuits.cli import _register, app
-
-    _register()
-    return typer.main.get_command(app)
-
-
-def command_path(kind: str, task: Optional[str]) -> Tuple[str, ...]:
-    """The CLI words of a job: ``("discover",)`` or ``("analyze", "greater-than")``."""
     if kind not in KINDS:
         raise RequestError("kind", f"unknown job kind {kind!r}; known: {', '.join(KINDS)}")
     if kind != "analyze":
-        return (kind,)
-    known = analysis_tasks()
+        return jobs()[kind]
+    known = analysis_jobs()
     if not task:
-        raise RequestError("task", f"analyze needs a task; analyses exist for: {', '.join(known)}")
+        raise RequestError("task", f"analyze needs a task; analyses exist for: {', '.join(known) or 'none'}")
     if task not in known:
-        raise RequestError("task", f"no analysis for task {task!r}; analyses exist for: {', '.join(known)}")
-    return ("analyze", task)
+        raise RequestError("task", f"no analysis for task {task!r}; analyses exist for: {', '.join(known) or 'none'}")
+    return known[task]
 
 
-def analysis_tasks() -> List[str]:
-    """The tasks ``analyze`` has a command for (the group finds them when asked: ``list_commands``)."""
-    return sorted(root_command().get_command(None, "analyze").list_commands(None))
+def served(job) -> List[Any]:
+    """The options a job takes over HTTP."""
+    return [o for o in job.options if o.served]
 
 
-def command_for(path: Sequence[str]):
-    cmd = root_command()
-    for word in path:
-        cmd = cmd.get_command(None, word)
-    return cmd
+def kinds() -> Dict[str, Any]:
+    """``/api/kinds``: each job kind's fields, from the declarations (``discover`` adds every installed
+    method's own options, each naming its methods)."""
+    from circuits.jobs import analysis_jobs, jobs
+
+    out: Dict[str, Any] = {}
+    for name, job in jobs().items():
+        out[name] = {"help": job.help.split("\n")[0], "options": [o.describe() for o in served(job)]}
+    out["discover"]["method_options"] = method_options()
+    out["analyze"] = {"help": "A task's analysis: pictures, tables and report.html.",
+                      "tasks": {t: {"help": j.help.split("\n")[0], "options": [o.describe() for o in served(j)]}
+                                for t, j in analysis_jobs().items()}}
+    return out
 
 
-def click_errors():
-    """The exception classes of the click that typer uses (typer >= 0.26 ships its own copy of click)."""
-    try:
-        from typer._click import exceptions
-    except ImportError:  # older typer: the click package
-        from click import exceptions
-    return exceptions
+def method_options() -> List[Dict[str, Any]]:
+    from circuits.registry import METHODS, discover
+
+    found: Dict[str, Dict[str, Any]] = {}
+    for name, method in discover(METHODS).items():
+        for opt in getattr(method, "options", ()) or ():
+            entry = found.setdefault(opt.name, {**opt.describe(), "methods": []})
+            entry["methods"].append(name)
+    return list(found.values())
 
 
-def _is_path(param) -> bool:
-    descriptor = getattr(param, "type_descriptor", None)
-    if descriptor is not None:
-        annotation = getattr(descriptor, "annotation", None)
-        return isinstance(annotation, type) and issubclass(annotation, Path)
-    kind = getattr(param, "type", None)
-    return type(kind).__name__ == "Path"
-
-
-def option_specs(cmd) -> List[OptionSpec]:
-    """The parameters of click command ``cmd`` as :class:`OptionSpec` (``--help`` and eager flags left out)."""
-    specs = []
-    for param in cmd.params:
-        if getattr(param, "is_eager", False) or param.name == "help":
-            continue
-        is_path = _is_path(param)
-        if getattr(param, "param_type_name", "") == "argument":
-            specs.append(OptionSpec(key=param.name, flag=None, default=param.default, help=getattr(param, "help", "") or "",
-                                    is_flag=False, is_path=is_path, multiple=param.nargs != 1, required=param.required))
-            continue
-        longs = [o for o in param.opts if o.startswith("--")]
-        flag = longs[0] if longs else param.opts[0]
-        secondary = next((o for o in param.secondary_opts if o.startswith("--")), None)
-        specs.append(OptionSpec(key=flag.lstrip("-").replace("-", "_"), flag=flag, default=param.default,
-                                help=param.help or "", is_flag=bool(param.is_flag), is_path=is_path,
-                                multiple=bool(param.multiple), required=param.required, secondary=secondary))
-    return specs
-
-
-def served_options(kind: str, task: Optional[str] = None) -> List[OptionSpec]:
-    """The options a job of ``kind`` takes over HTTP (the command's, less those the service owns or refuses)."""
-    if kind == "analyze" and not task:
-        task = next(iter(analysis_tasks()), None)
-    specs = option_specs(command_for(command_path(kind, task)))
-    return [s for s in specs if s.key not in OWNED and s.key not in REFUSED]
-
-
-def check_model(value: Any, models_dir: Optional[Path]) -> str:
-    """The command-line value for model ``value``: a path under ``models_dir``, a built-in name or a hub name."""
+def check_model(value: Any, limits: Limits) -> str:
+    """The model a request names: a path under ``models_dir``, a built-in name or a hub name this server serves."""
     field = "model"
     if not isinstance(value, str) or not value.strip():
         raise RequestError(field, "must be a non-empty string")
-    if models_dir is not None and not Path(value).is_absolute() and ".." not in Path(value).parts:
-        root = Path(models_dir).resolve()
+    if limits.models_dir is not None and not Path(value).is_absolute() and ".." not in Path(value).parts:
+        root = Path(limits.models_dir).resolve()
         candidate = (root / value).resolve()
         if candidate != root and candidate.is_relative_to(root) and candidate.exists():
             return str(candidate)
     if value == "planted" or value.startswith("planted-"):
         return value
-    from circuits.models.loading import _is_repo_id
+    from circuits.models.loading import cached_hub_snapshot, is_repo_id
 
     if (not value.startswith((".", "/", "~", "\\")) and ".." not in value and not value.endswith(".gguf")
-            and "\\" not in value and _is_repo_id(value)):
-        return value
-    where = "a path under --models-dir" if models_dir is not None else "a path under --models-dir (the server has none)"
-    raise RequestError(field, f"{value!r} is not served; over HTTP a model is a hub name (gpt2), a built-in name "
-                              f"(planted, planted-deep) or {where}")
+            and "\\" not in value and is_repo_id(value)):
+        if limits.allow_downloads or cached_hub_snapshot(value) is not None:
+            return value
+        raise RequestError(field, f"{value!r} is not in the server's Hugging Face cache, and this server does not "
+                                  "download models (start it with --allow-downloads, or use a model under --models-dir)")
+    where = "a path under --models-dir" if limits.models_dir is not None else "a path under --models-dir (the server has none)"
+    raise RequestError(field, f"{_short(value)!r} is not served; over HTTP a model is a hub name (gpt2), a built-in "
+                              f"name (planted, planted-deep) or {where}")
 
 
 def check_circuit(value: Any, store) -> str:
-    """The path of circuit ``value``: a run ID of ``store`` or the name of a reference circuit."""
-    from circuits.cli.commands_reference import reference_names
+    """The circuit file of a run ID or a reference name."""
+    from circuits.graphs.reference_circuits import reference_names, reference_path
 
     if not isinstance(value, str) or not value:
-        raise RequestError("circuit", "must be a run ID (GET /api/runs) or a reference name (GET /api/references)")
-    folder = store.run_folder(value) if "/" not in value and ".." not in value else None
+        raise RequestError("circuit", "must be a run ID or a reference name")
+    folder = store.run_folder(value)
     if folder is not None:
         return str(folder)
     if value in reference_names():
         return str(reference_path(value))
-    raise RequestError("circuit", f"{value!r} is neither a run ID (GET /api/runs) nor a reference name (GET /api/references)")
+    raise RequestError("circuit", f"{_short(value)!r} is neither a run ID (GET /api/runs) nor a reference name "
+                                  "(GET /api/references)")
 
 
-def reference_path(name: str) -> Path:
-    from importlib import resources
-
-    from circuits.cli.commands_reference import FOLDER, PACKAGE
-
-    return Path(str(resources.files(PACKAGE) / FOLDER / f"{name}.json"))
-
-
-def _args(spec: OptionSpec, value: Any) -> List[str]:
-    field = f"options.{spec.key}"
-    if spec.is_flag:
-        if not isinstance(value, bool):
-            raise RequestError(field, f"must be true or false (got {value!r})")
-        if value:
-            return [spec.flag]
-        return [spec.secondary] if spec.secondary else []
-    values = value if spec.multiple and isinstance(value, list) else [value]
-    out: List[str] = []
-    for v in values:
-        if isinstance(v, (dict, list)) or v is None:
-            raise RequestError(field, f"must be a single value (got {v!r})")
-        text = ("true" if v else "false") if isinstance(v, bool) else str(v)
-        out += [text] if spec.flag is None else [spec.flag, text]
-    return out
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ID_CHARS else text[:MAX_ID_CHARS] + "..."
 
 
 @dataclass(frozen=True)
 class JobPlan:
-    """A checked request: the command's words, its arguments (without ``--out``) and the options as given."""
+    """A checked request: the job's kind (and analysis task), its values and the method's own options."""
 
     kind: str
-    path: Tuple[str, ...]
-    args: Tuple[str, ...]
-    options: Mapping[str, Any]
+    task: Optional[str]
+    values: Mapping[str, Any]
+    method_params: Mapping[str, Any]
 
     def params(self) -> Dict[str, Any]:
-        return {"command": list(self.path), "args": list(self.args), "options": dict(self.options)}
+        from circuits.graphs.build import jsonable
+
+        return {"task": self.task, "values": jsonable(dict(self.values)), "method_params": dict(self.method_params)}
 
 
-def build_job(body: Mapping[str, Any], *, store, models_dir: Optional[Path] = None,
-              default_device: Optional[str] = None) -> JobPlan:
-    """Check a job request (``kind``, ``task``, ``model``, ``method``, ``circuit``, ``options``) and plan its command line.
-
-    Raises :class:`RequestError` naming the field at fault."""
-    kind = body.get("kind")
-    options = dict(body.get("options") or {})
-    merged: Dict[str, Any] = {}
+def _split(body: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The request's named fields (top level) and its ``options``."""
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise RequestError("options", "must be an object of option names and values")
+    named = {}
     for key in TOP_LEVEL:
         if key in options:
             raise RequestError(f"options.{key}", f"pass {key} at the top level of the body, not in options")
         if body.get(key) is not None:
-            merged[key] = body[key]
-    path = command_path(kind, merged.get("task"))
+            named[key] = body[key]
+    return named, dict(options)
+
+
+def build_job(body: Mapping[str, Any], *, store, limits: Limits = Limits()) -> JobPlan:
+    """Check a job request (``kind``, ``task``, ``model``, ``method``, ``circuit``, ``options``) against the
+    job's declarations.  Raises :class:`RequestError` naming the field at fault."""
+    kind = body.get("kind")
+    named, options = _split(body)
+    job = job_for(kind, named.get("task"))
     if kind == "analyze":
-        merged.pop("task", None)  # the task chose the sub-command
-    elif kind in ("discover", "evaluate") and "task" not in merged:
+        named.pop("task")  # the task chose the analysis
+    declared = {o.name: o for o in served(job)}
+    hidden = {o.name for o in job.options if not o.served}
+    method_given = _method_options(job, named, options)
+    for key in list(options):
+        if key in hidden:
+            raise RequestError(f"options.{key}", NOT_SERVED.get(key, "file paths cannot be sent over HTTP"))
+        if key not in declared or key in TOP_LEVEL:
+            known = ", ".join(sorted(k for k in declared if k not in TOP_LEVEL))
+            raise RequestError(f"options.{key}", f"unknown option of {kind}; known: {known}")
+    for key in named:
+        if key not in declared:
+            raise RequestError(key, f"{kind} takes no {key}")
+    if "task" in declared and declared["task"].argument and "task" not in named:  # no --task-file over HTTP
         raise RequestError("task", "name an installed task (GET /api/tasks)")
-    if kind == "evaluate-circuit" and "circuit" not in merged:
-        raise RequestError("circuit", "evaluate-circuit needs a circuit: a run ID or a reference name")
-    cmd = command_for(path)
-    specs = {s.key: s for s in option_specs(cmd)}
-    if default_device and "device" in specs and "device" not in options:
-        options["device"] = default_device
-    for key in options:
-        if key in REFUSED:
-            raise RequestError(f"options.{key}", REFUSED[key])
-        if key in OWNED and key in specs:
-            raise RequestError(f"options.{key}", f"not accepted: {OWNED[key]}")
-        if key not in specs:
-            known = ", ".join(sorted(k for k in specs if k not in OWNED and k not in REFUSED))
-            raise RequestError(f"options.{key}", f"unknown option of {' '.join(path)}; known: {known}")
-    for key in merged:
-        if key not in specs:
-            raise RequestError(key, f"{' '.join(path)} takes no {key}")
-    merged.update(options)
-
-    argv: List[str] = []
-    positional: List[str] = []
-    for key, value in merged.items():
-        spec = specs[key]
-        if value is None:
-            continue
-        if key == "model":
-            value = check_model(value, models_dir)
-        elif key == "circuit":
-            value = check_circuit(value, store)
-        elif spec.is_path:
-            raise RequestError(f"options.{key}", "file paths cannot be sent over HTTP")
-        (positional if spec.flag is None else argv).extend(_args(spec, value))
-    if kind in WANTS_JSON and "json" in specs:
-        argv.append(specs["json"].flag)
-    args = argv + (["--", *positional] if positional else [])
-    _dry_parse(cmd, path, args, specs, needs_out=kind in WRITES_FOLDER)
-    return JobPlan(kind=kind, path=path, args=tuple(args), options=merged)
+    if limits.default_device and "device" in declared and "device" not in options:
+        options["device"] = limits.default_device
+    values = _checked(job, {**named, **options}, declared, store, limits)
+    return JobPlan(kind=kind, task=body.get("task") if kind == "analyze" else None, values=values,
+                   method_params=method_given)
 
 
-def _dry_parse(cmd, path, args, specs: Mapping[str, OptionSpec], *, needs_out: bool) -> None:
-    """Let click parse the command line (types, choices, required options) without running the command."""
-    errors = click_errors()
-    trial = list(args)
-    if needs_out:
-        trial = ["--out", "/nonexistent/circuits-dry-run", *trial]
-    by_name = {p.name: p for p in cmd.params}
+def _method_options(job, named: Mapping[str, Any], options: Dict[str, Any]) -> Dict[str, Any]:
+    """The chosen method's own options, taken out of ``options`` and checked by its declarations."""
+    if not job.method_options:
+        return {}
+    from circuits.registry import get_method
+
+    method_name = named.get("method")
+    if not isinstance(method_name, str):
+        raise RequestError("method", "name a scoring method (GET /api/methods)")
     try:
-        cmd.make_context(" ".join(path), trial, resilient_parsing=False)
-    except errors.BadParameter as exc:
-        key = _key_of(exc.param, specs, by_name)
-        message = "required" if isinstance(exc, errors.MissingParameter) else exc.message
-        raise RequestError(f"options.{key}" if key not in TOP_LEVEL else key, message) from None
-    except errors.UsageError as exc:
-        raise RequestError("options", exc.format_message().splitlines()[0]) from None
+        method = get_method(method_name)
+    except CircuitsError as exc:
+        raise RequestError("method", str(exc)) from None
+    own = {o.name: o for o in getattr(method, "options", ()) or ()}
+    given = {k: options.pop(k) for k in list(options) if k in own}
+    for name, value in given.items():
+        try:
+            given[name] = own[name].check(value)
+        except CircuitsError as exc:
+            raise RequestError(f"options.{name}", str(exc)) from None
+    return given
 
 
-def _key_of(param, specs: Mapping[str, OptionSpec], by_name) -> str:
-    if param is None:
-        return "options"
-    for spec in specs.values():
-        if spec.flag is None and spec.key == param.name:
-            return spec.key
-        if spec.flag is not None and spec.flag in getattr(param, "opts", ()):
-            return spec.key
-    return param.name
-
-
-def command_line(plan_params: Mapping[str, Any], out: Optional[str] = None) -> List[str]:
-    """The job's arguments for its command, with ``--out`` first when the job writes a folder."""
-    args = list(plan_params["args"])
-    return (["--out", out] if out is not None else []) + args
+def _checked(job, given: Mapping[str, Any], declared, store, limits: Limits) -> Dict[str, Any]:
+    values: Dict[str, Any] = {}
+    for name, opt in declared.items():
+        field = name if name in TOP_LEVEL else f"options.{name}"
+        value = given.get(name)
+        if name == "model" and value is not None:
+            value = check_model(value, limits)
+        elif name == "circuit" and value is not None:
+            value = check_circuit(value, store)
+        elif opt.type is Path and value is not None:
+            raise RequestError(field, "file paths cannot be sent over HTTP")
+        try:
+            values[name] = opt.check(value) if value is not None or opt.required else None
+        except CircuitsError as exc:
+            raise RequestError(field, str(exc)) from None
+        if name == "n" and values[name] is not None and values[name] > limits.max_n:
+            raise RequestError(field, f"must be at most {limits.max_n} on this server (its --max-n)")
+    return {k: v for k, v in values.items() if v is not None}

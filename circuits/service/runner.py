@@ -1,26 +1,21 @@
-"""Run one job in this process: invoke the CLI command's click object with the job's arguments.
+"""Run one job in this process: the library's job function (``circuits.jobs``), called with the
+job's checked values, a progress callback and a model loader.
 
-The command runs exactly as ``circuits <command> <args>`` would (same options, same defaults,
-same files), with its output captured.  A :class:`circuits.errors.CircuitsError` or a usage
-error becomes the job's one-line error; any other exception becomes ``Type: message``.
+It runs exactly as ``circuits <command> ...`` would (the same function, defaults and files).  A
+:class:`circuits.errors.CircuitsError` becomes the job's one-line error; any other exception becomes
+``Type: message`` (with its traceback in the job's log).  The result is the job's own return value,
+and the log is what the CLI would print.
 
-Two process-wide hooks are installed while a job runs, and removed afterwards:
-
-- progress: the CLI's ``ProgressBars.sink`` receives every ``(done, total, message)``;
-- model reuse: ``circuits.models.load_model`` is wrapped by a :class:`ModelMemo` that keeps the
-  last model loaded in this process, so the next job on the same model (and the same loading
-  options) skips loading.  The memo belongs to the worker process, not to the library.
+Models are loaded through a :class:`ModelMemo`, passed to the job as its loader: it keeps the last
+model loaded in this process, so the next job on the same model skips loading.  The memo belongs
+to the worker process, not to the library.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
-import sys
 import traceback
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 LOG_LIMIT = 64_000
 
@@ -79,95 +74,52 @@ def model_memo() -> ModelMemo:
     return _memo
 
 
-@contextlib.contextmanager
-def _hooks(progress: Optional[Progress], reuse_models: bool):
-    import circuits.models as models
-    from circuits.cli.commands_discover import ProgressBars
-
-    saved_sink, saved_load = ProgressBars.sink, models.load_model
-    ProgressBars.sink = progress
-    if reuse_models:
-        models.load_model = model_memo()
-    try:
-        yield
-    finally:
-        ProgressBars.sink = saved_sink
-        models.load_model = saved_load
-
-
-def run_command(path: Sequence[str], args: Sequence[str], *, progress: Optional[Progress] = None,
-                reuse_models: bool = True, wants_json: bool = False, shown_args: Optional[Sequence[str]] = None) -> Outcome:
-    """Run ``circuits <path...> <args...>`` in this process and return its :class:`Outcome`.
-
-    ``shown_args`` is the command line the command sees in ``sys.argv`` (recorded in a run's
-    manifest), e.g. with the final run folder in place of the temporary one."""
+def job_outcome(spec: Dict[str, Any], out_folder: Optional[str], progress: Optional[Progress] = None,
+                shown_out: Optional[str] = None, reuse_models: bool = True) -> Outcome:
+    """Run the job ``spec`` describes (``kind``, ``task``, ``values``, ``method_params``: a plan of
+    :mod:`circuits.service.jobs`) in this process, writing into ``out_folder`` when the job writes a
+    folder (``shown_out``: the folder it will be renamed to, recorded as the command's ``--out``)."""
     from circuits.errors import CircuitsError
-    from circuits.service.jobs import click_errors, command_for
+    from circuits.jobs import check_values, command_line
+    from circuits.service.jobs import job_for
 
-    errors = click_errors()
-    cmd = command_for(path)
-    out, err = io.StringIO(), io.StringIO()
-    saved_argv = sys.argv
     error: Optional[str] = None
-    memo_before = len(model_memo().loads) if reuse_models else 0
-    with _hooks(progress, reuse_models), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        sys.argv = ["circuits", *path, *(args if shown_args is None else shown_args)]
-        try:
-            code = cmd.main(args=list(args), prog_name=f"circuits {' '.join(path)}", standalone_mode=False)
-            if isinstance(code, int) and code != 0:  # typer.Exit(code) is returned, not raised, without standalone mode
-                error = (err.getvalue().strip().splitlines() or [f"exited with code {code}"])[-1]
-        except CircuitsError as exc:
-            error = str(exc)
-        except errors.ClickException as exc:
-            error = exc.format_message().splitlines()[0] if exc.format_message() else type(exc).__name__
-        except (SystemExit, _exit_types()) as exc:
-            code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-            if code not in (0, None):
-                error = (err.getvalue().strip().splitlines() or [f"exited with code {code}"])[-1]
-        except Exception as exc:  # a bug in a command or a plugin: keep the server up, report it
-            traceback.print_exc(file=err)
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-        finally:
-            sys.argv = saved_argv
-    loads = tuple(model_memo().loads[memo_before:]) if reuse_models else ()
-    stdout = out.getvalue()
-    result = None
-    if error is None and wants_json:
-        lines = [line for line in stdout.splitlines() if line.strip()]
-        try:
-            result = json.loads(lines[-1]) if lines else None
-        except json.JSONDecodeError:
-            result = None
-    if error is not None and error.startswith("error: "):
-        error = error[len("error: "):]
-    return Outcome(ok=error is None, error=error, stdout=stdout, stderr=err.getvalue(), result=result,
+    stdout = stderr = ""
+    result: Any = None
+    memo = model_memo() if reuse_models else None
+    memo_before = len(memo.loads) if memo is not None else 0
+    try:
+        job = job_for(spec["kind"], spec.get("task"))
+        values = check_values(job, {**spec.get("values", {}), **({"out": out_folder} if job.folder else {})})
+        values["method_params"] = dict(spec.get("method_params") or {})
+        shown = dict(values, out=shown_out) if job.folder and shown_out is not None else values
+        command = command_line(job, shown, values["method_params"])
+        if spec["kind"] == "analyze":
+            command.insert(1, "analyze")
+        load = memo if memo is not None else _plain_load()
+        full = job.run(values, progress=progress or _no_progress, load=load, command=command)
+        report = job.present(full)
+        public = job.extra.get("public")
+        result = public(full) if public else full
+        stdout = "\n".join(report.lines) + "\n"
+        stderr = "\n".join(report.warnings)
+        if job.folder and shown_out is not None:
+            stdout = stdout.replace(str(out_folder), str(shown_out))
+    except CircuitsError as exc:
+        error = str(exc)
+    except Exception as exc:  # a bug in a job or a plugin: keep the server up, report it
+        stderr = traceback.format_exc()
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    loads = tuple(memo.loads[memo_before:]) if memo is not None else ()
+    return Outcome(ok=error is None, error=error, stdout=stdout, stderr=stderr, result=result,
                    loaded_models=loads, pid=os.getpid())
 
 
-def _exit_types():
-    import typer
-
-    types = [typer.Exit]
-    try:
-        from typer._click.exceptions import Exit as ClickExit  # noqa: F401
-    except ImportError:
-        ClickExit = None
-    for kind in (ClickExit,):
-        if kind is not None and kind not in types:
-            types.append(kind)
-    return tuple(types)
+def _no_progress(done: int, total: int, message: str) -> None:
+    """No progress callback was given."""
 
 
-def job_outcome(spec: Dict[str, Any], out_folder: Optional[str], progress: Optional[Progress] = None,
-                shown_out: Optional[str] = None) -> Outcome:
-    """Run a job described by ``spec`` (``kind``, ``command``, ``args``; see :mod:`circuits.service.jobs`),
-    writing into ``out_folder`` when the job writes a folder (``shown_out``: the folder it will be renamed to)."""
-    from circuits.service.jobs import WANTS_JSON, command_line
+def _plain_load():
+    from circuits.models import loading
 
-    args = command_line(spec, out_folder)
-    shown = command_line(spec, shown_out) if shown_out is not None and out_folder is not None else None
-    outcome = run_command(spec["command"], args, progress=progress, wants_json=spec.get("kind") in WANTS_JSON,
-                          shown_args=shown)
-    if shown is None:
-        return outcome
-    return replace(outcome, stdout=outcome.stdout.replace(str(out_folder), str(shown_out)))  # the folder it will be
+    return loading.load_model

@@ -217,6 +217,10 @@ class Store:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else Job.from_row(row)
 
+    def count_jobs(self, state: str) -> int:
+        with self._db() as db:
+            return int(db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0])
+
     def list_jobs(self, state: Optional[str] = None, limit: int = 100) -> List[Job]:
         query, args = "SELECT * FROM jobs", []
         if state is not None:

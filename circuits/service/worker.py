@@ -46,10 +46,10 @@ def worker_main(conn, cwd: str, parent: int) -> None:
     _die_with_parent(parent)
     os.makedirs(cwd, exist_ok=True)
     os.chdir(cwd)  # an empty folder: a model name never resolves to a file of the server's folder
-    from circuits.service.jobs import root_command
+    from circuits.jobs import jobs
     from circuits.service.runner import job_outcome
 
-    root_command()  # import the CLI now, not in the first job
+    jobs()  # import the jobs now, not in the first job
     while True:
         try:
             message = conn.recv()

@@ -31,7 +31,7 @@ from circuits.analysis.forward import EngineForward
 from circuits.analysis.runs import collect_runs
 from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
-from circuits.scores import Progress, no_progress
+from circuits.methods.base import Progress, no_progress
 
 __all__ = ["Analysis", "analyze", "write", "default_neuron_layers", "default_mlps", "REPORT_FILE", "SUMMARY_FILE",
            "TOP_HEADS", "CANDIDATES"]
@@ -110,85 +110,97 @@ def analyze(engine, dataset, task, *, model: str = "", seed: int = 0, circuit: O
     """
     progress = progress or no_progress
     w = engine.w
-    L = w.n_layers
-    neuron_layers = list(default_neuron_layers(L) if neuron_layers is None else neuron_layers)
-    for layer in neuron_layers:
-        if not 0 <= layer < L:
-            raise CircuitsError(f"--neurons m{layer}: the model has MLPs m0..m{L - 1}")
-    if top_k < 1:
-        raise CircuitsError(f"--top-k must be at least 1 (got {top_k})")
-    top_k = min(top_k, w.d_mlp)
-    mlp_layers = list(default_mlps(L, circuit) if mlp_layers is None else mlp_layers)
-    timings: Dict[str, float] = {}
-    mode = dataset.info.get("mode", "token")
-
-    def timed(name: str, fn):
-        t = time.perf_counter()
-        out = fn()
-        timings[name] = time.perf_counter() - t
-        return out
-
+    neuron_layers, top_k = _checked(w, neuron_layers, top_k)
+    mlp_layers = list(default_mlps(w.n_layers, circuit) if mlp_layers is None else mlp_layers)
+    timer = _Timer()
     # 1-2: year probabilities, PD and CS
     full_forward = forward or EngineForward(engine, dataset, progress=_stage(progress, "full model"))
-    full = timed("year_probabilities_model", lambda: _year_result(
+    full = timer("year_probabilities_model", lambda: _year_result(
         task, _counted(full_forward, len(dataset), _stage(progress, "full model")), dataset))
     circ = None
     if circuit is not None:
         circuit_forward = EngineForward(engine, dataset, circuit.keep, progress=_stage(progress, "circuit"))
-        circ = timed("year_probabilities_circuit", lambda: _year_result(
+        circ = timer("year_probabilities_circuit", lambda: _year_result(
             task, circuit_forward, dataset, batch_size=batch_size or len(dataset)))
-
     # one clean and one corrupted pass, shared by the analyses below
-    runs = timed("clean_and_corrupted_runs", lambda: collect_runs(
+    runs = timer("clean_and_corrupted_runs", lambda: collect_runs(
         engine, dataset, mlp_layers=mlp_layers, hidden_layers=neuron_layers, batch_size=batch_size,
         progress=_stage(progress, "runs")))
-
     # 3: heads and their attention
-    head_scores: Dict[str, float] = {}
-    if circuit is not None:
-        heads = list(circuit.heads)
-    else:
-        head_scores = timed("activation_patching", lambda: _head_scores(engine, dataset, task, batch_size,
-                                                                         _stage(progress, "activation patching")))
-        ranked = sorted(head_scores.items(), key=lambda kv: -abs(kv[1]))[:n_top_heads]
-        heads = sorted((names.parse_node(k).layer, names.parse_node(k).index) for k, _ in ranked)
-    attention = timed("attention", lambda: attn_mod.mean_attention(engine, dataset, heads, batch_size=batch_size,
+    heads, head_scores = _heads(engine, dataset, task, circuit, n_top_heads, batch_size, progress, timer)
+    attention = timer("attention", lambda: attn_mod.mean_attention(engine, dataset, heads, batch_size=batch_size,
                                                                       runs=runs))
     labels = attn_mod.position_labels(tokenizer, dataset) if tokenizer is not None else \
         [str(p) for p in range(dataset.clean.shape[1])]
-    marks = attn_mod.yy_positions(dataset)
-
     # 4: MLPs
     ids, cols, xlabel = mlps.answer_columns(dataset)
     yy = heatmaps.start_years(dataset)
-    lens_raw = timed("logit_lens", lambda: mlps.logit_lens(engine, dataset, mlp_layers, batch_size=batch_size,
+    lens_raw = timer("logit_lens", lambda: mlps.logit_lens(engine, dataset, mlp_layers, batch_size=batch_size,
                                                               runs=runs))
-    lens = {layer: heatmaps.by_start_year(values, yy) for layer, values in lens_raw.items()}
-    effects = timed("mlp_effects", lambda: mlps.direct_indirect(engine, dataset, task.metric, mlp_layers,
+    effects = timer("mlp_effects", lambda: mlps.direct_indirect(engine, dataset, task.metric, mlp_layers,
                                                                  batch_size=batch_size, runs=runs,
                                                                  progress=_stage(progress, "MLP effects")))
-
     # 5: neurons
-    reports = []
-    t = time.perf_counter()
-    for layer in neuron_layers:
-        top = neurons.top_neurons(engine, dataset, task.metric, layer, top_k, candidates=candidates,
-                                  batch_size=batch_size, runs=runs, progress=_stage(progress, "neurons"))
-        chosen = [i for i, _ in top]
-        joint = neurons.joint_effect(engine, dataset, task.metric, layer, chosen, batch_size=batch_size, runs=runs)
-        scored = w.d_mlp if candidates is None or candidates >= w.d_mlp else max(candidates, top_k)
-        reports.append(neurons.NeuronReport(layer=layer, top=tuple(top), joint=joint, scored=scored,
-                                            directions=neurons.output_directions(engine, layer, chosen, ids)))
-    timings["neurons"] = time.perf_counter() - t
-
+    reports = timer("neurons", lambda: [_neuron_report(engine, dataset, task, layer, top_k, candidates, ids, batch_size,
+                                                       runs, progress) for layer in neuron_layers])
     settings = {"neuron_layers": [f"m{l}" for l in neuron_layers], "top_k": top_k, "candidates": candidates,
                 "mlps": [f"m{l}" for l in mlp_layers], "batch_size": batch_size, "d_mlp": w.d_mlp,
                 "heads_from": "circuit" if circuit is not None else f"top {n_top_heads} by activation patching"}
-    return Analysis(model=model, task=getattr(task, "name", "greater-than"), n=len(dataset), seed=seed, mode=mode,
-                    full=full, circuit=circ, circuit_info=circuit, heads=heads, head_scores=head_scores,
-                    attention=attention, labels=labels, marks=marks, mlp_layers=mlp_layers, lens=lens,
+    return Analysis(model=model, task=getattr(task, "name", "greater-than"), n=len(dataset), seed=seed,
+                    mode=dataset.info.get("mode", "token"), full=full, circuit=circ, circuit_info=circuit, heads=heads,
+                    head_scores=head_scores, attention=attention, labels=labels, marks=attn_mod.yy_positions(dataset),
+                    mlp_layers=mlp_layers,
+                    lens={layer: heatmaps.by_start_year(values, yy) for layer, values in lens_raw.items()},
                     lens_cols=cols, lens_xlabel=xlabel, effects=effects, neurons=reports, settings=settings,
-                    timings=timings)
+                    timings=timer.timings)
+
+
+class _Timer:
+    """``timer(name, fn)`` runs ``fn`` and records its seconds under ``name``."""
+
+    def __init__(self) -> None:
+        self.timings: Dict[str, float] = {}
+
+    def __call__(self, name: str, fn: Callable):
+        t = time.perf_counter()
+        out = fn()
+        self.timings[name] = time.perf_counter() - t
+        return out
+
+
+def _checked(w, neuron_layers: Optional[Sequence[int]], top_k: int):
+    """The neuron layers (default ``m{L-2}``) and ``top_k`` (at most the MLP's width), checked."""
+    L = w.n_layers
+    layers = list(default_neuron_layers(L) if neuron_layers is None else neuron_layers)
+    for layer in layers:
+        if not 0 <= layer < L:
+            raise CircuitsError(f"--neurons m{layer}: the model has MLPs m0..m{L - 1}")
+    if top_k < 1:
+        raise CircuitsError(f"--top-k must be at least 1 (got {top_k})")
+    return layers, min(top_k, w.d_mlp)
+
+
+def _heads(engine, dataset, task, circuit, n_top_heads: int, batch_size: int, progress: Progress, timer: _Timer):
+    """The heads to show (the circuit's, or the strongest by activation patching) and their patching scores."""
+    if circuit is not None:
+        return list(circuit.heads), {}
+    scores = timer("activation_patching", lambda: _head_scores(engine, dataset, task, batch_size,
+                                                                _stage(progress, "activation patching")))
+    ranked = sorted(scores.items(), key=lambda kv: -abs(kv[1]))[:n_top_heads]
+    return sorted((names.parse_node(k).layer, names.parse_node(k).index) for k, _ in ranked), scores
+
+
+def _neuron_report(engine, dataset, task, layer: int, top_k: int, candidates: Optional[int], ids, batch_size: int,
+                   runs, progress: Progress) -> "neurons.NeuronReport":
+    """One MLP's top neurons, their joint effect and their output directions."""
+    d_mlp = engine.w.d_mlp
+    top = neurons.top_neurons(engine, dataset, task.metric, layer, top_k, candidates=candidates,
+                              batch_size=batch_size, runs=runs, progress=_stage(progress, "neurons"))
+    chosen = [i for i, _ in top]
+    joint = neurons.joint_effect(engine, dataset, task.metric, layer, chosen, batch_size=batch_size, runs=runs)
+    scored = d_mlp if candidates is None or candidates >= d_mlp else max(candidates, top_k)
+    return neurons.NeuronReport(layer=layer, top=tuple(top), joint=joint, scored=scored,
+                                directions=neurons.output_directions(engine, layer, chosen, ids))
 
 
 def _year_result(task, forward: Callable, dataset, **kwargs) -> heatmaps.YearResult:
@@ -218,7 +230,7 @@ def _counted(forward: Callable, total: int, progress: Progress) -> Callable:
 def _head_scores(engine, dataset, task, batch_size: int, progress: Progress) -> Dict[str, float]:
     """Activation-patching node scores of every head."""
     from circuits.methods.activation_patching import ActivationPatching
-    from circuits.scores import MethodOptions
+    from circuits.methods.base import MethodOptions
 
     scores = ActivationPatching().score(engine, dataset, task.metric, MethodOptions(batch_size=batch_size),
                                         progress=progress)
@@ -272,9 +284,34 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
     out.mkdir(parents=True, exist_ok=True)
     files: List[Path] = []
     sections: List[html.Section] = []
-    year_cols = [f"{y:02d}" for y in range(100)]
+    for part in (_years, _pd_cs, _attention, _mlps, _neurons):
+        section, written = part(a, out)
+        sections.append(section)
+        files += written
+    files.append(write_atomic(out / SUMMARY_FILE, json.dumps(jsonable(summary(a)), indent=2) + "\n"))
+    text = html.render(f"Greater-than analysis: {_short(a.model)}", _headline(a), _facts(a), sections)
+    files.append(write_atomic(out / REPORT_FILE, text))
+    return files
 
-    # 1. heatmaps
+
+def _facts(a: Analysis) -> List[Tuple[str, Any]]:
+    facts: List[Tuple[str, Any]] = [("task", a.task), ("model", a.model), ("prompts (n)", a.n), ("seed", a.seed),
+                                    ("year tokens", "one token per YY" if a.mode == "token" else "digit by digit"),
+                                    ("model mean PD", a.full.pd_mean), ("model mean CS", a.full.cs_mean)]
+    if a.circuit is not None:
+        facts += [("circuit", a.circuit_info.source), ("circuit edges", a.circuit_info.n_edges),
+                  ("circuit mean PD", a.circuit.pd_mean), ("circuit mean CS", a.circuit.cs_mean)]
+    return facts
+
+
+def _lens_note(a: Analysis) -> str:
+    return ("the 100 two-digit year tokens" if a.mode == "token" else
+            "the 10 digit tokens, read as the tens digit of YY' (the tokenizer splits digits)")
+
+
+def _years(a: Analysis, out: Path) -> Tuple[html.Section, List[Path]]:
+    """Heatmaps of p(YY' | YY), the full model's and the circuit's."""
+    files: List[Path] = []
     sec = html.Section("Year probabilities p(YY' | YY)")
     sec.paragraphs.append(
         "Each row is a start year YY (mean over the prompts that share it; grey rows: no prompt), each column a "
@@ -283,20 +320,22 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
     files.append(heatmaps.plot_year_heatmap(a.full.matrix, out / "heatmap_model.png", title=f"{_short(a.model)}: full model"))
     files.append(heatmaps.write_year_matrix(out / "heatmap_model.csv", a.full.matrix))
     sec.figures.append(("heatmap_model.png", "Full model (matrix: heatmap_model.csv)"))
-    series = {"model": a.full}
     if a.circuit is not None:
         files.append(heatmaps.plot_year_heatmap(a.circuit.matrix, out / "heatmap_circuit.png",
                                                 title=f"{_short(a.model)}: circuit alone ({a.circuit_info.n_edges} edges)"))
         files.append(heatmaps.write_year_matrix(out / "heatmap_circuit.csv", a.circuit.matrix))
         sec.figures.append(("heatmap_circuit.png", "Circuit alone: every edge outside it carries the corrupted run's "
                                                    "value (matrix: heatmap_circuit.csv)"))
-        series["circuit"] = a.circuit
-    sections.append(sec)
+    return sec, files
 
-    # 2. PD / CS
+
+def _pd_cs(a: Analysis, out: Path) -> Tuple[html.Section, List[Path]]:
+    """PD and CS by start year."""
+    files: List[Path] = []
     sec = html.Section("Probability difference and cutoff sharpness by start year")
     sec.paragraphs.append("PD = sum p(YY' > YY) - sum p(YY' <= YY); CS = p(YY+1) - p(YY-1), per prompt, then averaged "
                           "over the prompts sharing YY.")
+    series = {"model": a.full, **({"circuit": a.circuit} if a.circuit is not None else {})}
     files.append(heatmaps.plot_pd_cs(series, out / "pd_cs.png"))
     files.append(heatmaps.write_pd_cs(out / "pd_cs.csv", series))
     sec.figures.append(("pd_cs.png", "PD and CS against YY (table: pd_cs.csv)"))
@@ -304,9 +343,12 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
     if a.circuit is not None:
         rows.append(("circuit", a.circuit.pd_mean, a.circuit.pd_std, a.circuit.cs_mean, a.circuit.cs_std))
     sec.tables.append(("Means over all prompts", ["", "PD mean", "PD std", "CS mean", "CS std"], rows))
-    sections.append(sec)
+    return sec, files
 
-    # 3. attention
+
+def _attention(a: Analysis, out: Path) -> Tuple[html.Section, List[Path]]:
+    """Attention from the answer position."""
+    files: List[Path] = []
     sec = html.Section("Attention from the answer position")
     how = "the circuit's heads" if a.circuit_info is not None else \
         f"the top {len(a.heads)} heads by |activation-patching score|"
@@ -324,12 +366,15 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
     sec.tables.append(("Heads", ["head", "attention to YY", "activation-patching score"], head_rows))
     if not a.heads:
         sec.notes.append("The circuit has no heads.")
-    sections.append(sec)
+    return sec, files
 
-    # 4. MLPs
+
+def _mlps(a: Analysis, out: Path) -> Tuple[html.Section, List[Path]]:
+    """The MLPs' logit lens and their direct and indirect effects."""
+    files: List[Path] = []
+    year_cols = [f"{y:02d}" for y in range(100)]
     sec = html.Section("MLP contributions")
-    lens_note = ("the 100 two-digit year tokens" if a.mode == "token" else
-                 "the 10 digit tokens, read as the tens digit of YY' (the tokenizer splits digits)")
+    lens_note = _lens_note(a)
     sec.paragraphs.append(
         f"Logit lens: each MLP's output at the last position, through the final norm frozen at the clean run's scale "
         f"(centring kept for LayerNorm, biases left out) and the unembedding restricted to {lens_note}; each row is "
@@ -352,9 +397,13 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
                        [(e.name, e.total, e.direct, e.indirect) for e in a.effects]))
     if not a.mlp_layers:
         sec.notes.append("The circuit has no MLPs.")
-    sections.append(sec)
+    return sec, files
 
-    # 5. neurons
+
+def _neurons(a: Analysis, out: Path) -> Tuple[html.Section, List[Path]]:
+    """The top neurons, their output directions and joint effect."""
+    files: List[Path] = []
+    lens_note = _lens_note(a)
     sec = html.Section("Neurons")
     sec.paragraphs.append(
         "Top neurons by exact activation-patching effect (each neuron's activation set to the corrupted run's at every "
@@ -377,17 +426,6 @@ def write(out_dir: Union[str, Path], a: Analysis) -> List[Path]:
             if rep.scored < int(a.settings.get("d_mlp", rep.scored)):
                 sec.notes.append(f"m{rep.layer}: the {rep.scored} neurons scored exactly were the strongest by "
                                  "attribution patching (gradient x activation change).")
-    sections.append(sec)
+    return sec, files
 
-    summary_data = summary(a)
-    files.append(write_atomic(out / SUMMARY_FILE, json.dumps(jsonable(summary_data), indent=2) + "\n"))
-    facts: List[Tuple[str, Any]] = [("task", a.task), ("model", a.model), ("prompts (n)", a.n), ("seed", a.seed),
-                                    ("year tokens", "one token per YY" if a.mode == "token" else "digit by digit"),
-                                    ("model mean PD", a.full.pd_mean), ("model mean CS", a.full.cs_mean)]
-    if a.circuit is not None:
-        facts += [("circuit", a.circuit_info.source), ("circuit edges", a.circuit_info.n_edges),
-                  ("circuit mean PD", a.circuit.pd_mean), ("circuit mean CS", a.circuit.cs_mean)]
-    text = html.render(f"Greater-than analysis: {_short(a.model)}", _headline(a), facts, sections)
-    files.append(write_atomic(out / REPORT_FILE, text))
-    return files
 

@@ -10,7 +10,7 @@ import torch
 
 from circuits import names
 from circuits.analysis.files import figure, save_png, write_csv
-from circuits.analysis.runs import Runs, batches, collect_runs
+from circuits.analysis.runs import Runs, collect_runs, sliced_batches
 
 __all__ = ["mean_attention", "position_labels", "yy_positions", "plot_attention", "write_attention"]
 
@@ -27,7 +27,7 @@ def mean_attention(engine, dataset, heads: Sequence[Tuple[int, int]], *, batch_s
     if runs is None:
         runs = collect_runs(engine, dataset, batch_size=batch_size)
     with torch.no_grad():
-        for sl, part in batches(dataset, batch_size):
+        for sl, part in sliced_batches(dataset, batch_size):
             idx = torch.arange(len(part), device=engine.device)
             answer = part.first_answer_pos.to(engine.device)
             for layer in layers:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from circuits.analysis.files import figure, save_png, write_csv
-from circuits.analysis.runs import Runs, batches, collect_runs
+from circuits.analysis.runs import Runs, collect_runs, sliced_batches
 
 __all__ = ["answer_columns", "frozen_lens", "logit_lens", "MlpEffect", "direct_indirect", "plot_logit_lens",
            "plot_effects", "write_effects"]
@@ -93,7 +93,7 @@ def direct_indirect(engine, dataset, metric, layers: Sequence[int], *, batch_siz
         runs = collect_runs(engine, dataset, mlp_layers=layers, batch_size=batch_size)
     totals = {layer: 0.0 for layer in layers}
     directs = {layer: 0.0 for layer in layers}
-    pieces = list(batches(dataset, batch_size))
+    pieces = list(sliced_batches(dataset, batch_size))
     with torch.no_grad():
         for i, (sl, part) in enumerate(pieces):
             tokens = part.clean.to(engine.device)

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from circuits.analysis.files import figure, save_png, write_csv
-from circuits.analysis.runs import Runs, batches, collect_runs
-from circuits.dataset import repeat_positions
+from circuits.analysis.runs import Runs, collect_runs, sliced_batches
+from circuits.data.dataset import repeat_positions
 
 __all__ = ["NeuronReport", "neuron_effects", "joint_effect", "attribution", "top_neurons", "output_directions",
            "plot_directions", "plot_joint", "write_neurons"]
@@ -59,7 +59,7 @@ def neuron_effects(engine, dataset, metric, layer: int, neurons: Optional[Sequen
     runs = _runs(engine, dataset, layer, batch_size, runs)
     idx = torch.arange(w.d_mlp) if neurons is None else torch.as_tensor(list(neurons), dtype=torch.long)
     total = torch.zeros(len(idx), dtype=torch.float64)
-    pieces = list(batches(dataset, batch_size))
+    pieces = list(sliced_batches(dataset, batch_size))
     with torch.no_grad():
         for i, (sl, part) in enumerate(pieces):
             base = metric(runs.logits[sl], part).double()
@@ -84,7 +84,7 @@ def joint_effect(engine, dataset, metric, layer: int, neurons: Sequence[int], *,
     idx = torch.as_tensor(list(neurons), dtype=torch.long, device=engine.device)
     total = 0.0
     with torch.no_grad():
-        for sl, part in batches(dataset, batch_size):
+        for sl, part in sliced_batches(dataset, batch_size):
             delta_out = (runs.hidden_delta[layer][sl][:, :, idx] @ w.W_out[layer][idx])[None]
             values = _patched_metric(engine, part, metric, runs.resid_pre[layer + 1][sl], layer, delta_out)
             total += float((values[0] - metric(runs.logits[sl], part).double()).sum())
@@ -97,7 +97,7 @@ def attribution(engine, dataset, metric, layer: int, *, batch_size: int = 0, run
     runs = _runs(engine, dataset, layer, batch_size, runs)
     total = torch.zeros(engine.w.d_mlp, dtype=torch.float64)
     n = len(dataset)
-    for sl, part in batches(dataset, batch_size):
+    for sl, part in sliced_batches(dataset, batch_size):
         leaf = {}
 
         def edit(l: int, hidden: Tensor) -> Tensor:

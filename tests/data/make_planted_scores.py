@@ -6,11 +6,11 @@ import json
 
 import torch
 
-from circuits.engine import GraphEngine
-from circuits.faithfulness import faithfulness
+from circuits.engine.engine import GraphEngine
+from circuits.circuit.faithfulness import faithfulness
 from circuits.models import load_model
 from circuits.registry import get_method, get_task
-from circuits.scores import MethodOptions
+from circuits.methods.base import MethodOptions
 
 torch.set_num_threads(1)
 loaded = load_model("planted")

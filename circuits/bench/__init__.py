@@ -1,0 +1,1 @@
+"""``circuits benchmark``: every method on every task of one model, scored as MIB scores them, resumable."""
