@@ -433,11 +433,11 @@ class ArchChecks:
 
     def test_eap_ig_matches_integrated_hook_gradients(self, case):
         from circuits.registry import get_method
-        from circuits.scores import MethodOptions
+        from circuits.methods.base import MethodOptions
 
         _, engine, referee, task, data = case
         steps = 3
-        scores = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(ig_steps=steps)).edge_scores
+        scores = get_method("eap-ig").score(engine, data, task.metric, MethodOptions(params={"ig_steps": steps})).edge_scores
         clean, corrupted = referee.senders(data.clean), referee.senders(data.corrupted)
         points = [corrupted[0] + k / steps * (clean[0] - corrupted[0]) for k in range(1, steps + 1)]
         expected = referee.attribution(data.clean, self.loss(task, data), corrupted - clean, points)
