@@ -43,8 +43,6 @@ def fastest(fn, repeats: int) -> float:
 
 
 def family_rows(families, prompts: int, repeats: int) -> list:
-    import torch
-
     from circuits.engine.engine import GraphEngine
     from circuits.models.hf_weights import hf_weights
     from circuits.models.tiny import tiny_model
