@@ -19,6 +19,8 @@ Rows: ``forward`` / ``forward_backward`` (the TransformerLens bridge: no_grad fo
 forward and ``metric.mean().backward()`` with every weight requiring grad, as in training),
 ``forward_backward_inputs`` (the same with the weights frozen and the input embeddings
 requiring grad), ``engine_forward`` / ``engine_forward_backward`` (the graph engine's own),
+``masked_forward_backward`` (the engine's pass under a real-valued keep over every edge that
+gradients flow into, and its backward: a learned-mask step without the optimiser),
 ``activation_patching`` (every head and MLP, and the residual stream at every layer input
 and position), ``eap``, ``eap_ig`` (5 steps), ``path_patching`` (default threshold; on
 random weights its search queues nearly every node, about one forward pass per edge, so
@@ -61,7 +63,7 @@ SECTIONS = ("main", "scaling", "streaming", "large")
 MAIN_NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
               "faithfulness", "eap_peer_style")
 EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive", "load",
-               "load_checked", "load_checked_first")
+               "load_checked", "load_checked_first", "masked_forward_backward")
 
 # GPT2Config() defaults: 12 layers, 12 heads, width 768, 1024 positions, vocabulary 50257
 FULL = {"model": {"n_layer": 12, "n_head": 12, "n_embd": 768}, "prompts": 100,
@@ -351,6 +353,7 @@ def main(argv=None) -> int:
         spec("forward_backward_inputs", "bridge_fb_inputs"),
         spec("engine_forward", "engine_forward"),
         spec("engine_forward_backward", "engine_fb"),
+        spec("masked_forward_backward", "masked_fb"),
         spec("load", "load", repeats=1),
         spec("load_checked", "load_checked", repeats=1),
         spec("load_checked_first", "load_checked", repeats=1, fresh_cache=True),
