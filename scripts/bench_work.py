@@ -551,6 +551,18 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
             keep = torch.sigmoid(logit) * valid
             logits = engine.run(d.clean.to(engine.device), d.answer_pos, patch=Patch(keep=keep, reference=ref)).logits
             metric(logits, d).mean().backward()
+    elif kind == "mask_step":
+        from circuits.methods.base import MethodOptions
+        from circuits.methods.edge_pruning import HardConcrete
+        from circuits.methods.masks import MaskTrainer, Settings
+
+        settings = Settings(steps=1000, lr=0.1, loss="kl", init="none", seed=0, granularity="edge")
+        trainer = MaskTrainer(engine, data, metric, MethodOptions(), HardConcrete(0.95, 0.1, 0), settings)
+        trainer.step()  # the batch's reference, clean log-probabilities and full/empty metrics: made once, kept
+        info["grad"] = "one edge-pruning step: hard-concrete sample, masked forward, KL + Lagrangian, backward, Adam"
+
+        def work():
+            trainer.step()
     elif kind == "method" and spec["method"] == "path-patching" and spec.get("budget_s"):
         search = BudgetedPathPatching(engine, data, metric, _method_options(spec), float(spec["budget_s"]))
         result = {}

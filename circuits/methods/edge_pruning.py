@@ -95,9 +95,9 @@ class EdgePruning:
               progress: Optional[Progress] = None) -> Scores:
         progress = progress or no_progress
         p = option_values(self, options.params)
-        settings = Settings(steps=p["steps"], lr=p["lr"], loss=p["loss"], init=p["init"], seed=p["seed"],
+        settings = Settings(steps=p["steps"], lr=p["lr"], loss=p["loss"], init=p["init"], seed=p["mask_seed"],
                             granularity=p["granularity"])
-        family = HardConcrete(p["target_sparsity"], p["lr"], p["seed"])
+        family = HardConcrete(p["target_sparsity"], p["lr"], p["mask_seed"])
         start = None
         units = Units.of(engine.graph, settings.granularity)
         if settings.init != "none":

@@ -45,7 +45,7 @@ INIT = Option("init", str, "none", "Start the mask parameters from a gradient me
               "the top edges kept, the rest pruned) instead of all kept.", choices=("none", "eap", "eap-ig"))
 GRANULARITY = Option("granularity", str, "edge", "What is masked: edge (every edge) or node (heads and MLPs whole; "
                      "the circuit is then chosen by node).", choices=("edge", "node"))
-SEED = Option("seed", int, 0, "Seed of the mask noise (the same seed gives the same circuit).")
+SEED = Option("mask_seed", int, 0, "Seed of the mask noise (the same seed gives the same circuit).")
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,8 @@ class MaskTrainer:
         with torch.no_grad():
             full, empty = float(piece.m_full.sum()), float(piece.m_empty.sum())
             f = (float(m.detach().double().sum()) - empty) / (full - empty) if full != empty else math.nan
-        self.last = {"loss": float(loss.detach()), "fit": float(fit.detach()), "expected": float(expected.detach()), "f": f}
+        self.last = {"loss": float(loss.detach()), "fit": float(fit.detach()), "expected": float(expected.detach()),
+                     "f": f if math.isfinite(f) else None}
         return self.last
 
     def train(self, progress: Progress, name: str) -> None:
@@ -185,7 +186,7 @@ class MaskTrainer:
         for _ in range(steps):
             r = self.step()
             progress(self.done, steps, f"{name}: step {self.done}/{steps}, loss {r['loss']:.4g}, "
-                                       f"expected {what} {r['expected']:.1f}, f {r['f']:.3f}")
+                                       f"expected {what} {r['expected']:.1f}, f {_fmt(r['f'])}")
 
     # ------------------------------------------------------------------ result
     def scores(self, method: str, info: Dict) -> Scores:
@@ -195,11 +196,15 @@ class MaskTrainer:
         info = {"steps": self.settings.steps, "final_loss": self.last.get("loss"), "final_fit": self.last.get("fit"),
                 "final_f_batch": self.last.get("f"), "expected_kept": self.last.get("expected"),
                 "init": self.settings.init, "loss": self.settings.loss, "lr": self.settings.lr,
-                "seed": self.settings.seed, "granularity": self.settings.granularity, "units": len(self.units),
+                "mask_seed": self.settings.seed, "granularity": self.settings.granularity, "units": len(self.units),
                 "forward_passes": self.forward_passes + self.refs.computed, "backward_passes": self.settings.steps,
                 **info}
         return Scores(graph=g, method=method, edge_scores=edge.to(score_dtype(self.engine)).cpu(), node_scores=nodes,
                       info=info)
+
+
+def _fmt(f: Optional[float]) -> str:
+    return "n/a" if f is None else f"{f:.3f}"
 
 
 def initial_from_method(engine, dataset, metric, options: MethodOptions, init: str, units: Units, keep_fraction: float,

@@ -7,7 +7,7 @@ Each edge (or head and MLP, ``--granularity node``) has a logit ``theta`` and a 
 window of width ``w = p (1 - p)`` around ``p``.  So the masks are mostly Bernoulli(p) samples, and an
 edge receives gradient only on the steps its ``u`` falls in its window (with slope 1 in ``p``: the
 window is rescaled so the gradient does not grow as it narrows).  The loss is the faithfulness loss
-(KL from the full model by default) plus ``--lambda`` times the expected number of kept edges,
+(KL from the full model by default) plus ``--sparsity-weight`` times the expected number of kept edges,
 ``sum p``.  The mask values ``p`` are the scores (as ``-p``: negative, more negative for a surer edge).
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ class UGS:
     granularity = "edge"
     cost = "--steps masked forward+backward passes (about 2x EAP's each), plus 3 forwards per batch"
     options = (
-        Option("lambda", float, 1e-3, "Weight of the sparsity penalty: lambda x the expected number of kept edges.",
+        Option("sparsity_weight", float, 1e-3, "Weight of the sparsity penalty: the weight x the expected number of kept edges.",
                minimum=0.0),
         Option("steps", int, 300, "Optimisation steps (one batch of --batch-size prompts each).", minimum=1),
         Option("lr", float, 0.1, "Adam's learning rate for the mask logits.", minimum=0.0),
@@ -74,12 +74,12 @@ class UGS:
               progress: Optional[Progress] = None) -> Scores:
         progress = progress or no_progress
         p = option_values(self, options.params)
-        settings = Settings(steps=p["steps"], lr=p["lr"], loss=p["loss"], init=p["init"], seed=p["seed"],
+        settings = Settings(steps=p["steps"], lr=p["lr"], loss=p["loss"], init=p["init"], seed=p["mask_seed"],
                             granularity=p["granularity"])
         start = None
         if settings.init != "none":
             units = Units.of(engine.graph, settings.granularity)
             start = initial_from_method(engine, dataset, metric, options, settings.init, units, 0.05, progress)
-        trainer = MaskTrainer(engine, dataset, metric, options, UniformGradient(p["lambda"]), settings, init_values=start)
+        trainer = MaskTrainer(engine, dataset, metric, options, UniformGradient(p["sparsity_weight"]), settings, init_values=start)
         trainer.train(progress, self.name)
-        return trainer.scores(self.name, {"lambda": p["lambda"], "target_sparsity": None, "ablation": options.ablation})
+        return trainer.scores(self.name, {"sparsity_weight": p["sparsity_weight"], "target_sparsity": None, "ablation": options.ablation})
