@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
-from circuits.methods.masks import GRANULARITY, INIT, LOSS, SEED, MaskTrainer, Settings, Units, initial_from_method
+from circuits.methods.masks import SHARED, STEPS, MaskTrainer, Settings, Units, initial_from_method
 
 LEFT, RIGHT, BETA = -0.1, 1.1, 2.0 / 3.0  # the paper's stretch and temperature
 INIT_LOG_ALPHA, INIT_STD = 10.0, 0.01  # the paper's start: every edge kept
@@ -86,17 +86,16 @@ class EdgePruning:
     options = (
         Option("target_sparsity", float, 0.95, "Fraction of the edges (nodes) the masks are driven to remove.",
                minimum=0.0, maximum=1.0),
-        Option("steps", int, 300, "Optimisation steps (one batch of --batch-size prompts each).", minimum=1),
+        STEPS,
         Option("lr", float, 0.1, "Adam's learning rate for the mask logits and the Lagrange multipliers.", minimum=0.0),
-        LOSS, INIT, GRANULARITY, SEED,
+        *SHARED,
     )
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:
         progress = progress or no_progress
         p = option_values(self, options.params)
-        settings = Settings(steps=p["steps"], lr=p["lr"], loss=p["loss"], init=p["init"], seed=p["mask_seed"],
-                            granularity=p["granularity"])
+        settings = Settings.of(p)
         family = HardConcrete(p["target_sparsity"], p["lr"], p["mask_seed"])
         start = None
         units = Units.of(engine.graph, settings.granularity)

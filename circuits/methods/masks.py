@@ -46,6 +46,8 @@ INIT = Option("init", str, "none", "Start the mask parameters from a gradient me
 GRANULARITY = Option("granularity", str, "edge", "What is masked: edge (every edge) or node (heads and MLPs whole; "
                      "the circuit is then chosen by node).", choices=("edge", "node"))
 SEED = Option("mask_seed", int, 0, "Seed of the mask noise (the same seed gives the same circuit).")
+STEPS = Option("steps", int, 300, "Optimisation steps (one batch of --batch-size prompts each).", minimum=1)
+SHARED = (LOSS, INIT, GRANULARITY, SEED)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,12 @@ class Settings:
     init: str
     seed: int
     granularity: str
+
+    @staticmethod
+    def of(values: Dict) -> "Settings":
+        """From a method's checked option values (``option_values``)."""
+        return Settings(steps=values["steps"], lr=values["lr"], loss=values["loss"], init=values["init"],
+                        seed=values["mask_seed"], granularity=values["granularity"])
 
 
 class _Piece:

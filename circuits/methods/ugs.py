@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
-from circuits.methods.masks import GRANULARITY, INIT, LOSS, SEED, MaskTrainer, Settings, Units, initial_from_method
+from circuits.methods.masks import SHARED, STEPS, MaskTrainer, Settings, Units, initial_from_method
 
 INIT_LOGIT = 2.0  # p = 0.88: mostly kept, with a window wide enough to learn from
 MIN_WINDOW = 1e-6
@@ -65,17 +65,16 @@ class UGS:
     options = (
         Option("sparsity_weight", float, 1e-3, "Weight of the sparsity penalty: the weight x the expected number of kept edges.",
                minimum=0.0),
-        Option("steps", int, 300, "Optimisation steps (one batch of --batch-size prompts each).", minimum=1),
+        STEPS,
         Option("lr", float, 0.1, "Adam's learning rate for the mask logits.", minimum=0.0),
-        LOSS, INIT, GRANULARITY, SEED,
+        *SHARED,
     )
 
     def score(self, engine, dataset, metric, options: MethodOptions = MethodOptions(), *,
               progress: Optional[Progress] = None) -> Scores:
         progress = progress or no_progress
         p = option_values(self, options.params)
-        settings = Settings(steps=p["steps"], lr=p["lr"], loss=p["loss"], init=p["init"], seed=p["mask_seed"],
-                            granularity=p["granularity"])
+        settings = Settings.of(p)
         start = None
         if settings.init != "none":
             units = Units.of(engine.graph, settings.granularity)
