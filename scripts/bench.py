@@ -19,6 +19,11 @@ Rows: ``forward`` / ``forward_backward`` (the TransformerLens bridge: no_grad fo
 forward and ``metric.mean().backward()`` with every weight requiring grad, as in training),
 ``forward_backward_inputs`` (the same with the weights frozen and the input embeddings
 requiring grad), ``engine_forward`` / ``engine_forward_backward`` (the graph engine's own),
+``masked_forward_backward`` (the engine's pass under a real-valued keep over every edge that
+gradients flow into, and its backward: a learned-mask step without the optimiser),
+``edge_pruning_step`` (one edge-pruning optimisation step over the prompts, its batch's references
+kept as the method keeps them), ``edge_pruning_n100`` / ``edge_pruning_n400`` (the whole method,
+16 steps of 25 prompts, at n = 100 and 400: its peak must not grow with n),
 ``activation_patching`` (every head and MLP, and the residual stream at every layer input
 and position), ``eap``, ``eap_ig`` (5 steps), ``path_patching`` (default threshold; on
 random weights its search queues nearly every node, about one forward pass per edge, so
@@ -65,7 +70,9 @@ SECTIONS = ("main", "scaling", "streaming", "large", "architectures")
 MAIN_NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
               "faithfulness", "eap_peer_style")
 EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive", "load",
-               "load_checked", "load_checked_first", "eap_positional")
+               "load_checked", "load_checked_first", "eap_positional", "masked_forward_backward",
+               "edge_pruning_step", "edge_pruning_n100", "edge_pruning_n400")
+MASK_BATCH, MASK_STEPS = 25, 16  # edge-pruning's memory rows: 16 steps of 25 prompts at n = 100 and n = 400
 
 # GPT2Config() defaults: 12 layers, 12 heads, width 768, 1024 positions, vocabulary 50257
 FULL = {"model": {"n_layer": 12, "n_head": 12, "n_embd": 768}, "prompts": 100,
@@ -372,6 +379,12 @@ def main(argv=None) -> int:
         spec("forward_backward_inputs", "bridge_fb_inputs"),
         spec("engine_forward", "engine_forward"),
         spec("engine_forward_backward", "engine_fb"),
+        spec("masked_forward_backward", "masked_fb"),
+        spec("edge_pruning_step", "mask_step"),
+        spec("edge_pruning_n100", "method", prompts=100, method="edge-pruning", repeats=1,
+             options={"batch_size": MASK_BATCH, "steps": MASK_STEPS}),
+        spec("edge_pruning_n400", "method", prompts=400, method="edge-pruning", repeats=1,
+             options={"batch_size": MASK_BATCH, "steps": MASK_STEPS}),
         spec("load", "load", repeats=1),
         spec("load_checked", "load_checked", repeats=1),
         spec("load_checked_first", "load_checked", repeats=1, fresh_cache=True),
@@ -401,7 +414,7 @@ def main(argv=None) -> int:
               f"{extra}   [{time.perf_counter() - t0:.0f} s with loading]", flush=True)
         return res
 
-    once = {"activation_patching", "path_patching", "acdc", "acdc_naive"}
+    once = {"activation_patching", "path_patching", "acdc", "acdc_naive", "edge_pruning_n100", "edge_pruning_n400"}
     runs: Dict[str, List[Dict[str, Any]]] = {s["name"]: [] for s in plan}
     for rnd in range(args.rounds):
         for s in plan:
@@ -461,6 +474,16 @@ def main(argv=None) -> int:
         print(f"EAP / forward_backward_inputs (weights frozen, input grads only): "
               f"{results['eap']['seconds'] / fbi['seconds']:.2f}x time (CPU {results['eap']['cpu_seconds'] / fbi['cpu_seconds']:.2f}x), "
               f"{results['eap']['peak_memory_bytes'] / fbi['peak_memory_bytes']:.2f}x peak memory")
+
+    if "edge_pruning_step" in results:
+        step = results["edge_pruning_step"]
+        print(f"edge-pruning: one optimisation step over the {n} prompts = {step['seconds'] / fb['seconds']:.2f}x "
+              f"forward_backward (CPU {step['cpu_seconds'] / fb['cpu_seconds']:.2f}x; target <= 3x)")
+    if "edge_pruning_n100" in results and "edge_pruning_n400" in results:
+        a, b = results["edge_pruning_n100"], results["edge_pruning_n400"]
+        print(f"edge-pruning peak at n=400 / n=100 (batch {MASK_BATCH}, {MASK_STEPS} steps): "
+              f"{b['peak_memory_bytes'] / a['peak_memory_bytes']:.3f} (growth {mib(a['peak_memory_bytes'] - a['memory_before_bytes'])}"
+              f" -> {mib(b['peak_memory_bytes'] - b['memory_before_bytes'])} MiB)")
 
     values: Dict[str, tuple] = {}  # target key -> (wall-clock or memory ratio, CPU-time ratio or None)
     if "load" in results and "load_checked" in results:

@@ -533,6 +533,35 @@ def measure(spec: Dict[str, Any]) -> Dict[str, Any]:
                 if isinstance(t, torch.Tensor):
                     t.grad = None
             metric(engine.run(data.clean.to(engine.device), data.answer_pos).logits, data).mean().backward()
+    elif kind == "masked_fb":
+        from circuits.engine.engine import Patch
+
+        g = engine.graph
+        d = _on(data, device)
+        with torch.no_grad():
+            ref = engine.run(d.corrupted.to(engine.device), d.answer_pos,
+                             collect=True).outputs
+        logit = torch.full((g.n_senders, g.n_receivers), 2.0, device=engine.device, requires_grad=True)
+        valid = g.valid_mask(engine.device)
+        info["grad"] = "a real-valued keep [S, R] = sigmoid(logits) (every edge), references precomputed"
+
+        def work():
+            logit.grad = None
+            keep = torch.sigmoid(logit) * valid
+            logits = engine.run(d.clean.to(engine.device), d.answer_pos, patch=Patch(keep=keep, reference=ref)).logits
+            metric(logits, d).mean().backward()
+    elif kind == "mask_step":
+        from circuits.methods.base import MethodOptions
+        from circuits.methods.edge_pruning import HardConcrete
+        from circuits.methods.masks import MaskTrainer, Settings
+
+        settings = Settings(steps=1000, lr=0.1, loss="kl", init="none", seed=0, granularity="edge")
+        trainer = MaskTrainer(engine, data, metric, MethodOptions(), HardConcrete(0.95, 0.1, 0), settings)
+        trainer.step()  # the batch's reference, clean log-probabilities and full/empty metrics: made once, kept
+        info["grad"] = "one edge-pruning step: hard-concrete sample, masked forward, KL + Lagrangian, backward, Adam"
+
+        def work():
+            trainer.step()
     elif kind == "method" and spec["method"] == "path-patching" and spec.get("budget_s"):
         search = BudgetedPathPatching(engine, data, metric, _method_options(spec), float(spec["budget_s"]))
         result = {}

@@ -129,3 +129,16 @@ def test_the_length_check_sees_long_functions():
 def test_no_function_over_80_lines():
     found = long_functions()
     assert not found, "split these: " + "; ".join(found)
+
+
+def test_every_built_in_plugin_loads():
+    """A built-in method or task that fails to import is only a warning at run time: here it is a failure."""
+    import warnings
+
+    from circuits.registry import METHODS, TASKS, PluginWarning, discover
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)
+        methods, tasks = discover(METHODS), discover(TASKS)
+    assert {"eap", "eap-ig", "activation-patching", "path-patching", "acdc", "edge-pruning", "ugs"} <= set(methods)
+    assert {"greater-than", "ioi", "arithmetic", "mcqa", "arc", "facts"} <= set(tasks)

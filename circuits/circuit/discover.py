@@ -247,16 +247,20 @@ def verifies(spec: SelectionSpec, chosen: Selection) -> bool:
     return chosen.mode == "target-faithfulness" and chosen.edges_kept <= VERIFY_AUTO_EDGES
 
 
-def check_selection(spec: SelectionSpec, method) -> None:
+def check_selection(spec: SelectionSpec, method, params: Optional[Mapping] = None) -> None:
     """Refuse, before any scoring, a selection that cannot apply to ``method``: verification of a node circuit."""
-    if spec.verify and method_granularity(method) == "node":
+    if spec.verify and method_granularity(method, params) == "node":
         raise CircuitsError(f"--verify checks the edges of an edge circuit; {getattr(method, 'name', method)} selects "
                             "nodes: drop --verify")
 
 
-def method_granularity(method) -> str:
-    """``"node"`` for a method that scores nodes (its circuits are chosen by node), else ``"edge"``."""
-    return "node" if getattr(method, "granularity", "edge") == "node" else "edge"
+def method_granularity(method, params: Optional[Mapping] = None) -> str:
+    """``"node"`` for a method that scores nodes (its circuits are chosen by node), else ``"edge"``.  A method that
+    declares a ``granularity`` option (the learned masks) scores what ``params`` (its checked options) says."""
+    chosen = getattr(method, "granularity", "edge")
+    if params and "granularity" in params and any(o.name == "granularity" for o in getattr(method, "options", ()) or ()):
+        chosen = params["granularity"]
+    return "node" if chosen == "node" else "edge"
 
 
 def _neurons_in_circuit(neurons, keep_mask, graph) -> dict:
@@ -319,8 +323,8 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     progress = progress or no_progress
     timer = _Timer()
     bootstrap = check_bootstrap(bootstrap)
-    granularity = method_granularity(method)
     options = _checked_options(method, options, selection)
+    granularity = method_granularity(method, options.params)
     scores = timer("scoring", lambda: _scored(engine, dataset, metric, method, options, progress))
     graph = engine.graph
     evaluator = evaluator or timer("reference", lambda: CircuitEvaluator(
@@ -367,13 +371,14 @@ class _Timer:
 
 def _checked_options(method, options: MethodOptions, selection: SelectionSpec) -> MethodOptions:
     """The method's own options checked (defaults filled: the manifest records them), and enough top neurons."""
-    check_selection(selection, method)
+    options = replace(options, params=option_values(method, options.params))
+    check_selection(selection, method, options.params)
     if selection.keep_neurons:
         if not options.neurons:
             raise CircuitsError("--keep-neurons needs --neurons: name the MLPs to reduce, e.g. --neurons m10 --keep-neurons 10")
         if options.top_neurons < selection.keep_neurons:
             options = replace(options, top_neurons=int(selection.keep_neurons))
-    return replace(options, params=option_values(method, options.params))
+    return options
 
 
 def _scored(engine, dataset, metric, method, options: MethodOptions, progress: Progress) -> Scores:

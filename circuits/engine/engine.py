@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuits.engine.graph import ComputationalGraph
+from circuits.errors import CircuitsError
 from circuits.models.weights import ModelWeights
 
 ResidEdit = Callable[[int, Tensor], Tensor]  # (layer, resid_mid [b,p,d]) -> resid_mid
@@ -37,6 +38,12 @@ class Patch:
     it carries ``reference`` [S, b, p, d] (corrupted or mean outputs).  Fractions interpolate.
     A positional keep is [S, R, P] (per position of the receiver's input) or [S, R, b, P] (per prompt);
     ``column`` does not apply to it.
+
+    A real-valued ``keep`` that requires grad (a learned mask) is differentiated: each receiver's
+    input is ``ref_resid + keep[:, r] . (current - reference)`` with the gradient flowing into ``keep``
+    and, through ``current``, into earlier layers (:class:`_LearnedMix`).  A ``keep`` without grad (bool,
+    0/1 or fractions) takes the usual, faster path.  ``column``, ``buffer`` and ``edit_mid`` are not
+    combined with a learned ``keep``.
 
     ``column`` and ``column_keep`` [c, S] let one receiver's keep column differ between ``c`` equal
     groups of the batch (group ``i`` is rows ``i*b/c .. (i+1)*b/c``): group ``i`` reads receiver
@@ -204,6 +211,15 @@ class _Pass:
             self.diff = patch.buffer if patch.buffer is not None else torch.empty(full, dtype=w.W_E.dtype, device=engine.device)
             # the residual stream made of reference outputs (plus biases), summed when first needed
             self.ref_resid = _ReferenceResidual(g, w.b_O, patch.reference, self.groups)
+        # a learned (differentiable) keep: the senders' outputs with their autograd history, block by block
+        self.live: Optional[List[Tensor]] = None
+        if patch is not None and patch.keep.requires_grad:
+            if patch.column is not None or patch.buffer is not None or options.edit_mid is not None or options.start_layer:
+                raise ValueError("a learned keep (requires_grad) cannot be combined with column, buffer, edit_mid or restarts")
+            if w.attn_post_w is not None:
+                raise CircuitsError("learned masks (edge-pruning, ugs) do not run on post-norm models (OLMo 2, Gemma) yet; "
+                                    "use eap-ig or activation-patching there")
+            self.live = []
         self.records = self.outs is not None or self.diff is not None
         self.trace = Trace() if options.trace else None
         self.resid_pre: Optional[List[Tensor]] = [] if options.keep_resid else None
@@ -215,7 +231,7 @@ class _Pass:
         o, g = self.options, self.engine.graph
         if o.start_resid is None:
             resid = self.engine.embed(tokens, 0 if self.cache is None else self.cache.start) if o.resid0 is None else o.resid0
-            self.store(0, resid.detach()[None])
+            self.store(0, resid[None])
             return resid
         fill_diff = self.diff is not None and o.patch.buffer is None
         if self.outs is not None or fill_diff:
@@ -223,7 +239,11 @@ class _Pass:
         return o.start_resid
 
     def store(self, first: int, values: Tensor, difference: bool = True) -> None:
-        """Record senders' outputs (and, when patching, their difference from the reference)."""
+        """Record senders' outputs (and, when patching, their difference from the reference); ``values`` keep
+        their autograd history only for a learned keep (``live``)."""
+        if self.live is not None:
+            self.live.append(values)
+        values = values.detach()
         last = first + values.shape[0]
         if self.outs is not None:
             self.outs[first:last] = values
@@ -245,10 +265,57 @@ class _Pass:
 
     def inputs(self, resid: Tensor, n_senders: int, cols: slice, defer_column: bool = False):
         """``GraphEngine._patched_inputs`` of the receivers ``cols`` reading the first ``n_senders`` senders."""
+        if self.live is not None:
+            return self.learned_inputs(n_senders, cols)
         if self.engine.w.attn_post_w is not None and self.options.patch is not None:
             return self.engine._post_norm_inputs(resid, self.options.patch, self.diff, n_senders, cols, self.groups)
         return GraphEngine._patched_inputs(resid, self.ref_resid, self.options.patch, self.diff, n_senders, cols,
                                            defer_column=defer_column)
+
+
+    def learned_inputs(self, n_s: int, cols: slice):
+        """Receivers ``cols``'s inputs under a learned keep: ``ref_resid(n_s) + keep[:n_s, cols].T @ diff[:n_s]``,
+        differentiable in ``keep`` and in the senders' outputs.  Returns ``(x, split, None)`` like ``_patched_inputs``:
+        [r, b, p, d] (split) for several receivers, [b, p, d] for one."""
+        weights = self.options.patch.keep[:n_s, cols].to(self.diff.dtype)
+        blocks, count = [], 0
+        for block in self.live:  # the senders' blocks (input, each layer's heads, its MLP) in order
+            if count >= n_s:
+                break
+            blocks.append(block)
+            count += block.shape[0]
+        base = self.ref_resid(n_s)
+        mixed = _LearnedMix.apply(weights, self.diff[:n_s].reshape(n_s, -1), *blocks)
+        x = base[None] + mixed.view(weights.shape[1], *base.shape)
+        return (x[0], False, None) if weights.shape[1] == 1 else (x, True, None)
+
+
+class _LearnedMix(torch.autograd.Function):
+    """``keep.T @ diff`` [r, N] for receivers reading ``n_s`` senders, with ``diff`` [n_s, N] (current - reference,
+    detached) in the forward and the gradient routed to ``keep`` [n_s, r] (``diff @ g.T``: EAP's product of sender
+    deltas and receiver gradients) and to the senders' outputs (``keep @ g``), given as ``blocks`` (the live
+    [k, b, p, d] tensors whose rows make up ``diff``).  One matrix product each way, however many blocks."""
+
+    @staticmethod
+    def forward(ctx, keep: Tensor, diff: Tensor, *blocks: Tensor) -> Tensor:
+        ctx.save_for_backward(keep)
+        ctx.diff = diff  # rows of the pass's difference buffer: written once, before this read
+        ctx.shapes = [b.shape for b in blocks]
+        return keep.T @ diff
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (keep,) = ctx.saved_tensors
+        grad_keep = ctx.diff @ grad.T if ctx.needs_input_grad[0] else None
+        grads = [None] * len(ctx.shapes)
+        if any(ctx.needs_input_grad[2:]):
+            g_out = keep @ grad  # [n_s, N]
+            start = 0
+            for i, shape in enumerate(ctx.shapes):
+                if ctx.needs_input_grad[2 + i]:
+                    grads[i] = g_out[start:start + shape[0]].view(shape)
+                start += shape[0]
+        return (grad_keep, None, *grads)
 
 
 class GraphEngine:
@@ -293,8 +360,6 @@ class GraphEngine:
             x = x * torch.tensor(self.w.emb_scale, dtype=x.dtype)  # rounded to the model's precision, as HF does
         if self.w.W_pos is not None:
             if start + tokens.shape[1] > self.w.W_pos.shape[0]:
-                from circuits.errors import CircuitsError
-
                 raise CircuitsError(f"the prompts need {start + tokens.shape[1]} positions but the model has only "
                                     f"{self.w.W_pos.shape[0]} (its context length); use shorter prompts")
             x = x + self.w.W_pos[start:start + tokens.shape[1]][None]
@@ -630,7 +695,7 @@ class GraphEngine:
         z = run.attend(layer, q, k, v, scales)
         if run.records:
             head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
-            run.store(g.head_sender(layer, 0), head_out.detach())
+            run.store(g.head_sender(layer, 0), head_out)
             attn = head_out.sum(0)
         else:
             attn = torch.einsum("bphe,hed->bpd", z, w.W_O[layer])
@@ -664,7 +729,7 @@ class GraphEngine:
         mlp_out = hidden @ w.W_out[layer] + w.b_out[layer]
         if w.mlp_post_w is not None:  # one sender's own norm: part of its output
             mlp_out = self._norm(mlp_out, w.mlp_post_w[layer], None)[0]
-        run.store(g.mlp_sender(layer), mlp_out.detach()[None])
+        run.store(g.mlp_sender(layer), mlp_out[None])
         return (resid if base is None else base) + mlp_out
 
     # ------------------------------------------------------------------ gradients
