@@ -26,6 +26,7 @@ from torch import Tensor
 
 from circuits.graph import ComputationalGraph
 from circuits.models.weights import ModelWeights
+from circuits.rules import BackwardRules, identity_rule, scale_grad, softmax
 
 ResidEdit = Callable[[int, Tensor], Tensor]  # (layer, resid_mid [b,p,d]) -> resid_mid
 PostEdit = Callable[[int, Tensor], Tensor]  # (layer, mlp hidden [b,p,m]) -> hidden
@@ -97,6 +98,11 @@ class Trace:
     ln2: List[tuple] = field(default_factory=list)
     final_in: Optional[Tensor] = None  # normalized final residual at the answer positions [b, d] or [b, k, d]
     lnf: Optional[tuple] = None
+    rules: Optional[BackwardRules] = None  # the propagation rules the backward pass follows (None: plain gradients)
+
+    @property
+    def frozen_norm(self) -> bool:
+        return self.rules is not None and self.rules.freeze_norm
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,8 @@ class RunOptions:
         edit_mid, edit_hidden: interventions on a layer's residual stream between its attention and
             its MLP (``resid_mid``), or on its MLP hidden activations.
         capture_hidden: layers whose MLP hidden activations are returned (grad retained when tracing).
+        rules: with ``trace``, propagation rules for the backward pass (:class:`circuits.rules.BackwardRules`:
+            GIM's, RelP's); the forward values are unchanged.
     """
 
     patch: Optional[Patch] = None
@@ -137,6 +145,7 @@ class RunOptions:
     edit_mid: Optional[ResidEdit] = None
     edit_hidden: Optional[PostEdit] = None
     capture_hidden: tuple = ()
+    rules: Optional[BackwardRules] = None
 
 
 @dataclass
@@ -204,7 +213,8 @@ class _Pass:
             # the residual stream made of reference outputs (plus biases), summed when first needed
             self.ref_resid = _ReferenceResidual(g, w.b_O, patch.reference, self.groups)
         self.records = self.outs is not None or self.diff is not None
-        self.trace = Trace() if options.trace else None
+        self.trace = Trace(rules=options.rules) if options.trace else None
+        self.rules = options.rules or BackwardRules()
         self.resid_pre: Optional[List[Tensor]] = [] if options.keep_resid else None
         self.hiddens: dict = {}
 
@@ -235,7 +245,9 @@ class _Pass:
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention of the pass's positions: causal over themselves, or after the cached ones."""
-        return self.engine._attend(q, k, v) if self.cache is None else self.cache.attend(self.engine, layer, q, k, v)
+        if self.cache is not None:
+            return self.cache.attend(self.engine, layer, q, k, v)
+        return self.engine._attend(q, k, v, temperature=self.rules.softmax_temperature)
 
     def inputs(self, resid: Tensor, n_senders: int, cols: slice, defer_column: bool = False):
         """``GraphEngine._patched_inputs`` of the receivers ``cols`` reading the first ``n_senders`` senders."""
@@ -283,23 +295,26 @@ class GraphEngine:
             x = x + self.w.W_pos[start:start + tokens.shape[1]][None]
         return x
 
-    def _norm(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    def _norm(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], frozen: bool = False):
         """``(y, xhat, scale)`` of LayerNorm / RMSNorm; half-precision inputs are normalized in float32
-        (as Hugging Face's models do) and the results given back in their precision."""
+        (as Hugging Face's models do) and the results given back in their precision.  ``frozen``: the
+        scale is a constant for gradients (the rules' ``freeze_norm``)."""
         dtype = x.dtype
         if dtype in (torch.bfloat16, torch.float16):
             x = x.float()
         if self.w.norm == "LN":
             x = x - x.mean(-1, keepdim=True)
         scale = (x.pow(2).mean(-1, keepdim=True) + self.w.eps).sqrt()
+        if frozen:
+            scale = scale.detach()
         xhat = x / scale
         y = xhat.to(dtype) * weight
         return (y + bias if bias is not None else y), xhat.to(dtype), scale.to(dtype)
 
-    def norm_vjp(self, grad_y: Tensor, xhat: Tensor, scale: Tensor, weight: Tensor) -> Tensor:
+    def norm_vjp(self, grad_y: Tensor, xhat: Tensor, scale: Tensor, weight: Tensor, frozen: bool = False) -> Tensor:
         """Gradient w.r.t. a norm's input from the gradient w.r.t. its output (the norm's Jacobian, transposed)."""
         g = grad_y * (weight / scale)
-        self._finish_vjp(g.view(1, -1, 1, g.shape[-1]), xhat.reshape(-1, 1, xhat.shape[-1]))
+        self._finish_vjp(g.view(1, -1, 1, g.shape[-1]), xhat.reshape(-1, 1, xhat.shape[-1]), frozen)
         return g
 
     def _rotate(self, x: Tensor, start: int = 0) -> Tensor:
@@ -316,8 +331,13 @@ class GraphEngine:
         half = torch.cat([-rot[..., dim // 2:], rot[..., : dim // 2]], -1)
         return torch.cat([rot * cos + half * sin, rest], -1)
 
-    def _act(self, x: Tensor) -> Tensor:
+    def _act(self, x: Tensor, identity: bool = False) -> Tensor:
+        """The activation function; ``identity``: its backward is LRP's identity rule (``act(x) / x``)."""
         name = self.w.act_fn
+        if identity:
+            with torch.no_grad():
+                y = self._act(x)
+            return identity_rule(x, y, 0.0 if name == "relu" else 0.5)  # act'(0) for GELU and SiLU
         if name == "gelu_new":
             return F.gelu(x, approximate="tanh")
         if name == "gelu":
@@ -326,17 +346,24 @@ class GraphEngine:
             return F.relu(x)
         return F.silu(x)
 
-    def mlp_hidden(self, layer: int, x: Tensor) -> Tensor:
-        """The MLP's hidden activations (neurons) [b, p, m] from its normalized input."""
-        w = self.w
+    def mlp_hidden(self, layer: int, x: Tensor, rules: Optional[BackwardRules] = None) -> Tensor:
+        """The MLP's hidden activations (neurons) [b, p, m] from its normalized input (``rules``: for a traced backward)."""
+        w, r = self.w, rules or BackwardRules()
         pre = x @ w.W_in[layer] + w.b_in[layer]
         if w.W_gate is not None:
-            return self._act(x @ w.W_gate[layer]) * pre
-        return self._act(pre)
+            return scale_grad(self._act(x @ w.W_gate[layer], r.act_identity), r.gate_scale) * scale_grad(pre, r.up_scale)
+        return self._act(pre, r.act_identity)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal attention; q, k, v [b, p, H, e] (k, v already per query head) -> z [b, p, H, e]."""
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, temperature: float = 1.0) -> Tensor:
+        """Causal attention; q, k, v [b, p, H, e] (k, v already per query head) -> z [b, p, H, e].
+        ``temperature``: the softmax's backward is taken at that temperature (:func:`circuits.rules.softmax`)."""
         q, k = self._rotate(q), self._rotate(k)
+        if temperature != 1.0:
+            scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
+            p = scores.shape[-1]
+            mask = torch.ones(p, p, dtype=torch.bool, device=scores.device).tril()
+            pattern = softmax(scores.masked_fill(~mask, float("-inf")), temperature)
+            return torch.einsum("bhqk,bkhe->bqhe", pattern, v)
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return z.transpose(1, 2)
 
@@ -357,7 +384,7 @@ class GraphEngine:
         ``answer_pos`` [b], [b, k, V] for ``answer_pos`` [b, k]."""
         w = self.w
         last = resid[_rows(answer_pos, resid.device), answer_pos.to(resid.device)]
-        y, xhat, scale = self._norm(last, w.lnf_w, w.lnf_b)
+        y, xhat, scale = self._norm(last, w.lnf_w, w.lnf_b, frozen=trace is not None and trace.frozen_norm)
         if trace is not None:
             y.retain_grad()
             trace.final_in, trace.lnf = y, (xhat.detach(), scale.detach())
@@ -451,6 +478,8 @@ class GraphEngine:
                 and override ``options``'s.
         """
         o = replace(options, **overrides) if options is not None else RunOptions(**overrides)
+        if o.rules is not None and not o.trace:
+            raise ValueError("run(rules=...) changes the traced backward pass: it needs trace=True")
         if o.trace and o.patch is not None:
             # Patched layers compute q/k/v per head and keep no trace, so receiver_grads would read the
             # wrong layers: refuse rather than return wrong gradients.
@@ -507,7 +536,7 @@ class GraphEngine:
             k = torch.einsum("hbpd,hde->bphe", x[H:2 * H], w.W_K[layer][kv]) + w.b_K[layer][kv]
             v = torch.einsum("hbpd,hde->bphe", x[2 * H:], w.W_V[layer][kv]) + w.b_V[layer][kv]
         else:
-            x, xhat, scale = self._norm(x_in, ln1_w, ln1_b)
+            x, xhat, scale = self._norm(x_in, ln1_w, ln1_b, frozen=run.trace is not None and run.trace.frozen_norm)
             q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
             k = (torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer])[:, :, kv]
             v = (torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer])[:, :, kv]
@@ -518,6 +547,8 @@ class GraphEngine:
                     t.retain_grad()
                 run.trace.q.append(q), run.trace.k.append(k), run.trace.v.append(v)
                 run.trace.ln1.append((xhat.detach(), scale.detach()))
+                r = run.rules  # the gradients of q, k, v are scaled after the trace reads them
+                q, k, v = scale_grad(q, r.q_scale), scale_grad(k, r.k_scale), scale_grad(v, r.v_scale)
         z = run.attend(layer, q, k, v)
         if run.records:
             head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
@@ -533,12 +564,13 @@ class GraphEngine:
         w, g, o = self.w, self.graph, run.options
         mlp_r = g.mlp_receiver(layer)
         x_in = run.inputs(resid, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))[0]
-        x, xhat, scale = self._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
+        x, xhat, scale = self._norm(x_in, w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer],
+                                    frozen=run.trace is not None and run.trace.frozen_norm)
         if run.trace is not None:
             x.retain_grad()
             run.trace.mlp_in.append(x)
             run.trace.ln2.append((xhat.detach(), scale.detach()))
-        hidden = self.mlp_hidden(layer, x)
+        hidden = self.mlp_hidden(layer, x, o.rules)
         if o.edit_hidden is not None:
             hidden = o.edit_hidden(layer, hidden)
         if layer in o.capture_hidden:
@@ -569,15 +601,20 @@ class GraphEngine:
         for j, (t, W) in enumerate(((trace.q[i], w.W_Q[layer]), (trace.k[i], w.W_K[layer][kv]), (trace.v[i], w.W_V[layer][kv]))):
             g = (t.grad * inv).permute(2, 0, 1, 3).reshape(H, n, -1)  # [H, n, e]
             torch.bmm(g, (W * norm_w).transpose(1, 2), out=out[j * H:(j + 1) * H].view(H, n, d))
-        self._finish_vjp(out[:3 * H], xhat)
+        self._finish_vjp(out[:3 * H], xhat, trace.frozen_norm)
         xhat2, scale2 = trace.ln2[i]
         torch.mul(trace.mlp_in[i].grad, w.ln2_w[layer] / scale2, out=out[3 * H])
-        self._finish_vjp(out[3 * H:], xhat2)
+        self._finish_vjp(out[3 * H:], xhat2, trace.frozen_norm)
         return out
 
-    def _finish_vjp(self, g: Tensor, xhat: Tensor) -> None:
+    def _finish_vjp(self, g: Tensor, xhat: Tensor, frozen: bool = False) -> None:
         """In place: ``g <- g - mean(g) - xhat * mean(g * xhat)`` (RMS: no mean term), for g [r, b, p, d]
-        already multiplied by the norm's weight and 1/scale; completes ``norm_vjp`` for r receivers at once."""
+        already multiplied by the norm's weight and 1/scale; completes ``norm_vjp`` for r receivers at once.
+        ``frozen`` (a constant scale): ``g <- g - mean(g)`` (RMS: nothing left to do)."""
+        if frozen:
+            if self.w.norm == "LN":
+                g.sub_(g.mean(-1, keepdim=True))
+            return
         proj = torch.einsum("rbpd,bpd->rbp", g, xhat).div_(g.shape[-1])
         if self.w.norm == "LN":
             g.sub_(g.mean(-1, keepdim=True))
@@ -590,7 +627,7 @@ class GraphEngine:
         """d metric / d (final residual stream) [b, p, d]: non-zero at the answer positions only
         (``answer_pos`` [b] or [b, k]; a position named twice gets both gradients)."""
         xhat, scale = trace.lnf
-        g = self.norm_vjp(trace.final_in.grad, xhat, scale, self.w.lnf_w)
+        g = self.norm_vjp(trace.final_in.grad, xhat, scale, self.w.lnf_w, trace.frozen_norm)
         full = torch.zeros(shape, dtype=g.dtype, device=g.device)
         pos = answer_pos.to(g.device)
         full.index_put_((_rows(pos, g.device).expand_as(pos), pos), g, accumulate=True)

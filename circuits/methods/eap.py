@@ -16,9 +16,11 @@ from circuits.methods.attribution import add_edge_scores, parse_neuron_layers, s
 from circuits.methods.base import MethodOptions, Progress, Scores, no_progress
 
 
-def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps: int, progress: Progress, method: str) -> Scores:
+def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps: int, progress: Progress, method: str,
+                      rules=None) -> Scores:
     """Edge (and neuron) attributions with gradients averaged over ``steps`` points on the line from
-    the reference input embedding to the clean one (``steps=1``: the clean point only, i.e. EAP)."""
+    the reference input embedding to the clean one (``steps=1``: the clean point only, i.e. EAP).
+    ``rules`` (:class:`circuits.rules.BackwardRules`): the backward pass's propagation rules (GIM, RelP)."""
     g = engine.graph
     layers = parse_neuron_layers(options.neurons, engine.w.n_layers)
     means = prepare(engine, dataset, options.ablation, hidden_layers=layers, batch_size=options.batch_size)
@@ -36,7 +38,7 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
             alpha = step / steps
             resid0 = emb_clean if step == steps else emb_ref + alpha * (emb_clean - emb_ref)
             run = engine.run(tokens, part.answer_pos, trace=True, collect=step == steps,
-                             resid0=resid0.detach().requires_grad_(True), capture_hidden=layers)
+                             resid0=resid0.detach().requires_grad_(True), capture_hidden=layers, rules=rules)
             if step == steps:  # the delta is known before any gradient: score each layer as it comes
                 delta = ref.outputs.sub_(run.outputs)  # reference - clean, in place
                 clean_hidden = {k: v.detach() for k, v in (run.hidden or {}).items()}
