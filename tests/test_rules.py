@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rules_reference
+from circuits.methods.relp import RELP_RULES
 from circuits.registry import get_method
 from circuits.rules import BackwardRules
 from circuits.scores import MethodOptions
@@ -15,7 +16,7 @@ from reference import boot_float64
 RULES = {
     "eap": BackwardRules(),
     "gim": get_method("gim").rules({}),
-    "relp": get_method("relp").score.__globals__["RELP_RULES"],
+    "relp": RELP_RULES,
 }
 
 
