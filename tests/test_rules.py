@@ -94,3 +94,24 @@ def test_rules_need_a_trace(models):
     _, engine, data = models["gpt2"]
     with pytest.raises(ValueError, match="trace"):
         engine.run(data.clean, data.answer_pos, rules=BackwardRules(freeze_norm=True))
+
+
+def test_gim_flags_reach_the_rules_and_bad_ones_are_user_errors(tmp_path):
+    import json
+
+    from cli_helpers import assert_user_error, invoke
+
+    out = tmp_path / "gim"
+    code, _, err = invoke("discover", "greater-than", "--model", "planted", "--method", "gim", "--out", str(out),
+                          "--n", "8", "--top-k", "10", "--gim-temperature", "3", "--gim-qkv-scale", "0.5,0.5,1")
+    assert code == 0, err
+    options = json.loads((out / "manifest.json").read_text())["options"]
+    assert options["gim_temperature"] == 3.0 and options["gim_qkv_scale"] == "0.5,0.5,1"
+    assert get_method("gim").rules({"gim_temperature": 3.0, "gim_qkv_scale": "0.5,0.5,1"}) == BackwardRules(
+        freeze_norm=True, softmax_temperature=3.0, q_scale=0.5, k_scale=0.5, v_scale=1.0, gate_scale=0.5, up_scale=0.5)
+    code, _, err = invoke("discover", "greater-than", "--model", "planted", "--method", "gim", "--out", str(tmp_path / "bad"),
+                          "--n", "8", "--gim-qkv-scale", "0.5,0.5")
+    assert_user_error(code, err, "--gim-qkv-scale takes 3 comma-separated numbers")
+    code, _, err = invoke("discover", "greater-than", "--model", "planted", "--method", "relp", "--out", str(tmp_path / "bad2"),
+                          "--n", "8", "--gim-temperature", "3")
+    assert_user_error(code, err, "--gim-temperature is not an option of 'relp'")
