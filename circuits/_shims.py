@@ -32,6 +32,8 @@ MOVED = {
     "circuits.spans": "circuits.data.spans",
     "circuits.positions": "circuits.circuit.positions",
     "circuits.positions_folder": "circuits.circuit.positions_folder",
+    "circuits.rules": "circuits.engine.rules",
+    "circuits.agreement": "circuits.bench.agreement",
 }
 
 

@@ -1,7 +1,8 @@
 """Compare a found circuit with a reference circuit, and read/write a run's edge scores.
 
-``scores.tsv`` holds every scored edge of a run: a header line ``edge<TAB>score``, then one
-``name<TAB>score`` line per edge, sorted by descending ``|score|``.
+``scores.tsv`` holds every edge of a run: a header line ``edge<TAB>score``, then one
+``name<TAB>score`` line per edge, sorted by descending ``|score|``; an edge a sampled method did not
+score (``edge-patching --sample``) has an empty score and comes last (``load_scores`` leaves it out).
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def auroc(scores: Mapping[str, float], positives: set[str]) -> Optional[float]:
 
 
 def load_scores(path: Union[str, Path]) -> dict[str, float]:
-    """Read ``scores.tsv`` (the file, or a run folder that holds it) into edge name -> score."""
+    """Read ``scores.tsv`` (the file, or a run folder that holds it) into edge name -> score (scored edges only)."""
     file = Path(path)
     if file.is_dir():
         file = file / SCORES_FILE
@@ -120,6 +121,7 @@ def load_scores(path: Union[str, Path]) -> dict[str, float]:
     if not lines or lines[0].strip() != HEADER:
         raise CircuitsError(f"{file}: the first line must be the header 'edge<TAB>score'; rewrite it with write_scores")
     out: dict[str, float] = {}
+    unscored: set[str] = set()
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -127,22 +129,30 @@ def load_scores(path: Union[str, Path]) -> dict[str, float]:
         try:
             if len(parts) != 2:
                 raise ValueError
-            name, value = _canonical(parts[0]), float(parts[1])
+            name = _canonical(parts[0])
+            value = None if parts[1].strip() == "" else float(parts[1])
         except (ValueError, CircuitsError):
             raise CircuitsError(f"{file} line {number}: expected 'EDGE<TAB>SCORE' with an edge like a0.h1->a9.h1<q>, got {line!r}") from None
-        if name in out:
+        if name in out or name in unscored:
             raise CircuitsError(f"{file} line {number}: edge {name} appears twice; keep one line per edge")
-        out[name] = value
+        if value is None:
+            unscored.add(name)
+        else:
+            out[name] = value
     return out
 
 
-def write_scores(scores: Mapping[str, float], path: Union[str, Path]) -> Path:
-    """Write edge scores to ``path`` (a file, or a folder to hold ``scores.tsv``) atomically, largest ``|score|`` first."""
+def write_scores(scores: Mapping[str, Optional[float]], path: Union[str, Path]) -> Path:
+    """Write edge scores to ``path`` (a file, or a folder to hold ``scores.tsv``) atomically, largest ``|score|``
+    first; a None score (an unscored edge) is written empty, after the scored ones."""
     file = Path(path)
     if file.is_dir():
         file = file / SCORES_FILE
-    rows = sorted(((_canonical(k), float(v)) for k, v in scores.items()), key=lambda r: (-_magnitude(r[1]), r[0]))
-    text = "\n".join([HEADER] + [f"{name}\t{value!r}" for name, value in rows]) + "\n"
+    rows = sorted(((_canonical(k), float(v)) for k, v in scores.items() if v is not None),
+                  key=lambda r: (-_magnitude(r[1]), r[0]))
+    lines = [f"{name}\t{value!r}" for name, value in rows]
+    lines += [f"{name}\t" for name in sorted(_canonical(k) for k, v in scores.items() if v is None)]
+    text = "\n".join([HEADER] + lines) + "\n"
     return write_atomic(file, text)
 
 

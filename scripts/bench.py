@@ -71,7 +71,7 @@ MAIN_NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_
               "faithfulness", "eap_peer_style")
 EXTRA_NAMES = ("forward_backward_inputs", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive", "load",
                "load_checked", "load_checked_first", "eap_positional", "masked_forward_backward",
-               "edge_pruning_step", "edge_pruning_n100", "edge_pruning_n400")
+               "edge_pruning_step", "edge_pruning_n100", "edge_pruning_n400", "gim", "relp", "edge_patching")
 MASK_BATCH, MASK_STEPS = 25, 16  # edge-pruning's memory rows: 16 steps of 25 prompts at n = 100 and n = 400
 
 # GPT2Config() defaults: 12 layers, 12 heads, width 768, 1024 positions, vocabulary 50257
@@ -82,6 +82,7 @@ QUICK = {"model": {"n_layer": 2, "n_head": 4, "n_embd": 64, "n_positions": 64}, 
 IG_STEPS = 5
 ACDC_PROMPTS = 20
 ACDC_TESTS = {"full": 160, "quick": 40}  # the fixed edge-test budget of both ACDC rows
+EDGE_PATCHING_EDGES = {"full": 100, "quick": 60}  # edge_patching: a random sample of this many edges
 ACDC_TAU = 0.0  # every edge kept: on random weights a real tau removes nearly everything at once and skips the rest
 CIRCUIT_FRACTION = 0.01
 PEER_TOLERANCE = 1e-4  # max |ours - peer| relative to max |score|
@@ -92,6 +93,8 @@ TARGETS = (
     ("EAP time <= 2.5x forward_backward", "eap_time_ratio", 2.5),
     ("EAP-IG(5) time <= 7x forward_backward", "eap_ig_time_ratio", 7.0),
     ("EAP peak memory <= 1.5x forward_backward's peak", "eap_memory_ratio", 1.5),
+    ("GIM time <= 1.3x forward_backward", "gim_time_ratio", 1.3),
+    ("RelP time <= 1.3x forward_backward", "relp_time_ratio", 1.3),
     ("EAP faster than eap_peer_style (EAP / peer-style < 1)", "eap_vs_peer_ratio", 1.0),
     ("ACDC >= 10x faster per edge test than naive ACDC (ours / naive <= 0.1)", "acdc_vs_naive_ratio", 0.1),
     ("Loading with the engine's checks <= 1.1x loading without (the logit check remembered)", "load_check_ratio", 1.1),
@@ -374,6 +377,8 @@ def main(argv=None) -> int:
         spec("eap", "method", method="eap"),
         spec("eap_positional", "method", method="eap", positions="sum"),
         spec("eap_ig", "method", method="eap-ig", options={"ig_steps": IG_STEPS}),
+        spec("gim", "method", method="gim"),
+        spec("relp", "method", method="relp"),
         spec("eap_peer_style", "peer", prompts=peer_n),
         spec("faithfulness", "faithfulness", fraction=CIRCUIT_FRACTION),
         spec("forward_backward_inputs", "bridge_fb_inputs"),
@@ -390,6 +395,8 @@ def main(argv=None) -> int:
         spec("load_checked_first", "load_checked", repeats=1, fresh_cache=True),
         spec("activation_patching", "method", method="activation-patching", repeats=1),
         spec("path_patching", "method", method="path-patching", repeats=1, budget_s=pp_budget),
+        spec("edge_patching", "method", method="edge-patching", repeats=1,
+             options={"sample": EDGE_PATCHING_EDGES["quick" if args.quick else "full"], "sample_top": 0.0}),
         spec("acdc", "acdc", prompts=acdc_n, repeats=1, options={"max_tests": acdc_tests, "tau": ACDC_TAU}),
         spec("acdc_naive", "acdc_naive", prompts=acdc_n, repeats=1, options={"max_tests": acdc_tests, "tau": ACDC_TAU}),
     ]
@@ -414,7 +421,8 @@ def main(argv=None) -> int:
               f"{extra}   [{time.perf_counter() - t0:.0f} s with loading]", flush=True)
         return res
 
-    once = {"activation_patching", "path_patching", "acdc", "acdc_naive", "edge_pruning_n100", "edge_pruning_n400"}
+    once = {"activation_patching", "path_patching", "acdc", "acdc_naive", "edge_pruning_n100", "edge_pruning_n400",
+            "edge_patching"}
     runs: Dict[str, List[Dict[str, Any]]] = {s["name"]: [] for s in plan}
     for rnd in range(args.rounds):
         for s in plan:
@@ -505,6 +513,21 @@ def main(argv=None) -> int:
         print(f"Positional EAP / EAP: {values['eap_positional_ratio'][0]:.2f}x time (CPU {values['eap_positional_ratio'][1]:.2f}x), "
               f"{pos['peak_memory_bytes'] / eap['peak_memory_bytes']:.2f}x peak memory "
               f"({mib(pos['peak_memory_bytes'])} MiB against {mib(eap['peak_memory_bytes'])} MiB)")
+    for name in ("gim", "relp"):
+        if name in results:
+            r = results[name]
+            values[f"{name}_time_ratio"] = (r["seconds"] / fb["seconds"], r["cpu_seconds"] / fb["cpu_seconds"])
+            if "eap" in results:
+                print(f"{name} / eap time: {r['seconds'] / results['eap']['seconds']:.2f}x "
+                      f"(CPU {r['cpu_seconds'] / results['eap']['cpu_seconds']:.2f}x)")
+    forward = results.get("engine_forward") or results.get("forward")
+    if "edge_patching" in results and forward is not None:
+        ep = results["edge_patching"]
+        per_edge = ep["seconds"] / ep["info"]["edges_scored"]
+        ep["info"]["seconds_per_edge_over_forward"] = per_edge / forward["seconds"]
+        print(f"edge_patching: {ep['info']['edges_scored']} random edges, {per_edge:.3f} s per edge = "
+              f"{per_edge / forward['seconds']:.3f} of a forward ({'engine_forward' if 'engine_forward' in results else 'forward'}; "
+              f"CPU {ep['cpu_seconds'] / ep['info']['edges_scored'] / forward['cpu_seconds']:.3f})")
     if "eap_ig" in results:
         ig = results["eap_ig"]
         values["eap_ig_time_ratio"] = (ig["seconds"] / fb["seconds"], ig["cpu_seconds"] / fb["cpu_seconds"])

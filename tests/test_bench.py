@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("forward", "forward_backward", "activation_patching", "eap", "eap_ig", "path_patching",
          "faithfulness", "eap_peer_style", "engine_forward", "engine_forward_backward", "acdc", "acdc_naive", "load",
-         "load_checked", "load_checked_first")
+         "load_checked", "load_checked_first", "gim", "relp", "edge_patching")
 
 
 @pytest.fixture(scope="module")

@@ -455,3 +455,12 @@ def test_graphs_never_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_unscored_edges_are_written_empty_and_left_out_when_read(tmp_path):
+    from circuits.graphs.compare import load_scores, write_scores
+
+    path = write_scores({"input->logits": 0.5, "a0.h1->logits": None, "m0->logits": -2.0}, tmp_path / "scores.tsv")
+    lines = path.read_text().splitlines()
+    assert lines[1:] == ["m0->logits\t-2.0", "input->logits\t0.5", "a0.h1->logits\t"]
+    assert load_scores(path) == {"m0->logits": -2.0, "input->logits": 0.5}

@@ -142,3 +142,23 @@ def test_every_built_in_plugin_loads():
         methods, tasks = discover(METHODS), discover(TASKS)
     assert {"eap", "eap-ig", "activation-patching", "path-patching", "acdc", "edge-pruning", "ugs"} <= set(methods)
     assert {"greater-than", "ioi", "arithmetic", "mcqa", "arc", "facts"} <= set(tasks)
+
+
+def test_tensor_shapes_in_the_types_are_checked():
+    """The engine's and the methods' public functions carry jaxtyping shapes; beartype checks them here."""
+    import pytest
+    import torch
+
+    jaxtyping = pytest.importorskip("jaxtyping", reason="jaxtyping is a dependency (make install)")
+    beartype = pytest.importorskip("beartype", reason="beartype comes with the dev extra (make install)")
+    from circuits.engine.engine import GraphEngine
+    from circuits.models.synthetic import random_llama_weights
+
+    engine = GraphEngine(random_llama_weights(1, 16, 2, 2, 32, 50))
+    embed = jaxtyping.jaxtyped(typechecker=beartype.beartype)(GraphEngine.embed)
+    tokens = torch.randint(0, 50, (2, 5))
+    assert embed(engine, tokens).shape == (2, 5, 16)
+    with pytest.raises(Exception, match="(?i)type|shape|dimension"):
+        embed(engine, tokens[0])  # one prompt without its batch axis
+    run = jaxtyping.jaxtyped(typechecker=beartype.beartype)(GraphEngine.run)
+    assert run(engine, tokens, torch.tensor([4, 4])).logits.shape == (2, 50)

@@ -9,7 +9,7 @@ from circuits.models import load_model
 from circuits.models.planted import ground_truth
 from circuits.registry import get_method, get_task
 
-BARS = {"eap": 0.95, "eap-ig": 0.99, "path-patching": 0.99}
+BARS = {"eap": 0.95, "eap-ig": 0.99, "path-patching": 0.99, "gim": 1.0, "relp": 1.0}
 
 
 @pytest.fixture(scope="module", params=["planted", pytest.param("planted-deep", marks=pytest.mark.slow)])

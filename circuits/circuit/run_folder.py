@@ -94,6 +94,10 @@ def build_manifest(result, run: Mapping[str, Any], timings: Optional[Mapping[str
         "timings": {**dict(timings or {}), **dict(result.timings)},
         "versions": package_versions(),
     }
+    scored = getattr(result.scores, "scored", None)
+    if scored is not None:  # a sampled method: the edges it did not score are unscored, not 0
+        n_scored = int(scored.sum())
+        manifest["edges_scored"], manifest["edges_unscored"] = n_scored, int(result.edges_total) - n_scored
     info = result.scores.info
     if "complete" in info:  # a search that can stop early (ACDC's --max-tests)
         manifest["complete"] = bool(info["complete"])
@@ -135,6 +139,14 @@ def _neuron_lists(selection) -> Dict[str, list]:
     from circuits.circuit.neurons import neuron_lists
 
     return neuron_lists(getattr(selection, "neurons", None))
+
+
+def _with_unscored(scores) -> Dict[str, Optional[float]]:
+    """Every valid edge's score, None for the edges ``scores.scored`` leaves out (written as unscored)."""
+    if getattr(scores, "scored", None) is None:
+        return scores.edge_dict()
+    g, mask = scores.graph, scores.scored
+    return {g.edge_name(s, r): (float(scores.edge_scores[s, r]) if bool(mask[s, r]) else None) for s, r in g.edges()}
 
 
 def circuit_graph(result, metadata: Mapping[str, Any]):
@@ -182,8 +194,9 @@ def write_run(folder: Union[str, Path], result, run: Mapping[str, Any], *,
         metadata["d_model"] = run["d_model"]
     G = circuit_graph(result, metadata)
 
-    all_scores = result.scores.edge_dict()
-    written = [write_scores(all_scores, folder / SCORES_FILE)]
+    values = _with_unscored(result.scores)
+    written = [write_scores(values, folder / SCORES_FILE)]
+    all_scores = {k: v for k, v in values.items() if v is not None}
     written.append(write_json(G, folder / CIRCUIT_FILE))
     written.append(write_atomic(folder / "circuit.dot", to_dot(G)))
     written.append(write_atomic(folder / "circuit.svg", to_svg(G)))

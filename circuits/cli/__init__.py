@@ -25,7 +25,8 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
 def _register() -> None:
     """Import the command modules; each adds its commands to ``app``."""
     from circuits.cli import (  # noqa: F401
-        commands_analyze, commands_benchmark, commands_core, commands_discover, commands_graphs, commands_reference,
+        commands_agreement, commands_analyze, commands_benchmark, commands_core, commands_discover, commands_graphs,
+        commands_reference,
     )
     from circuits.cli import commands_serve  # noqa: F401
 

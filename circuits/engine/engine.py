@@ -22,11 +22,13 @@ from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuits.engine.graph import ComputationalGraph
 from circuits.errors import CircuitsError
 from circuits.models.weights import ModelWeights
+from circuits.engine.rules import BackwardRules, identity_rule, scale_grad, softmax
 
 ResidEdit = Callable[[int, Tensor], Tensor]  # (layer, resid_mid [b,p,d]) -> resid_mid
 PostEdit = Callable[[int, Tensor], Tensor]  # (layer, mlp hidden [b,p,m]) -> hidden
@@ -108,6 +110,11 @@ class Trace:
     lnf: Optional[tuple] = None
     post_attn: List[tuple] = field(default_factory=list)  # per layer (xhat, scale) of the post-attention norm
     qk_full: List[tuple] = field(default_factory=list)  # per layer q [b, p, H, e], k [b, p, K, e] before a whole-projection norm
+    rules: Optional[BackwardRules] = None  # the propagation rules the backward pass follows (None: plain gradients)
+
+    @property
+    def frozen_norm(self) -> bool:
+        return self.rules is not None and self.rules.freeze_norm
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,8 @@ class RunOptions:
         edit_mid, edit_hidden: interventions on a layer's residual stream between its attention and
             its MLP (``resid_mid``), or on its MLP hidden activations.
         capture_hidden: layers whose MLP hidden activations are returned (grad retained when tracing).
+        rules: with ``trace``, propagation rules for the backward pass (:class:`circuits.engine.rules.BackwardRules`:
+            GIM's, RelP's); the forward values are unchanged.
     """
 
     patch: Optional[Patch] = None
@@ -148,6 +157,7 @@ class RunOptions:
     edit_mid: Optional[ResidEdit] = None
     edit_hidden: Optional[PostEdit] = None
     capture_hidden: tuple = ()
+    rules: Optional[BackwardRules] = None
 
 
 @dataclass
@@ -221,7 +231,8 @@ class _Pass:
                                     "use eap-ig or activation-patching there")
             self.live = []
         self.records = self.outs is not None or self.diff is not None
-        self.trace = Trace() if options.trace else None
+        self.trace = Trace(rules=options.rules) if options.trace else None
+        self.rules = options.rules or BackwardRules()
         self.resid_pre: Optional[List[Tensor]] = [] if options.keep_resid else None
         self.hiddens: dict = {}
 
@@ -260,7 +271,7 @@ class _Pass:
         if scales is not None:
             q, k = self.engine._qk_norm(layer, q, k, *scales)
         if self.cache is None:
-            return self.engine._attend(q, k, v, layer)
+            return self.engine._attend(q, k, v, layer, temperature=self.rules.softmax_temperature)
         return self.cache.attend(self.engine, layer, q, k, v)
 
     def inputs(self, resid: Tensor, n_senders: int, cols: slice, defer_column: bool = False):
@@ -352,7 +363,7 @@ class GraphEngine:
         return self.w.W_Q.device
 
     # ------------------------------------------------------------------ pieces
-    def embed(self, tokens: Tensor, start: int = 0) -> Tensor:
+    def embed(self, tokens: Int[Tensor, "batch pos"], start: int = 0) -> Float[Tensor, "batch pos d_model"]:
         """The ``input`` node's output [b, p, d]: token (+ learned position) embeddings, the tokens being
         at positions ``start ..``."""
         x = self.w.W_E[tokens]
@@ -365,9 +376,10 @@ class GraphEngine:
             x = x + self.w.W_pos[start:start + tokens.shape[1]][None]
         return x
 
-    def _norm(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]):
+    def _norm(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], frozen: bool = False):
         """``(y, xhat, scale)`` of LayerNorm / RMSNorm; half-precision inputs are normalized in float32
-        (as Hugging Face's models do) and the results given back in their precision."""
+        (as Hugging Face's models do) and the results given back in their precision.  ``frozen``: the
+        scale is a constant for gradients (the rules' ``freeze_norm``)."""
         if weight is None:  # no norm here (OLMo 2 has none before attention and the MLP); a copy, so that a
             return x.clone(), None, None  # gradient retained on it is this input's alone
         dtype = x.dtype
@@ -376,14 +388,16 @@ class GraphEngine:
         if self.w.norm == "LN":
             x = x - x.mean(-1, keepdim=True)
         scale = (x.pow(2).mean(-1, keepdim=True) + self.w.eps).sqrt()
+        if frozen:
+            scale = scale.detach()
         xhat = x / scale
         y = xhat.to(dtype) * weight
         return (y + bias if bias is not None else y), xhat.to(dtype), scale.to(dtype)
 
-    def norm_vjp(self, grad_y: Tensor, xhat: Tensor, scale: Tensor, weight: Tensor) -> Tensor:
+    def norm_vjp(self, grad_y: Tensor, xhat: Tensor, scale: Tensor, weight: Tensor, frozen: bool = False) -> Tensor:
         """Gradient w.r.t. a norm's input from the gradient w.r.t. its output (the norm's Jacobian, transposed)."""
         g = grad_y * (weight / scale)
-        self._finish_vjp(g.view(1, -1, 1, g.shape[-1]), xhat.reshape(-1, 1, xhat.shape[-1]))
+        self._finish_vjp(g.view(1, -1, 1, g.shape[-1]), xhat.reshape(-1, 1, xhat.shape[-1]), frozen)
         return g
 
     def _rotate(self, x: Tensor, start: int = 0, layer: int = 0) -> Tensor:
@@ -402,8 +416,13 @@ class GraphEngine:
         half = torch.cat([-rot[..., dim // 2:], rot[..., : dim // 2]], -1)
         return torch.cat([rot * cos + half * sin, rest], -1)
 
-    def _act(self, x: Tensor) -> Tensor:
+    def _act(self, x: Tensor, identity: bool = False) -> Tensor:
+        """The activation function; ``identity``: its backward is LRP's identity rule (``act(x) / x``)."""
         name = self.w.act_fn
+        if identity:
+            with torch.no_grad():
+                y = self._act(x)
+            return identity_rule(x, y, 0.0 if name == "relu" else 0.5)  # act'(0) for GELU and SiLU
         if name == "gelu_new":
             return F.gelu(x, approximate="tanh")
         if name == "gelu":
@@ -412,13 +431,13 @@ class GraphEngine:
             return F.relu(x)
         return F.silu(x)
 
-    def mlp_hidden(self, layer: int, x: Tensor) -> Tensor:
-        """The MLP's hidden activations (neurons) [b, p, m] from its normalized input."""
-        w = self.w
+    def mlp_hidden(self, layer: int, x: Tensor, rules: Optional[BackwardRules] = None) -> Tensor:
+        """The MLP's hidden activations (neurons) [b, p, m] from its normalized input (``rules``: for a traced backward)."""
+        w, r = self.w, rules or BackwardRules()
         pre = x @ w.W_in[layer] + w.b_in[layer]
         if w.W_gate is not None:
-            return self._act(x @ w.W_gate[layer]) * pre
-        return self._act(pre)
+            return scale_grad(self._act(x @ w.W_gate[layer], r.act_identity), r.gate_scale) * scale_grad(pre, r.up_scale)
+        return self._act(pre, r.act_identity)
 
     def _qk_norm(self, layer: int, q: Tensor, k: Tensor, q_scale: Optional[Tensor] = None,
                  k_scale: Optional[Tensor] = None):
@@ -456,26 +475,27 @@ class GraphEngine:
             mask &= ~torch.ones_like(mask).tril(start - window)
         return mask
 
-    def _probs(self, layer: int, q: Tensor, k: Tensor, start: int = 0) -> Tensor:
-        """Attention probabilities [b, H, n, start + n] from rotated q [b, n, H, e] and k [b, start + n, H, e]."""
+    def _probs(self, layer: int, q: Tensor, k: Tensor, start: int = 0, temperature: float = 1.0) -> Tensor:
+        """Attention probabilities [b, H, n, start + n] from rotated q [b, n, H, e] and k [b, start + n, H, e]
+        (``temperature``: the softmax's backward is taken at that temperature, :func:`circuits.engine.rules.softmax`)."""
         w = self.w
         scale = w.attn_scale if w.attn_scale is not None else 1.0 / math.sqrt(w.d_head)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * scale
         if w.attn_softcap is not None:
             scores = torch.tanh(scores / w.attn_softcap) * w.attn_softcap
         mask = self._mask(layer, q.shape[1], start, q.device)
-        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        return softmax(scores.masked_fill(~mask, float("-inf")), temperature)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, layer: int = 0) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, layer: int = 0, temperature: float = 1.0) -> Tensor:
         """Layer ``layer``'s attention of positions ``0 ..`` on q, k, v [b, p, H, e] (after any q/k norm; k, v per
         query head): rotary, causal (windowed) softmax -> z [b, p, H, e]."""
-        return self._attention(layer, self._rotate(q, 0, layer), self._rotate(k, 0, layer), v)
+        return self._attention(layer, self._rotate(q, 0, layer), self._rotate(k, 0, layer), v, temperature=temperature)
 
-    def _attention(self, layer: int, q: Tensor, k: Tensor, v: Tensor, start: int = 0) -> Tensor:
+    def _attention(self, layer: int, q: Tensor, k: Tensor, v: Tensor, start: int = 0, temperature: float = 1.0) -> Tensor:
         """Attention of rotated q [b, n, H, e] over k, v [b, start + n, H, e] (per query head) -> z [b, n, H, e]."""
         w = self.w
-        if w.attn_softcap is not None:
-            return torch.einsum("bhqk,bkhe->bqhe", self._probs(layer, q, k, start), v)
+        if w.attn_softcap is not None or temperature != 1.0:
+            return torch.einsum("bhqk,bkhe->bqhe", self._probs(layer, q, k, start, temperature), v)
         windowed = w.windows is not None and w.windows[layer] is not None
         mask = self._mask(layer, q.shape[1], start, q.device) if (start or windowed) else None
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
@@ -497,7 +517,7 @@ class GraphEngine:
         ``answer_pos`` [b], [b, k, V] for ``answer_pos`` [b, k]."""
         w = self.w
         last = resid[_rows(answer_pos, resid.device), answer_pos.to(resid.device)]
-        y, xhat, scale = self._norm(last, w.lnf_w, w.lnf_b)
+        y, xhat, scale = self._norm(last, w.lnf_w, w.lnf_b, frozen=trace is not None and trace.frozen_norm)
         if trace is not None:
             y.retain_grad()
             trace.final_in, trace.lnf = y, (xhat.detach(), scale.detach())
@@ -607,7 +627,8 @@ class GraphEngine:
         qkv[kind][:, :, h] = x @ W[layer][src] + bias[layer][src]
 
     # ------------------------------------------------------------------ forward
-    def run(self, tokens: Tensor, answer_pos: Tensor, options: Optional["RunOptions"] = None, **overrides) -> RunResult:
+    def run(self, tokens: Int[Tensor, "batch pos"], answer_pos: Int[Tensor, "batch *answers"],
+            options: Optional["RunOptions"] = None, **overrides) -> RunResult:
         """One forward pass.
 
         Args:
@@ -617,6 +638,8 @@ class GraphEngine:
                 and override ``options``'s.
         """
         o = replace(options, **overrides) if options is not None else RunOptions(**overrides)
+        if o.rules is not None and not o.trace:
+            raise ValueError("run(rules=...) changes the traced backward pass: it needs trace=True")
         if o.trace and o.patch is not None:
             # Patched layers compute q/k/v per head and keep no trace, so receiver_grads would read the
             # wrong layers: refuse rather than return wrong gradients.
@@ -677,7 +700,7 @@ class GraphEngine:
                 scales = tuple(self._rms((torch.einsum("hbpd,gde->hbpge", xs, W[layer]) + bias[layer]).flatten(-2))
                                .permute(1, 2, 0, 3) for xs, W, bias in ((x[:H], w.W_Q, w.b_Q), (x[H:2 * H], w.W_K, w.b_K)))
         else:
-            x, xhat, scale = self._norm(x_in, ln1_w, ln1_b)
+            x, xhat, scale = self._norm(x_in, ln1_w, ln1_b, frozen=run.trace is not None and run.trace.frozen_norm)
             q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
             k = (torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer])[:, :, kv]
             v = (torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer])[:, :, kv]
@@ -692,6 +715,8 @@ class GraphEngine:
                     t.retain_grad()
                 run.trace.q.append(q), run.trace.k.append(k), run.trace.v.append(v)
                 run.trace.ln1.append(_detached(xhat, scale))
+                r = run.rules  # the gradients of q, k, v are scaled after the trace reads them
+                q, k, v = scale_grad(q, r.q_scale), scale_grad(k, r.k_scale), scale_grad(v, r.v_scale)
         z = run.attend(layer, q, k, v, scales)
         if run.records:
             head_out = torch.einsum("bphe,hed->hbpd", z, w.W_O[layer])
@@ -714,12 +739,13 @@ class GraphEngine:
         w, g, o = self.w, self.graph, run.options
         mlp_r = g.mlp_receiver(layer)
         x_in = run.inputs(resid, g.senders_before_mlp(layer), slice(mlp_r, mlp_r + 1))[0]
-        x, xhat, scale = self._norm(x_in, None if w.ln2_w is None else w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer])
+        x, xhat, scale = self._norm(x_in, None if w.ln2_w is None else w.ln2_w[layer], None if w.ln2_b is None else w.ln2_b[layer],
+                                    frozen=run.trace is not None and run.trace.frozen_norm)
         if run.trace is not None:
             x.retain_grad()
             run.trace.mlp_in.append(x)
             run.trace.ln2.append(_detached(xhat, scale))
-        hidden = self.mlp_hidden(layer, x)
+        hidden = self.mlp_hidden(layer, x, o.rules)
         if o.edit_hidden is not None:
             hidden = o.edit_hidden(layer, hidden)
         if layer in o.capture_hidden:
@@ -759,13 +785,13 @@ class GraphEngine:
             if stats is not None and j < 2:  # each head's share of its norm's statistics
                 out[j * H:(j + 1) * H] += stats[j] * (w.ln1_w[layer] / scale if normed else 1.0)
         if normed:
-            self._finish_vjp(out[:3 * H], xhat)
+            self._finish_vjp(out[:3 * H], xhat, trace.frozen_norm)
         xhat2, scale2 = trace.ln2[i]
         if xhat2 is None:
             out[3 * H] = trace.mlp_in[i].grad
         else:
             torch.mul(trace.mlp_in[i].grad, w.ln2_w[layer] / scale2, out=out[3 * H])
-            self._finish_vjp(out[3 * H:], xhat2)
+            self._finish_vjp(out[3 * H:], xhat2, trace.frozen_norm)
         return out
 
     def _full_norm_grads(self, trace: Trace, layer: int, grads: list) -> tuple:
@@ -871,9 +897,14 @@ class GraphEngine:
             return x[0], False, None
         return x[inverse], True, None
 
-    def _finish_vjp(self, g: Tensor, xhat: Tensor) -> None:
+    def _finish_vjp(self, g: Tensor, xhat: Tensor, frozen: bool = False) -> None:
         """In place: ``g <- g - mean(g) - xhat * mean(g * xhat)`` (RMS: no mean term), for g [r, b, p, d]
-        already multiplied by the norm's weight and 1/scale; completes ``norm_vjp`` for r receivers at once."""
+        already multiplied by the norm's weight and 1/scale; completes ``norm_vjp`` for r receivers at once.
+        ``frozen`` (a constant scale): ``g <- g - mean(g)`` (RMS: nothing left to do)."""
+        if frozen:
+            if self.w.norm == "LN":
+                g.sub_(g.mean(-1, keepdim=True))
+            return
         proj = torch.einsum("rbpd,bpd->rbp", g, xhat).div_(g.shape[-1])
         if self.w.norm == "LN":
             g.sub_(g.mean(-1, keepdim=True))
@@ -886,7 +917,7 @@ class GraphEngine:
         """d metric / d (final residual stream) [b, p, d]: non-zero at the answer positions only
         (``answer_pos`` [b] or [b, k]; a position named twice gets both gradients)."""
         xhat, scale = trace.lnf
-        g = self.norm_vjp(trace.final_in.grad, xhat, scale, self.w.lnf_w)
+        g = self.norm_vjp(trace.final_in.grad, xhat, scale, self.w.lnf_w, trace.frozen_norm)
         full = torch.zeros(shape, dtype=g.dtype, device=g.device)
         pos = answer_pos.to(g.device)
         full.index_put_((_rows(pos, g.device).expand_as(pos), pos), g, accumulate=True)

@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from circuits import names
 from circuits.errors import CircuitsError
 
 
-def add_edge_scores(engine, out: Tensor, delta: Tensor, trace, answer_pos: Tensor, scale: float = 1.0) -> None:
+def add_edge_scores(engine, out: Float[Tensor, "senders receivers"], delta: Float[Tensor, "senders batch pos d_model"],
+                    trace, answer_pos: Tensor, scale: float = 1.0) -> None:
     """After ``backward`` on a traced run: ``out`` [S, R] += scale * delta . d metric / d input_r.
 
     ``delta`` [S, b, p, d] holds reference - clean outputs.  Each layer's receiver gradients are
@@ -44,7 +46,8 @@ def add_edge_scores(engine, out: Tensor, delta: Tensor, trace, answer_pos: Tenso
     out[:, g.logits_receiver].add_((flat @ logits.reshape(-1)).to(out.dtype), alpha=scale)
 
 
-def add_positional_scores(engine, out: Tensor, delta: Tensor, trace, answer_pos: Tensor, spans, *,
+def add_positional_scores(engine, out: Float[Tensor, "senders receivers spans"],
+                          delta: Float[Tensor, "senders batch pos d_model"], trace, answer_pos: Tensor, spans, *,
                           aggregate: str = "sum", scale: float = 1.0) -> None:
     """``add_edge_scores`` per span: ``out`` [S, R, K] += scale * the per-position products
     ``delta[s, b, p] . d metric / d input_r[b, p]`` aggregated over each span's positions (``spans``: the

@@ -19,12 +19,13 @@ from circuits.data.spans import span_table
 
 
 def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps: int, progress: Progress, method: str,
-                      aggregate: Optional[str] = None) -> Scores:
+                      aggregate: Optional[str] = None, rules=None) -> Scores:
     """Edge (and neuron) attributions with gradients averaged over ``steps`` points on the line from
     the reference input embedding to the clean one (``steps=1``: the clean point only, i.e. EAP).
 
     ``aggregate`` (``sum``, ``mean``, ``max``): positional scores [S, R, K], per span of the dataset's
-    schema (:mod:`circuits.data.spans`; its names in ``info["spans"]``), instead of [S, R]."""
+    schema (:mod:`circuits.data.spans`; its names in ``info["spans"]``), instead of [S, R].
+    ``rules`` (:class:`circuits.engine.rules.BackwardRules`): the backward pass's propagation rules (GIM, RelP)."""
     g = engine.graph
     layers = parse_neuron_layers(options.neurons, engine.w.n_layers)
     spans = None if aggregate is None else span_table(dataset)
@@ -44,7 +45,7 @@ def integrated_scores(engine, dataset, metric, options: MethodOptions, *, steps:
             alpha = step / steps
             resid0 = emb_clean if step == steps else emb_ref + alpha * (emb_clean - emb_ref)
             run = engine.run(tokens, part.answer_pos, trace=True, collect=step == steps,
-                             resid0=resid0.detach().requires_grad_(True), capture_hidden=layers)
+                             resid0=resid0.detach().requires_grad_(True), capture_hidden=layers, rules=rules)
             if step == steps:  # the delta is known before any gradient: score each layer as it comes
                 delta = ref.outputs.sub_(run.outputs)  # reference - clean, in place
                 clean_hidden = {k: v.detach() for k, v in (run.hidden or {}).items()}
