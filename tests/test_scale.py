@@ -157,7 +157,8 @@ def test_evaluate_circuit_takes_an_automatic_batch(tmp_path, tiny_gpt2_dir):
 
 
 def test_peak_meter_sees_an_allocation():
-    from circuits.engine.memory import PeakMeter, release_free_memory
+    from circuits.data.batching import release_free_memory
+    from circuits.engine.memory import PeakMeter
 
     release_free_memory()
     meter = PeakMeter.try_start("cpu")
