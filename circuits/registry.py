@@ -25,7 +25,7 @@ def _instantiate(obj: Any) -> Any:
     return obj() if isinstance(obj, type) else obj
 
 
-def discover(group: str) -> Dict[str, Any]:
+def plugins(group: str) -> Dict[str, Any]:
     """Load every plugin of ``group``: name -> instance.  Broken plugins warn and are skipped."""
     found: Dict[str, Any] = {}
     for ep in sorted(entry_points(group=group), key=lambda e: e.name):
@@ -37,11 +37,11 @@ def discover(group: str) -> Dict[str, Any]:
 
 
 def get(group: str, name: str, kind: str) -> Any:
-    plugins = discover(group)
-    if name not in plugins:
-        known = ", ".join(sorted(plugins)) or "none"
+    found = plugins(group)
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none"
         raise CircuitsError(f"unknown {kind} {name!r}; known {kind}s: {known}")
-    return plugins[name]
+    return found[name]
 
 
 def get_task(name: str) -> Any:
@@ -69,3 +69,6 @@ def load_task_file(path: Path) -> Any:
     if len(candidates) != 1:
         raise CircuitsError(f"task file {path} must define TASK (a task object or class) with build() and metric()")
     return _instantiate(candidates[0])
+
+
+discover = plugins  # the old name, kept for one release (CHANGELOG: Deprecated)

@@ -135,11 +135,11 @@ def test_every_built_in_plugin_loads():
     """A built-in method or task that fails to import is only a warning at run time: here it is a failure."""
     import warnings
 
-    from circuits.registry import METHODS, TASKS, PluginWarning, discover
+    from circuits.registry import METHODS, TASKS, PluginWarning, plugins
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", PluginWarning)
-        methods, tasks = discover(METHODS), discover(TASKS)
+        methods, tasks = plugins(METHODS), plugins(TASKS)
     assert {"eap", "eap-ig", "activation-patching", "path-patching", "acdc", "edge-pruning", "ugs"} <= set(methods)
     assert {"greater-than", "ioi", "arithmetic", "mcqa", "arc", "facts"} <= set(tasks)
 

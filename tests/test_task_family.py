@@ -10,7 +10,7 @@ import torch
 from circuits.errors import CircuitsError
 from circuits.data.evaluation import model_forward
 from circuits.models import load_model
-from circuits.registry import TASKS, discover
+from circuits.registry import TASKS, plugins
 from circuits.data.task import answer_logits
 from circuits.tasks.greater_than import GreaterThan, Vocabulary, cutoff_sharpness, load_nouns, probability_difference
 from circuits.tasks.greater_than_family import FAMILY, ITEMS_FILE
@@ -37,7 +37,7 @@ def _noun(task) -> str:
 
 
 def test_every_template_is_a_registered_task():
-    tasks = discover(TASKS)
+    tasks = plugins(TASKS)
     for task in TASKS_:
         assert type(tasks[task.name]) is type(task)
         assert task.template.direction == ("less" if task.name.startswith("less-than") else "greater")

@@ -48,7 +48,7 @@ def make_plugin_dir(root: Path) -> Path:
 def test_builtin_greater_than_uses_the_entry_point():
     eps = {ep.name: ep.value for ep in entry_points(group=registry.TASKS)}
     assert eps.get("greater-than") == "circuits.tasks.greater_than:GreaterThan"
-    tasks = registry.discover(registry.TASKS)
+    tasks = registry.plugins(registry.TASKS)
     assert isinstance(tasks["greater-than"], GreaterThan)
     assert isinstance(registry.get_task("greater-than"), GreaterThan)
 
@@ -56,7 +56,7 @@ def test_builtin_greater_than_uses_the_entry_point():
 def test_broken_plugins_warn_by_name_and_the_rest_work(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(make_plugin_dir(tmp_path / "site")))
     with pytest.warns(PluginWarning) as caught:
-        tasks = registry.discover(registry.TASKS)
+        tasks = registry.plugins(registry.TASKS)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 3
     for name, why in [("missing-module", "circuits_test_no_such_module"), ("exploding", "boom at import"),

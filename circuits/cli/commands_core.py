@@ -32,18 +32,18 @@ app.add_typer(methods_app, name="methods")
 @tasks_app.command("list")
 def tasks_list() -> None:
     """List installed tasks (built-ins and plugins from the circuits.tasks entry point)."""
-    from circuits.registry import TASKS, discover
+    from circuits.registry import TASKS, plugins
 
-    for name, task in discover(TASKS).items():
+    for name, task in plugins(TASKS).items():
         typer.echo(f"{name}\t{getattr(task, 'description', '')}")
 
 
 @methods_app.command("list")
 def methods_list() -> None:
     """List installed scoring methods: name, granularity (edge or node) and cost, one line each."""
-    from circuits.registry import METHODS, discover
+    from circuits.registry import METHODS, plugins
 
-    for name, method in discover(METHODS).items():
+    for name, method in plugins(METHODS).items():
         typer.echo(f"{name}\t{getattr(method, 'granularity', 'edge')}\t{getattr(method, 'cost', '')}")
 
 

@@ -17,7 +17,7 @@ from typer.core import TyperCommand
 from typer.main import _get_params_name_from_function
 
 from circuits.methods.base import Option
-from circuits.registry import METHODS, discover as find_plugins
+from circuits.registry import METHODS, plugins as find_plugins
 
 META_KEY = "method_params"
 

@@ -32,11 +32,11 @@ def task_analyses() -> Dict[str, Any]:
     runs), for every installed task that names one (``task.analysis = "module:attribute"``).  A broken
     task plugin is reported by the commands that use it, not here; an analysis that cannot be imported
     warns (``PluginWarning``)."""
-    from circuits.registry import TASKS, PluginWarning, discover
+    from circuits.registry import TASKS, PluginWarning, plugins
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PluginWarning)
-        tasks = discover(TASKS)
+        tasks = plugins(TASKS)
     found = {}
     for name, task in tasks.items():
         target = getattr(task, "analysis", None)

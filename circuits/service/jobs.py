@@ -87,10 +87,10 @@ def kinds() -> Dict[str, Any]:
 
 
 def method_options() -> List[Dict[str, Any]]:
-    from circuits.registry import METHODS, discover
+    from circuits.registry import METHODS, plugins
 
     found: Dict[str, Dict[str, Any]] = {}
-    for name, method in discover(METHODS).items():
+    for name, method in plugins(METHODS).items():
         for opt in getattr(method, "options", ()) or ():
             entry = found.setdefault(opt.name, {**opt.describe(), "methods": []})
             entry["methods"].append(name)

@@ -24,18 +24,18 @@ def health(request: Request) -> Dict[str, Any]:
 
 @router.get("/api/tasks", summary="Installed tasks")
 def tasks() -> List[Dict[str, str]]:
-    from circuits.registry import TASKS, discover
+    from circuits.registry import TASKS, plugins
 
-    return [{"name": name, "description": str(getattr(task, "description", ""))} for name, task in discover(TASKS).items()]
+    return [{"name": name, "description": str(getattr(task, "description", ""))} for name, task in plugins(TASKS).items()]
 
 
 @router.get("/api/methods", summary="Installed scoring methods, with their own options")
 def methods() -> List[Dict[str, Any]]:
-    from circuits.registry import METHODS, discover
+    from circuits.registry import METHODS, plugins
 
     return [{"name": name, **{k: str(getattr(m, k)) for k in ("description", "granularity", "cost") if hasattr(m, k)},
              "options": [o.describe() for o in getattr(m, "options", ()) or ()]}
-            for name, m in discover(METHODS).items()]
+            for name, m in plugins(METHODS).items()]
 
 
 @router.get("/api/references", summary="Reference circuits shipped with the package")
