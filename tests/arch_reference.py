@@ -392,6 +392,7 @@ class ArchChecks:
         assert gap < TOL * scale, (gap, scale)
         assert torch.allclose(engine.run(data.clean, data.answer_pos).logits, ref, atol=TOL * scale, rtol=0)
 
+    @pytest.mark.slow
     def test_loading_reads_the_same_weights(self, case, circuits_cache):
         """``load_model`` (TransformerLens's bridge around the HF model) and ``from_model`` (config check, logit
         check) give the engine the same weights as the plain HF model."""
@@ -410,6 +411,7 @@ class ArchChecks:
             a, b = getattr(ours, f.name), getattr(plain, f.name)
             assert (torch.equal(a, b) if isinstance(b, torch.Tensor) else a == b), f.name
 
+    @pytest.mark.slow
     def test_activation_patching_matches_hooks(self, case):
         from circuits.registry import get_method
 
@@ -431,6 +433,7 @@ class ArchChecks:
         assert scale > 1e-8 and gap < TOL * scale, (gap, scale)
         assert float(expected[~engine.graph.valid_mask()].abs().max()) < TOL * scale  # no edge the graph lacks
 
+    @pytest.mark.slow
     def test_eap_ig_matches_integrated_hook_gradients(self, case):
         from circuits.registry import get_method
         from circuits.methods.base import MethodOptions
@@ -459,6 +462,7 @@ class ArchChecks:
             gap, scale = rel(ours, theirs)
             assert gap < TOL * scale, (fraction, gap, scale)
 
+    @pytest.mark.slow
     def test_cached_positions_match_a_full_run(self, case):
         """``extend`` (keys and values cached, then one position at a time) gives the full run's logits:
         windows, soft-caps and rotary offsets are counted from the cached positions."""

@@ -60,6 +60,7 @@ def _cli(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_a_plugin_method_gets_flags_and_runs_through_discover(plugin_site, tmp_path):
     res = _cli(plugin_site, "discover", "--help", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
