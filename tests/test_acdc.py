@@ -160,6 +160,7 @@ def test_default_settings_find_the_planted_circuit(tmp_path, spec):
     assert "acdc, tau 0.01" in stdout
 
 
+@pytest.mark.slow
 def test_a_stopped_run_says_so(tmp_path):
     import json
 

@@ -163,6 +163,7 @@ def test_engine_forward_agrees_with_the_bridge(gpt2, llama):
 
 
 # ---------------------------------------------------------------- MLPs and neurons against the methods
+@pytest.mark.slow
 def test_neuron_effects_are_activation_patching(gpt2):
     from circuits.methods.activation_patching import ActivationPatching
     from circuits.methods.base import MethodOptions
@@ -191,6 +192,7 @@ def test_neuron_effects_are_activation_patching(gpt2):
     assert est.shape == (d_mlp,) and torch.isfinite(est).all()
 
 
+@pytest.mark.slow
 def test_mlp_direct_effect_is_path_patching_and_last_mlp_has_no_indirect_effect(gpt2):
     from circuits.methods.activation_patching import ActivationPatching
     from circuits.methods.path_patching import PathPatching
@@ -256,6 +258,7 @@ def test_planted_heatmap_is_greater_than_and_pd_is_evaluate_pd(planted):
     assert a.effects[0].direct < -0.5 and abs(a.effects[0].indirect) < 1e-6
 
 
+@pytest.mark.slow
 def test_planted_circuit_without_the_year_paths_loses_the_task(planted, tmp_path):
     from circuits.graphs.build import build_graph, write_json
 
@@ -285,6 +288,7 @@ def test_cli_report_on_planted(planted_report):
     check_report(out)
 
 
+@pytest.mark.slow
 def test_cli_pd_equals_circuits_evaluate(planted_report):
     out, _ = planted_report
     summary = json.loads((out / "summary.json").read_text())

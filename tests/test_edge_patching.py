@@ -65,6 +65,7 @@ def test_a_sample_scores_the_top_and_random_edges_only(setup):
     assert not torch.equal(other.scored, scored)
 
 
+@pytest.mark.slow
 def test_the_planted_circuit_and_unscored_edges_in_the_run_folder(tmp_path):
     """On the planted model, the exact effects single out the planted edges, and a sampled run writes
     its unscored edges empty in scores.tsv and counts them in the manifest."""

@@ -307,6 +307,7 @@ def test_hanna_reference_file():
     assert "inferred" in G.graph["note"]
 
 
+@pytest.mark.slow
 def test_reference_files_are_up_to_date():
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "make_references.py"), "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

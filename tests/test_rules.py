@@ -96,6 +96,7 @@ def test_rules_need_a_trace(models):
         engine.run(data.clean, data.answer_pos, rules=BackwardRules(freeze_norm=True))
 
 
+@pytest.mark.slow
 def test_gim_flags_reach_the_rules_and_bad_ones_are_user_errors(tmp_path):
     import json
 
