@@ -34,6 +34,7 @@ bench: install
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict fails on any warning (a broken link, a missing page).
 docs: install
+	mkdir -p build/docs-src  # mkdocstrings only searches a path that exists when it starts; the hook fills it
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The tutorial notebook's planted part; CIRCUITS_NOTEBOOK_SMOLLM2=1 runs its SmolLM2 cells too (minutes).
