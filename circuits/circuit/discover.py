@@ -7,12 +7,12 @@ returns a :class:`DiscoveryResult`.  It neither prints nor writes files (see
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 
 from circuits.engine.ablation import REFERENCE_CACHE_BYTES
 from circuits.errors import CircuitsError
+from circuits.timing import Timer
 from circuits.circuit.faithfulness import FRACTIONS, CircuitEvaluator, Curve, Curves, Faithfulness, faithfulness_curves
 from circuits.methods.base import MethodOptions, Progress, Scores, no_progress, option_values
 from circuits.circuit.ranking import check_ranking, evaluation_mask
@@ -321,7 +321,7 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
     from circuits.circuit.stability import bootstrap_stability, check_bootstrap
 
     progress = progress or no_progress
-    timer = _Timer()
+    timer = Timer()
     bootstrap = check_bootstrap(bootstrap)
     options = _checked_options(method, options, selection)
     granularity = method_granularity(method, options.params)
@@ -354,19 +354,6 @@ def discover(engine, dataset, metric: Callable, method, options: MethodOptions =
         scores=scores, selection=chosen, faithfulness=faith, curves=found, options=options, timings=timer.timings,
         forward_passes=None if passes is None else int(passes), circuit_evaluations=evaluator.runs - runs_before,
         heldout=held, stability=stability)
-
-
-class _Timer:
-    """``timer(name, fn)`` runs ``fn`` and records its seconds under ``name``."""
-
-    def __init__(self) -> None:
-        self.timings: Dict[str, float] = {}
-
-    def __call__(self, name: str, fn):
-        t = time.perf_counter()
-        out = fn()
-        self.timings[name] = time.perf_counter() - t
-        return out
 
 
 def _checked_options(method, options: MethodOptions, selection: SelectionSpec) -> MethodOptions:

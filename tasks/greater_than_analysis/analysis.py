@@ -15,7 +15,6 @@ Nothing here prints; long steps report through ``progress(done, total, message)`
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -31,6 +30,7 @@ from circuits.analysis.forward import EngineForward
 from circuits.analysis.runs import collect_runs
 from circuits.atomic import write_atomic
 from circuits.errors import CircuitsError
+from circuits.timing import Timer
 from circuits.methods.base import Progress, no_progress
 
 __all__ = ["Analysis", "analyze", "write", "default_neuron_layers", "default_mlps", "REPORT_FILE", "SUMMARY_FILE",
@@ -112,7 +112,7 @@ def analyze(engine, dataset, task, *, model: str = "", seed: int = 0, circuit: O
     w = engine.w
     neuron_layers, top_k = _checked(w, neuron_layers, top_k)
     mlp_layers = list(default_mlps(w.n_layers, circuit) if mlp_layers is None else mlp_layers)
-    timer = _Timer()
+    timer = Timer()
     # 1-2: year probabilities, PD and CS
     full_forward = forward or EngineForward(engine, dataset, progress=_stage(progress, "full model"))
     full = timer("year_probabilities_model", lambda: _year_result(
@@ -155,19 +155,6 @@ def analyze(engine, dataset, task, *, model: str = "", seed: int = 0, circuit: O
                     timings=timer.timings)
 
 
-class _Timer:
-    """``timer(name, fn)`` runs ``fn`` and records its seconds under ``name``."""
-
-    def __init__(self) -> None:
-        self.timings: Dict[str, float] = {}
-
-    def __call__(self, name: str, fn: Callable):
-        t = time.perf_counter()
-        out = fn()
-        self.timings[name] = time.perf_counter() - t
-        return out
-
-
 def _checked(w, neuron_layers: Optional[Sequence[int]], top_k: int):
     """The neuron layers (default ``m{L-2}``) and ``top_k`` (at most the MLP's width), checked."""
     L = w.n_layers
@@ -180,7 +167,7 @@ def _checked(w, neuron_layers: Optional[Sequence[int]], top_k: int):
     return layers, min(top_k, w.d_mlp)
 
 
-def _heads(engine, dataset, task, circuit, n_top_heads: int, batch_size: int, progress: Progress, timer: _Timer):
+def _heads(engine, dataset, task, circuit, n_top_heads: int, batch_size: int, progress: Progress, timer: Timer):
     """The heads to show (the circuit's, or the strongest by activation patching) and their patching scores."""
     if circuit is not None:
         return list(circuit.heads), {}
