@@ -102,18 +102,23 @@ def _llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def decoder_metadata(w, cfg) -> None:
+    """The hyper-parameters every decoder-only GGUF file states (context, widths, depth, heads, norm eps)."""
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+
+
 def write_llama_gguf(model, tokenizer, path: Path) -> Path:
     cfg = model.config
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
     def meta(w):
-        w.add_context_length(cfg.max_position_embeddings)
-        w.add_embedding_length(cfg.hidden_size)
-        w.add_feed_forward_length(cfg.intermediate_size)
-        w.add_block_count(cfg.num_hidden_layers)
-        w.add_head_count(cfg.num_attention_heads)
-        w.add_head_count_kv(cfg.num_key_value_heads)
-        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+        decoder_metadata(w, cfg)
         w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
 
     t = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"]}

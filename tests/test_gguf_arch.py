@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from circuits.models.gguf import _ATTENTION, _NORMS
-from test_gguf import _write
+from test_gguf import _write, decoder_metadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,15 +26,9 @@ def write_decoder_gguf(model, tokenizer, path, arch: str):
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     def meta(w):
-        w.add_context_length(cfg.max_position_embeddings)
-        w.add_embedding_length(cfg.hidden_size)
-        w.add_feed_forward_length(cfg.intermediate_size)
-        w.add_block_count(cfg.num_hidden_layers)
-        w.add_head_count(cfg.num_attention_heads)
-        w.add_head_count_kv(cfg.num_key_value_heads)
+        decoder_metadata(w, cfg)
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
-        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
         params = cfg.rope_parameters
         w.add_rope_freq_base((params.get("full_attention") or params)["rope_theta"])
         if arch == "gemma2":
