@@ -54,14 +54,17 @@ def to_svg(G: nx.DiGraph, *, n_heads: Optional[int] = None) -> str:
 
 
 def title_of(meta: Mapping[str, Any], *, edges: Optional[int] = None) -> str:
-    """``task | model | method | f = 0.900 | 378 of 123,211 edges`` from the graph's metadata."""
+    """``task | model | method | f = 0.900 | 378 of 123,211 edges`` from the graph's metadata (a positional circuit:
+    ``... | 24,334 of 862,477 (edge, span) pairs``)."""
     parts = [str(meta[k]) for k in ("task", "model", "method") if meta.get(k) not in (None, "")]
     parts = [p.rsplit("/", 1)[-1] for p in parts]  # a model path: its file name
     f = meta.get("faithfulness")
     if isinstance(f, (int, float)) and not isinstance(f, bool):
         parts.append(f"f = {f:.3f}")
-    total = meta.get("edges_total")
-    if edges is not None:
+    total, pairs = meta.get("edges_total"), meta.get("pairs_total")
+    if edges is not None and isinstance(pairs, int):  # a positional circuit counts (edge, span) pairs
+        parts.append(f"{edges:,} of {pairs:,} (edge, span) pairs")
+    elif edges is not None:
         parts.append(f"{edges:,} of {total:,} edges" if isinstance(total, int) else f"{edges:,} edges")
     return " | ".join(parts)
 

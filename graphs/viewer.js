@@ -376,7 +376,10 @@
   // ---- header and legend
   $("title").textContent = D.title || "circuit";
   var meta = D.meta, bits = [];
-  if (meta.edges_total !== null && meta.edges_total !== undefined) { bits.push(thousands(D.kept) + " of " + thousands(meta.edges_total) + " edges kept"); }
+  if (meta.pairs_total !== null && meta.pairs_total !== undefined) {  // a positional circuit: (edge, span) pairs
+    bits.push(thousands(D.kept) + " of " + thousands(meta.pairs_total) + " (edge, span) pairs kept" +
+              (meta.edges_kept ? " (" + thousands(meta.edges_kept) + " edges when projected)" : ""));
+  } else if (meta.edges_total !== null && meta.edges_total !== undefined) { bits.push(thousands(D.kept) + " of " + thousands(meta.edges_total) + " edges kept"); }
   ["cpr", "cmd"].forEach(function (k) { if (meta[k] !== null && meta[k] !== undefined) { bits.push(k.toUpperCase() + " " + fmt(meta[k])); } });
   if (meta.stability) { bits.push("bootstrap (" + meta.stability.k + "): edge Jaccard " + fmt(meta.stability.edge_jaccard) + ", node Jaccard " + fmt(meta.stability.node_jaccard) + "; kept edges shaded by inclusion"); }
   ["metric", "ablation", "granularity", "n", "seed"].forEach(function (k) { if (meta[k] !== null && meta[k] !== undefined) { bits.push(k + " " + meta[k]); } });

@@ -94,7 +94,7 @@ def viewer_data(G: nx.DiGraph, *, scores: Optional[Mapping[str, float]] = None,
         "title": title_of({**manifest, **meta}, edges=len(kept)),
         "meta": {k: meta.get(k, manifest.get(k)) for k in (
             "task", "model", "method", "n", "seed", "ablation", "metric", "granularity", "faithfulness",
-            "edges_kept", "edges_total", "cpr", "cmd", "selection", "k", "stability")},
+            "edges_kept", "edges_total", "pairs_total", "cpr", "cmd", "selection", "k", "stability")},
         "layout": {"width": lay.width, "height": lay.height,
                    "rows": [{"label": r.label, "y": r.y, "top": r.top, "bottom": r.bottom, "kind": r.key[0]} for r in lay.rows],
                    "columns": [[x, label] for x, label in lay.columns],

@@ -248,6 +248,8 @@ def test_discover_positions_cli(tiny_gpt2_dir, tmp_path):
     assert (run / "span_scores.tsv").read_text().splitlines()[0] == "edge\tspan\tscore"
     svg = (run / "circuit.svg").read_text()
     assert all(f">{span}</text>" in svg for span in G.graph["spans"])  # one labelled band per span
+    assert f"{manifest['pairs_kept']:,} of 770 (edge, span) pairs" in svg  # the title counts pairs, not edges
+    assert '"pairs_total": 770' in (run / "circuit.html").read_text().replace('"pairs_total":770', '"pairs_total": 770')
     code, out, err = invoke("compare", str(run / "circuit.json"), str(run / "circuit_plain.json"), "--json")
     assert code == 0, err
     projected = json.loads(out)
