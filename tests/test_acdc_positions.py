@@ -29,7 +29,7 @@ def setup(tmp_path_factory, one_thread):
 
     tok = gpt2_tokenizer()
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_head=3, n_embd=24, n_positions=32, vocab_size=len(tok), initializer_range=0.3)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=len(tok), initializer_range=0.3)
     _, engine = boot_float64(tmp_path_factory.mktemp("acdc-pos-gpt2"), GPT2LMHeadModel(cfg), tok)
     return engine, tok
 
@@ -67,7 +67,7 @@ def _task(name):
 def test_positional_acdc_matches_the_plain_loop(setup, task_name, order, batch_size):
     engine, tok = setup
     task = _task(task_name)
-    data = task.build(tok, n=5, seed=2)
+    data = task.build(tok, n=4, seed=2)
     acdc = get_method("acdc")
     options = lambda tau: MethodOptions(batch_size=batch_size, params={"tau": tau, "acdc_order": order})  # noqa: E731
     everything = acdc.score_positional(engine, data, task.metric, options(0.0))
@@ -152,3 +152,41 @@ def test_acdc_selection_needs_acdc(setup):
 
     with pytest.raises(CircuitsError, match="selection mode acdc"):
         check_positional(get_method("eap"), SelectionSpec("acdc", 0.0), "sum")
+
+
+@pytest.mark.parametrize("kind", ["q", "k", "v", "mlp", "logits"])
+@pytest.mark.parametrize("layout", ["shared", "per-prompt"])
+def test_positional_column_passes_equal_separate_full_runs(setup, kind, layout):
+    """What positional ACDC's batched tests rest on: ``c`` copies of the batch in one pass restarted at the
+    receiver's layer, differing in one receiver's positional keep column ([c, S, P], or [c, S, b, P] per prompt with
+    the batch's keep [S, R, b, P] shared by the copies), give each copy the logits of its own keep run in full."""
+    from circuits.engine.engine import Patch
+
+    engine, tok = setup
+    data = GreaterThan().build(tok, n=3, seed=4)
+    g = engine.graph
+    torch.manual_seed(1)
+    b, P, c = len(data), data.clean.shape[1], 3
+    layer = g.n_layers if kind == "logits" else 1
+    r = {"mlp": g.mlp_receiver(1), "logits": g.logits_receiver}.get(kind)
+    r = g.head_receiver(1, g.n_heads - 1, kind) if r is None else r
+    lead = (b,) if layout == "per-prompt" else ()
+    keep = (torch.rand(g.n_senders, g.n_receivers, *lead, P) > 0.3).double()
+    first = layer * (3 * g.n_heads + 1)  # nothing before the restart layer is patched
+    keep[:, :first] = 1.0
+    columns = (torch.rand(c, g.n_senders, *lead, P) > 0.5).double()
+    columns[0], columns[1] = 1.0, 0.0
+    ref = engine.run(data.corrupted, data.answer_pos, collect=True).outputs
+    clean = engine.run(data.clean, data.answer_pos, collect=True, keep_resid=True)
+    n_before = g.senders_before_heads(layer)
+    buffer = torch.full((g.n_senders, c * b, *ref.shape[2:]), float("nan"), dtype=ref.dtype)
+    buffer[:n_before] = (clean.outputs[:n_before] - ref[:n_before]).repeat(1, c, 1, 1)
+    run = engine.run(data.clean.repeat(c, 1), data.answer_pos.repeat(c), start_layer=layer,
+                     start_resid=clean.resid_pre[layer].repeat(c, 1, 1),
+                     patch=Patch(keep, ref, column=r, column_keep=columns, buffer=buffer))
+    for i in range(c):
+        own = keep.clone()
+        own[:, r] = columns[i]
+        want = engine.run(data.clean, data.answer_pos, patch=Patch(own, ref)).logits
+        torch.testing.assert_close(run.logits[i * b:(i + 1) * b], want, rtol=1e-9, atol=1e-9)
+    assert float((run.logits[:b] - run.logits[b:2 * b]).abs().max()) > 1e-6  # the copies differ

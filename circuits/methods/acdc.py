@@ -48,6 +48,7 @@ from circuits.engine.ablation import static_reference, reference
 from circuits.circuit.positions import answer_spans, kv_receivers, positional_keep, span_order
 from circuits.data.spans import SpanTable, span_table
 from circuits.engine.engine import Patch, RestartBuffer
+from circuits.errors import CircuitsError
 from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
 
 ORDERS = ("reverse", "normal")
@@ -297,6 +298,9 @@ class ACDC:
         own = option_values(self, options.params)
         progress = progress or no_progress
         g = engine.graph
+        if positional and engine.w.attn_post_w is not None:
+            raise CircuitsError("acdc --positions does not run on models with post-attention norms (OLMo 2, Gemma) yet; "
+                                "use another method there")
         tests = BatchedTests(engine, dataset, metric, options, positional=positional)
         keep = g.valid_mask(engine.device).to(engine.w.W_E.dtype)
         info = {}
