@@ -34,6 +34,16 @@ Scores: each tested edge's score is the metric change measured when it was teste
 current); untested edges score 0.  ``extra["kept_mask"]`` is ACDC's own circuit (bool [S, R]).
 ``max_tests`` stops the search early; the untested edges then stay in the circuit and
 ``info["complete"]`` is False.
+
+By span (``score_positional``, ``discover --positions``): the same search over (edge, span) pairs.  The keep is
+[S, R, K] over the dataset's K spans (:mod:`circuits.data.spans`); a test patches its pair at every position of its
+span (each batch's engine keep comes from :func:`circuits.circuit.positions.positional_keep`), against the current
+positional circuit.  A receiver's candidates are its senders in ``acdc_order``, each at every span where the
+receiver's input still reaches the logits (:class:`SpanLiveness`), spans in prompt order; its pairs at the other
+spans are removed untested.  The copies of a pass differ in the receiver's keep column [c, S, K], mapped to
+positions ([c, S, P], or [c, S, b, P] when the prompts place their spans differently).  The clean run the passes
+restart from is the full positional circuit's (it patches the positions in no span, as faithfulness does).
+Scores are [S, R, K] and ``extra["kept_mask"]`` is bool [S, R, K].
 """
 from __future__ import annotations
 
@@ -154,8 +164,9 @@ class BatchedTests:
                 ref = ref.expand(-1, len(part), -1, -1) if ref.shape[1] != len(part) else ref
                 spans = span_table(part) if positional else None
                 # positional: the full circuit still patches the positions in no span (padding)
-                whole = None if spans is None else Patch(self._keep(torch.ones(ref.shape[0], engine.graph.n_receivers, spans.k,
-                                                                               device=engine.device), spans), ref)
+                everything = None if spans is None else torch.ones(ref.shape[0], engine.graph.n_receivers, spans.k,
+                                                                   dtype=torch.bool, device=engine.device)
+                whole = None if spans is None else Patch(positional_keep(everything, spans), ref)
                 clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True, patch=whole)
                 total += float(metric(clean.logits, part).double().sum())
                 self.parts.append(_Part(part, tokens, clean.resid_pre, clean.outputs, ref, {}, spans))
@@ -186,14 +197,9 @@ class BatchedTests:
                 p.copies[c] = entry
         return entry
 
-    @staticmethod
-    def _keep(kept: torch.Tensor, spans: SpanTable) -> torch.Tensor:
-        """A positional keep [..., K] as the engine's, per position of the part (:func:`positional_keep`), as 0/1."""
-        return positional_keep(kept, spans).to(kept.dtype)
-
     def _patch(self, p: _Part, keep: torch.Tensor, receiver: int, columns: torch.Tensor, buffer: torch.Tensor) -> Patch:
         if p.spans is not None:  # positional: [S, R, K] and [c, S, K] by span, to the part's positions
-            keep, columns = self._keep(keep, p.spans), self._keep(columns, p.spans)
+            keep, columns = positional_keep(keep, p.spans), positional_keep(columns, p.spans)
         return Patch(keep, p.ref, column=receiver, column_keep=columns, buffer=buffer)
 
     def __call__(self, keep: torch.Tensor, receiver: int, columns: torch.Tensor) -> torch.Tensor:
