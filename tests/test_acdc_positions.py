@@ -90,20 +90,6 @@ def test_positional_acdc_matches_the_plain_loop(setup, task_name, order, batch_s
     assert result.info["passes"] < result.info["edge_tests"]  # batched
 
 
-def test_positional_acdc_batches_tests(setup, monkeypatch):
-    """One candidate per pass gives the same kept pairs and scores as many per pass."""
-    engine, tok = setup
-    task = IOI()
-    data = task.build(tok, n=4, seed=1)
-    options = MethodOptions(params={"tau": 0.002})
-    batched = get_method("acdc").score_positional(engine, data, task.metric, options)
-    monkeypatch.setattr("circuits.methods.acdc.MAX_COPIES", 1)
-    single = get_method("acdc").score_positional(engine, data, task.metric, options)
-    assert torch.equal(batched.extra["kept_mask"], single.extra["kept_mask"])
-    assert torch.allclose(batched.edge_scores, single.edge_scores, atol=1e-9)
-    assert batched.info["passes"] < single.info["passes"] / 3
-
-
 def test_discover_acdc_positions_cli(tiny_gpt2_dir, tmp_path):
     import json
 
@@ -160,7 +146,7 @@ def test_positional_column_passes_equal_separate_full_runs(setup, kind, layout):
     """What positional ACDC's batched tests rest on: ``c`` copies of the batch in one pass restarted at the
     receiver's layer, differing in one receiver's positional keep column ([c, S, P], or [c, S, b, P] per prompt with
     the batch's keep [S, R, b, P] shared by the copies), give each copy the logits of its own keep run in full."""
-    from circuits.engine.engine import Patch
+    from test_acdc import check_column_pass
 
     engine, tok = setup
     data = GreaterThan().build(tok, n=3, seed=4)
@@ -178,15 +164,5 @@ def test_positional_column_passes_equal_separate_full_runs(setup, kind, layout):
     columns[0], columns[1] = 1.0, 0.0
     ref = engine.run(data.corrupted, data.answer_pos, collect=True).outputs
     clean = engine.run(data.clean, data.answer_pos, collect=True, keep_resid=True)
-    n_before = g.senders_before_heads(layer)
-    buffer = torch.full((g.n_senders, c * b, *ref.shape[2:]), float("nan"), dtype=ref.dtype)
-    buffer[:n_before] = (clean.outputs[:n_before] - ref[:n_before]).repeat(1, c, 1, 1)
-    run = engine.run(data.clean.repeat(c, 1), data.answer_pos.repeat(c), start_layer=layer,
-                     start_resid=clean.resid_pre[layer].repeat(c, 1, 1),
-                     patch=Patch(keep, ref, column=r, column_keep=columns, buffer=buffer))
-    for i in range(c):
-        own = keep.clone()
-        own[:, r] = columns[i]
-        want = engine.run(data.clean, data.answer_pos, patch=Patch(own, ref)).logits
-        torch.testing.assert_close(run.logits[i * b:(i + 1) * b], want, rtol=1e-9, atol=1e-9)
-    assert float((run.logits[:b] - run.logits[b:2 * b]).abs().max()) > 1e-6  # the copies differ
+    logits = check_column_pass(engine, data, layer, keep, r, columns, ref, clean)
+    assert float((logits[:b] - logits[b:2 * b]).abs().max()) > 1e-6  # the copies differ
