@@ -163,10 +163,11 @@ class BatchedTests:
                 ref = reference(engine, part, options.ablation, means=means).outputs
                 ref = ref.expand(-1, len(part), -1, -1) if ref.shape[1] != len(part) else ref
                 spans = span_table(part) if positional else None
-                # positional: the full circuit still patches the positions in no span (padding)
-                everything = None if spans is None else torch.ones(ref.shape[0], engine.graph.n_receivers, spans.k,
-                                                                   dtype=torch.bool, device=engine.device)
-                whole = None if spans is None else Patch(positional_keep(everything, spans), ref)
+                whole = None  # positional: the full circuit still patches the positions in no span (padding)
+                if spans is not None and bool((spans.index < 0).any()):
+                    everything = torch.ones(ref.shape[0], engine.graph.n_receivers, spans.k, dtype=torch.bool,
+                                            device=engine.device)
+                    whole = Patch(positional_keep(everything, spans), ref)
                 clean = engine.run(tokens, part.answer_pos, collect=True, keep_resid=True, patch=whole)
                 total += float(metric(clean.logits, part).double().sum())
                 self.parts.append(_Part(part, tokens, clean.resid_pre, clean.outputs, ref, {}, spans))
