@@ -217,12 +217,21 @@ def test_column_passes_equal_separate_full_runs(setup, gqa_setup, model, kind, l
     keep[:, :first] = g.valid_mask().double()[:, :first]
     if layer_keep == "whole":  # the layer's other receivers read one shared input: only the column's head differs
         keep[:, first:first + 3 * g.n_heads + 1] = g.valid_mask().double()[:, first:first + 3 * g.n_heads + 1]
-    c, b = 3, len(data)
+    c = 3
     columns = keep[:, r].repeat(c, 1)
     n = g.n_valid_senders(r)
     columns[0, :n] = 1.0
     columns[1, torch.randperm(n)[: n // 2]] = 0.0
     columns[2, :n] = 0.0
+    check_column_pass(engine, data, layer, keep, r, columns, ref, clean)
+
+
+def check_column_pass(engine, data, layer: int, keep, r: int, columns, ref, clean) -> torch.Tensor:
+    """One pass over ``c = len(columns)`` copies of the batch restarted at ``layer`` from the ``clean`` run, copy ``i``
+    reading receiver ``r`` with ``columns[i]``, and a difference buffer whose rows before the layer were filled
+    beforehand: each copy's logits equal a full run of its own keep with a plain ``Patch``.  Returns the pass's logits."""
+    g = engine.graph
+    c, b = columns.shape[0], len(data)
     n_before = g.senders_before_heads(layer)
     buffer = torch.full((g.n_senders, c * b, *ref.shape[2:]), float("nan"), dtype=ref.dtype)
     buffer[:n_before] = (clean.outputs[:n_before] - ref[:n_before]).repeat(1, c, 1, 1)
@@ -235,3 +244,4 @@ def test_column_passes_equal_separate_full_runs(setup, gqa_setup, model, kind, l
         own[:, r] = columns[i]
         want = engine.run(data.clean, data.answer_pos, patch=Patch(own, ref)).logits
         torch.testing.assert_close(run.logits[i * b:(i + 1) * b], want, rtol=1e-9, atol=1e-9)
+    return run.logits

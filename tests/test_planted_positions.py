@@ -134,3 +134,32 @@ def test_activation_patching_by_span_recovers_the_reference_nodes(planted):
     kept = pairs_of_nodes(nodes, g, span_order(spans), answer_spans(spans, data.answer_pos))
     found = {(e, s) for e, s, _ in kept_pairs(scores, kept, spans.names)}
     assert pairs <= found and ev.faithfulness(kept).f > 0.99
+
+
+def test_acdc_by_span_recovers_the_reference_exactly(planted):
+    """Positional ACDC at its default tau (0.01): its own kept pairs are the reference, span precision and recall 1.0."""
+    from pathlib import Path
+
+    from circuits.circuit.positions import answer_spans, own_positional, span_order
+    from circuits.data.spans import span_table
+    from circuits.graphs.compare import compare
+    from circuits.graphs.files import load_circuit
+    from circuits.graphs.positions import build_positional_graph
+    from circuits.methods.base import MethodOptions
+    from circuits.registry import get_method
+
+    engine, task, data = planted
+    spans = span_table(data)
+    scores = get_method("acdc").score_positional(engine, data, task.metric, MethodOptions(batch_size=12))
+    kept, _ = own_positional(scores, span_order(spans), answer_spans(spans, data.answer_pos))
+    reference = {tuple(p) for p in ground_truth(VARIANT)["pairs"]}
+    found = _pairs(scores, kept, spans.names)
+    assert found == reference
+    ref_graph = load_circuit(Path(__file__).resolve().parents[1] / "graphs" / "references" / f"{VARIANT}.json")
+    stats = compare(build_positional_graph([(e, s, 1.0) for e, s in found], spans.names), ref_graph)
+    assert stats["edges"]["precision"] == 1.0 and stats["edges"]["recall"] == 1.0
+    assert scores.info["complete"] is True and scores.info["passes"] < scores.info["edge_tests"]
+    # the decoy's read (a0.h0->m1 at YY) feeds m1 where nothing reads it: removed without a test
+    s, r = engine.graph.edge_index("a0.h0->m1")
+    yy = spans.names.index("YY")
+    assert not bool(scores.extra["kept_mask"][s, r, yy]) and float(scores.edge_scores[s, r, yy]) == 0.0

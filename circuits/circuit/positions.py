@@ -26,10 +26,10 @@ from circuits.circuit.ranking import check_ranking, rank_keys
 from circuits.methods.base import Progress, Scores, no_progress
 from circuits.data.spans import SpanTable, span_table
 
-POSITIONAL_METHODS = ("eap", "eap-ig", "activation-patching")
+POSITIONAL_METHODS = ("eap", "eap-ig", "activation-patching", "acdc")
 
 __all__ = ["POSITIONAL_METHODS", "positional_keep", "span_order", "prune_positional", "PositionalEvaluator",
-           "PositionalSelection", "PositionalResult", "check_positional", "node_span_scores", "pairs_of_nodes", "ranked_pairs", "top_k_pairs", "discover_positions",
+           "PositionalSelection", "PositionalResult", "check_positional", "kv_receivers", "own_positional", "node_span_scores", "pairs_of_nodes", "ranked_pairs", "top_k_pairs", "discover_positions",
            "kept_pairs", "project"]
 
 
@@ -66,6 +66,16 @@ def answer_spans(spans: SpanTable, answer_pos: Tensor) -> Tensor:
     return out
 
 
+def kv_receivers(graph) -> Tensor:
+    """Bool [R]: the heads' k and v inputs (the receivers whose pairs reach later positions)."""
+    kv = torch.zeros(graph.n_receivers, dtype=torch.bool)
+    H = graph.n_heads
+    for layer in range(graph.n_layers):
+        start = graph.receiver_block(layer).start
+        kv[start + H:start + 3 * H] = True
+    return kv
+
+
 def prune_positional(kept, graph, order: Tensor, answers: Tensor) -> Tensor:
     """Keep only the (edge, span) pairs on some ``input -> logits`` path through kept pairs.
 
@@ -75,11 +85,7 @@ def prune_positional(kept, graph, order: Tensor, answers: Tensor) -> Tensor:
     keep = torch.as_tensor(kept).detach().cpu().bool() & graph.valid_mask()[..., None]
     S, R, K = keep.shape
     node_of = torch.tensor(graph.receiver_node)
-    H = graph.n_heads
-    kv = torch.zeros(R, dtype=torch.bool)
-    for layer in range(graph.n_layers):
-        start = graph.receiver_block(layer).start
-        kv[start + H:start + 3 * H] = True
+    kv = kv_receivers(graph)
     ordf = order.float()
     fwd = torch.zeros(S + 1, K, dtype=torch.bool)
     fwd[0] = True
@@ -185,11 +191,7 @@ def pairs_of_nodes(nodes, graph, order: Tensor, answers: Tensor) -> Tensor:
     ext = torch.cat([nodes, answers[None]], 0).float()  # [S + 1, K]; row S: the logits
     node_of = torch.tensor(graph.receiver_node)
     receiving = ext[node_of]  # [R, K]
-    kv = torch.zeros(graph.n_receivers, dtype=torch.bool)
-    H = graph.n_heads
-    for layer in range(graph.n_layers):
-        start = graph.receiver_block(layer).start
-        kv[start + H:start + 3 * H] = True
+    kv = kv_receivers(graph)
     receiving[kv] = ((receiving[kv] @ order.float().T) > 0).float()
     kept = nodes[:, None, :] & (receiving > 0)[None] & graph.valid_mask()[..., None]
     return prune_positional(kept, graph, order, answers)
@@ -256,8 +258,11 @@ def check_positional(method, selection, aggregate: str, neurons=()) -> None:
     name = getattr(method, "name", str(method))
     if name not in POSITIONAL_METHODS:
         raise CircuitsError(f"--positions works with {', '.join(POSITIONAL_METHODS)} so far, not {name}; pick one of them")
-    if selection.mode == "acdc" or selection.keep_neurons or neurons:
-        raise CircuitsError("--positions does not combine with acdc selection, --neurons or --keep-neurons yet; drop them")
+    if selection.mode == "acdc" and name != "acdc":
+        raise CircuitsError(f"selection mode acdc keeps ACDC's own circuit; {name} has none: use --top-k, --threshold or "
+                            "--target-faithfulness")
+    if selection.keep_neurons or neurons:
+        raise CircuitsError("--positions does not combine with --neurons or --keep-neurons yet; drop them")
     if selection.verify:
         raise CircuitsError("--verify checks plain edge circuits; drop it with --positions")
     check_aggregate(aggregate)
@@ -266,9 +271,9 @@ def check_positional(method, selection, aggregate: str, neurons=()) -> None:
 def discover_positions(engine, dataset, metric, method, options, selection, *, aggregate: str = "sum",
                        heldout=None, progress: Optional[Progress] = None,
                        cache_bytes: int = REFERENCE_CACHE_BYTES) -> PositionalResult:
-    """Positional scores of ``method`` (EAP, EAP-IG), then a circuit of (edge, span) pairs chosen by
-    ``selection`` (a :class:`circuits.circuit.discover.SelectionSpec`: top-k, threshold or target-faithfulness),
-    pruned, and measured here and on ``heldout``."""
+    """Positional scores of ``method`` (EAP, EAP-IG, activation patching by span, ACDC), then a circuit of (edge, span)
+    pairs chosen by ``selection`` (a :class:`circuits.circuit.discover.SelectionSpec`: top-k, threshold,
+    target-faithfulness, or acdc: ACDC's own kept pairs), pruned, and measured here and on ``heldout``."""
     import time
     from dataclasses import replace
 
@@ -289,6 +294,8 @@ def discover_positions(engine, dataset, metric, method, options, selection, *, a
     by_node = name == "activation-patching"
     if by_node:  # node-spans: chosen by node and span; the circuit is every pair among them
         scores = node_span_scores(engine, dataset, metric, options, progress=progress, evaluator=evaluator)
+    elif hasattr(method, "score_positional"):  # a method with its own positional search (acdc)
+        scores = method.score_positional(engine, dataset, metric, options, progress=progress)
     else:
         steps = int(options.params.get("ig_steps", 1))
         scores = integrated_scores(engine, dataset, metric, options, steps=steps, progress=progress, method=name,
@@ -309,7 +316,10 @@ def discover_positions(engine, dataset, metric, method, options, selection, *, a
         ranked = ranked_pairs(scores, selection.ranking)
         pick = lambda k: top_k_pairs(scores, k, selection.ranking, order=order, answers=answers, ranked=ranked)  # noqa: E731
     reached, evaluations = True, 0
-    if selection.mode == "top-k":
+    if selection.mode == "acdc":
+        kept, k = own_positional(scores, order, answers)
+        pick = lambda _k: kept  # noqa: E731
+    elif selection.mode == "top-k":
         k = int(selection.value)
     elif selection.mode == "threshold":
         values = (scores.info["node_span_scores"] if by_node else torch.as_tensor(scores.edge_scores)).double().reshape(-1)[ranked]
@@ -320,9 +330,10 @@ def discover_positions(engine, dataset, metric, method, options, selection, *, a
                                   progress=progress)
         k, reached, evaluations = found.k, found.reached, found.evaluations
     kept = pick(k)
+    value = float(scores.info.get("tau", 0.0)) if selection.mode == "acdc" else float(selection.value)
     timings["selection"] = time.perf_counter() - t
     faith = evaluator.faithfulness(kept)
-    chosen = PositionalSelection(kept=kept, mode=selection.mode, value=float(selection.value), k=k,
+    chosen = PositionalSelection(kept=kept, mode=selection.mode, value=value, k=k,
                                  ranking=selection.ranking, reached=reached, evaluations=evaluations, faithfulness=faith.f,
                                  node_spans=_node_spans(scores, ranked[:k], spans.names) if by_node else None)
     held = None
@@ -334,6 +345,18 @@ def discover_positions(engine, dataset, metric, method, options, selection, *, a
     return PositionalResult(scores=scores, selection=chosen, spans=spans.names, faithfulness=faith, heldout=held,
                             n_heldout=0 if heldout is None else len(heldout), timings=timings,
                             circuit_evaluations=evaluator.runs)
+
+
+def own_positional(scores: Scores, order: Tensor, answers: Tensor) -> Tuple[Tensor, int]:
+    """The positional circuit the method chose itself (ACDC's ``extra["kept_mask"]`` [S, R, K]), pruned to
+    input -> logits paths (kept as it is with zero ablation, as for plain circuits), and its size before pruning."""
+    kept = (scores.extra or {}).get("kept_mask")
+    if kept is None or torch.as_tensor(kept).ndim != 3:
+        raise CircuitsError(f"selection mode acdc needs a method that chooses its own circuit (acdc); {scores.method} "
+                            "does not: use --top-k, --threshold or --target-faithfulness")
+    kept = torch.as_tensor(kept).detach().cpu().bool() & scores.graph.valid_mask()[..., None]
+    pruned = kept if scores.info.get("ablation") == "zero" else prune_positional(kept, scores.graph, order, answers)
+    return pruned, int(kept.sum())
 
 
 def _node_spans(scores: Scores, flat: Tensor, spans) -> List[Tuple[str, str, float]]:

@@ -38,8 +38,8 @@ PostEdit = Callable[[int, Tensor], Tensor]  # (layer, mlp hidden [b,p,m]) -> hid
 class Patch:
     """Edge patching: ``keep`` [S, R] is 1 where an edge carries the current run's value and 0 where
     it carries ``reference`` [S, b, p, d] (corrupted or mean outputs).  Fractions interpolate.
-    A positional keep is [S, R, P] (per position of the receiver's input) or [S, R, b, P] (per prompt);
-    ``column`` does not apply to it.
+    A positional keep is [S, R, P] (per position of the receiver's input) or [S, R, b, P] (per prompt; a
+    batch of ``g`` equal groups may share it: [S, R, b/g, P]).
 
     A real-valued ``keep`` that requires grad (a learned mask) is differentiated: each receiver's
     input is ``ref_resid + keep[:, r] . (current - reference)`` with the gradient flowing into ``keep``
@@ -50,7 +50,8 @@ class Patch:
     ``column`` and ``column_keep`` [c, S] let one receiver's keep column differ between ``c`` equal
     groups of the batch (group ``i`` is rows ``i*b/c .. (i+1)*b/c``): group ``i`` reads receiver
     ``column``'s senders with ``column_keep[i]`` instead of ``keep[:, column]``.  ACDC uses it to
-    test many candidate edges of one receiver in one pass.
+    test many candidate edges of one receiver in one pass.  With a positional ``keep``, ``column_keep`` is
+    [c, S, P] or, per prompt of a group, [c, S, b/c, P].
 
     ``reference`` may have a batch of ``b/g`` rows: it is then shared by the ``g`` equal groups of the
     batch (a batch repeated ``g`` times needs its reference once).
@@ -544,8 +545,9 @@ class GraphEngine:
         if patch is None:
             return base, False, None
         if patch.keep.ndim > 2:
-            return (*GraphEngine._positional_inputs(base, ref_base, patch, diff, n_s, cols), None)
-        x, split = GraphEngine._shared_inputs(base, ref_base, patch, diff, n_s, cols)
+            x, split = GraphEngine._positional_inputs(base, ref_base, patch, diff, n_s, cols)
+        else:
+            x, split = GraphEngine._shared_inputs(base, ref_base, patch, diff, n_s, cols)
         if patch.column is None or not cols.start <= patch.column < cols.stop:
             return x, split, None
         if defer_column and not split and cols.stop - cols.start > 1:
@@ -565,13 +567,10 @@ class GraphEngine:
         if not bool(rows.any()):
             return base, False
         kept_rows = keep.flatten(1).abs().sum(1) > 0
-        b = base.shape[0]
         if int(kept_rows.sum()) < int(rows.sum()):  # a small circuit: add its few kept senders to the reference
-            shift = torch.einsum("srbp,sbpd->rbpd", keep[kept_rows].expand(-1, -1, b, -1), diff[:n_s][kept_rows])
-            x = ref_base(n_s)[None] + shift
+            x = ref_base(n_s)[None] + _positional_mix(keep[kept_rows], diff[:n_s][kept_rows])
         else:
-            shift = torch.einsum("srbp,sbpd->rbpd", drop[rows].expand(-1, -1, b, -1), diff[:n_s][rows])
-            x = base[None] - shift
+            x = base[None] - _positional_mix(drop[rows], diff[:n_s][rows])
         return (x[0], False) if x.shape[0] == 1 else (x, True)
 
     @staticmethod
@@ -579,11 +578,18 @@ class GraphEngine:
         """``x`` with receiver ``patch.column``'s input changed per batch group to ``patch.column_keep``:
         the input moves by ``(column_keep - keep) * (current - reference)`` of each sender."""
         c = patch.column_keep.shape[0]
-        delta = patch.column_keep[:, :n_s].to(diff.dtype) - patch.keep[:n_s, patch.column].to(diff.dtype)[None]  # [c, n_s]
-        rows = delta.abs().sum(0) > 0
+        col, own = patch.column_keep[:, :n_s].to(diff.dtype), patch.keep[:n_s, patch.column].to(diff.dtype)
         B = diff.shape[1]
-        flat = diff[:n_s][rows].reshape(int(rows.sum()), c, -1)  # [k, c, b/c * p * d]
-        shift = torch.einsum("ck,kcx->cx", delta[:, rows], flat).view(B, *diff.shape[2:])
+        if col.ndim > 2:  # positional: [c, n_s, (b/c,) P] against the keep's [n_s, (b/c,) P]
+            delta = (col if col.ndim == 4 else col[:, :, None]) - (own if own.ndim == 3 else own[:, None])[None]
+            rows = delta.abs().sum((0, 2, 3)) > 0
+            flat = diff[:n_s][rows].reshape(int(rows.sum()), c, B // c, *diff.shape[2:])  # [k, c, b/c, p, d]
+            shift = torch.einsum("ckbp,kcbpd->cbpd", delta[:, rows].expand(-1, -1, B // c, -1), flat).reshape(B, *diff.shape[2:])
+        else:
+            delta = col - own[None]  # [c, n_s]
+            rows = delta.abs().sum(0) > 0
+            flat = diff[:n_s][rows].reshape(int(rows.sum()), c, -1)  # [k, c, b/c * p * d]
+            shift = torch.einsum("ck,kcx->cx", delta[:, rows], flat).view(B, *diff.shape[2:])
         j = patch.column - cols.start
         if cols.stop - cols.start == 1:
             return (x[0] if split else x) + shift
@@ -949,6 +955,17 @@ class _ReferenceResidual:
                 self.value = self.value + ref[self.n]
                 self.n += 1
         return _ungrouped(self.value, self.groups)
+
+
+def _positional_mix(weights: Tensor, diff: Tensor) -> Tensor:
+    """``sum_s weights[s, r, b, p] * diff[s, b, p]`` [r, B, p, d] for ``weights`` [k, r, 1 or b, p] and ``diff``
+    [k, B, p, d] with ``B`` a multiple of ``b`` (a keep per prompt shared by the batch's equal groups)."""
+    k, B = diff.shape[:2]
+    b = weights.shape[2]
+    if b in (1, B):
+        return torch.einsum("srbp,sbpd->rbpd", weights.expand(-1, -1, B, -1), diff)
+    grouped = diff.reshape(k, B // b, b, *diff.shape[2:])
+    return torch.einsum("srbp,sgbpd->rgbpd", weights, grouped).reshape(weights.shape[1], B, *diff.shape[2:])
 
 
 def _detached(xhat: Optional[Tensor], scale: Optional[Tensor]) -> tuple:

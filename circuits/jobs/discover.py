@@ -197,21 +197,22 @@ def _positional(values, p: Plan, engine, scored, heldout, metric_fn, options, ru
             "value": sel.value, "k": sel.k, "faithfulness": result.faithfulness.f, "reached": sel.reached,
             "node_spans": None if sel.node_spans is None else [f"{n}@{s}" for n, s, _ in sel.node_spans],
             "heldout": None if result.heldout is None else {"n": result.n_heldout, "faithfulness": result.heldout.f},
+            "method_info": {k: v for k, v in result.scores.info.items() if k in ("complete", "edge_tests")},
             "notes": list(notes)}
 
 
 def present_positional(r: Mapping[str, Any]) -> Report:
+    how = (f"acdc, tau {r['value']:g}: {r['k']} kept before pruning" if r["mode"] == "acdc"
+           else f"{r['mode']} {r['value']:g}, k = {r['k']}")
     lines = [f"{r['task']} on {r['model']} with {r['method']} by span ({', '.join(r['spans'])}): {r['pairs_kept']} of "
-             f"{r['pairs_total']} (edge, span) pairs kept ({r['edges_kept']} edges; {r['mode']} {r['value']:g}, "
-             f"k = {r['k']}), faithfulness {r['faithfulness']:.3f}"]
+             f"{r['pairs_total']} (edge, span) pairs kept ({r['edges_kept']} edges; {how}), faithfulness "
+             f"{r['faithfulness']:.3f}"]
     if r["node_spans"] is not None:
         lines.append("node-spans kept: " + (", ".join(r["node_spans"]) or "none"))
     if r["heldout"] is not None:
         lines.append(f"held-out ({r['heldout']['n']} prompts): faithfulness {r['heldout']['faithfulness']:.3f}")
     lines.append(r["out"])
-    warn = () if r["reached"] else (f"warning: no circuit reached faithfulness {r['value']:g}; kept the most faithful "
-                                    "one tried",)
-    return Report(tuple(lines), tuple(r["notes"]) + warn)
+    return Report(tuple(lines), tuple(r["notes"]) + warnings(r))
 
 
 def summary(result, engine, run_info: Mapping[str, Any], out, notes: List[str]) -> Dict[str, Any]:
