@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=3000, help="edges of the gold run (0: every edge)")
     ap.add_argument("--methods", nargs="*", default=["eap", "eap-ig:5", "eap-ig:20", "gim", "relp"])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--device", default="cpu", help="torch device, as for discover (cpu, cuda)")
     args = ap.parse_args()
 
     import torch
@@ -38,7 +39,7 @@ def main() -> None:
     from circuits.registry import get_method, get_task
 
     torch.manual_seed(0)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device)
     engine = GraphEngine.from_model(loaded)
     task = get_task(args.task)
     data = task.build(loaded.tokenizer, n=args.n, seed=args.seed)
