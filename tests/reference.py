@@ -265,6 +265,20 @@ def boot_float64(folder, model, tokenizer):
     return bridge, GraphEngine(cast_weights(extract_weights(bridge), dtype=torch.float64))
 
 
+def tiny_gpt2_float64(folder):
+    """A 2-layer, 2-head, width-16 GPT-2 with random weights (seed 0) and GPT-2's tokenizer, booted in float64
+    (:func:`boot_float64`): ``(bridge, engine, tokenizer)``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuits.models.tokenizers import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=len(tok), initializer_range=0.3)
+    bridge, engine = boot_float64(folder, GPT2LMHeadModel(cfg), tok)
+    return bridge, engine, tok
+
+
 def hf_model(folder):
     """The plain Hugging Face model of ``folder`` in float64, for the references below."""
     from transformers import AutoModelForCausalLM

@@ -15,7 +15,7 @@ from circuits.methods.base import MethodOptions
 from circuits.registry import get_method
 from circuits.tasks.greater_than import GreaterThan
 from circuits.tasks.ioi import IOI
-from reference import boot_float64
+from reference import tiny_gpt2_float64
 
 
 NOISE = 1e-12  # float64 rounding of a metric change: below it a pair "does nothing"
@@ -23,14 +23,7 @@ NOISE = 1e-12  # float64 rounding of a metric change: below it a pair "does noth
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from circuits.models.tokenizers import gpt2_tokenizer
-
-    tok = gpt2_tokenizer()
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=len(tok), initializer_range=0.3)
-    _, engine = boot_float64(tmp_path_factory.mktemp("acdc-pos-gpt2"), GPT2LMHeadModel(cfg), tok)
+    _, engine, tok = tiny_gpt2_float64(tmp_path_factory.mktemp("acdc-pos-gpt2"))
     return engine, tok
 
 

@@ -7,19 +7,12 @@ import torch
 from circuits.registry import get_method
 from circuits.methods.base import MethodOptions
 from circuits.tasks.greater_than import GreaterThan
-from reference import boot_float64, edge_patched_logits
+from reference import edge_patched_logits, tiny_gpt2_float64
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from circuits.models.tokenizers import gpt2_tokenizer
-
-    tok = gpt2_tokenizer()
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=len(tok), initializer_range=0.3)
-    bridge, engine = boot_float64(tmp_path_factory.mktemp("ep-gpt2"), GPT2LMHeadModel(cfg), tok)
+    bridge, engine, tok = tiny_gpt2_float64(tmp_path_factory.mktemp("ep-gpt2"))
     task = GreaterThan()
     return bridge, engine, task, task.build(tok, n=4, seed=1)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
-from circuits.methods.masks import SHARED, STEPS, MaskTrainer, Settings, Units, initial_from_method
+from circuits.methods.masks import COST, SHARED, STEPS, MaskTrainer, Settings, Units, initial_from_method
 
 LEFT, RIGHT, BETA = -0.1, 1.1, 2.0 / 3.0  # the paper's stretch and temperature
 INIT_LOG_ALPHA, INIT_STD = 10.0, 0.01  # the paper's start: every edge kept
@@ -82,7 +82,7 @@ class EdgePruning:
     description = ("Edge Pruning (Bhaskar et al. 2024): hard-concrete masks on every edge, fitted to the full model "
                    "under a Lagrangian sparsity target; scores are the learned mask logits.")
     granularity = "edge"
-    cost = "--steps masked forward+backward passes (about 2x EAP's each), plus 3 forwards per batch"
+    cost = COST
     options = (
         Option("target_sparsity", float, 0.95, "Fraction of the edges (nodes) the masks are driven to remove.",
                minimum=0.0, maximum=1.0),

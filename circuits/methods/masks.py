@@ -50,6 +50,7 @@ GRANULARITY = Option("granularity", str, "edge", "What is masked: edge (every ed
 SEED = Option("mask_seed", int, 0, "Seed of the mask noise (the same seed gives the same circuit).")
 STEPS = Option("steps", int, 300, "Optimisation steps (one batch of --batch-size prompts each).", minimum=1)
 SHARED = (LOSS, INIT, GRANULARITY, SEED)
+COST = "--steps masked forward+backward passes (about 2x EAP's each), plus 3 forwards per batch"  # both methods
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from circuits.methods.base import MethodOptions, Option, Progress, Scores, no_progress, option_values
-from circuits.methods.masks import SHARED, STEPS, MaskTrainer, Settings, Units, initial_from_method
+from circuits.methods.masks import COST, SHARED, STEPS, MaskTrainer, Settings, Units, initial_from_method
 
 INIT_LOGIT = 2.0  # p = 0.88: mostly kept, with a window wide enough to learn from
 MIN_WINDOW = 1e-6
@@ -61,7 +61,7 @@ class UGS:
     description = ("UGS (uniform gradient sampling; Li & Janson 2024), MIB's mask baseline: continuous edge masks "
                    "under a sparsity penalty; scores are the mask values.")
     granularity = "edge"
-    cost = "--steps masked forward+backward passes (about 2x EAP's each), plus 3 forwards per batch"
+    cost = COST
     options = (
         Option("sparsity_weight", float, 1e-3, "Weight of the sparsity penalty: the weight x the expected number of kept edges.",
                minimum=0.0),
